@@ -1,0 +1,81 @@
+"""Generate the bundled example task: pull a person's name, age and city out of a sentence as JSON.
+
+Why this task: the answer is checkable automatically (parse the JSON, compare the fields), the base
+SmolLM2-135M-Instruct does not answer in the required exact form (it chats, renames keys, quotes
+the age), and a short LoRA run on a 2-core CPU teaches it. Names and cities in the validation split
+never appear in training, so the validation score measures extraction, not memorisation.
+
+Run: ``python examples/data/generate.py`` (fixed seed; rewrites train.jsonl and val.jsonl here).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+SEED = 1234
+N_TRAIN, N_VAL = 400, 40
+INSTRUCTION = "Extract the person's name, age and city from the text. Answer with JSON only, keys name, age, city."
+
+FIRST_NAMES = """Alice Bruno Chloe Dmitri Elena Farid Grace Hiro Ines Jonas Kaia Liam Mei Nadia Omar Priya Quentin Rosa
+Sami Tara Umar Vera Wen Ximena Yusuf Zoe Anton Bea Carlos Dalia Emeka Freya Gabriel Hana Ivan Julia Kofi Lena Mateo Nina
+Oscar Paula Rafael Sofia Tomas Uma Viktor Wanda Yara Zane Amara Ben Celine Diego Esme Felix Gita Hugo Isla Jamal Kira Leo
+Maya Noah Olga Pedro Rhea Stefan Thea Ugo Valentina Will Xavier Yuki Zara Aiko Bjorn Carmen Dev Elif Finn Greta Hassan
+Ingrid Jack Kamala Lars Marta Nils Ottilie Pablo Ravi Selma Theo Ulla Vivek Wilma""".split()
+CITIES = """Lisbon Oslo Nairobi Lima Hanoi Porto Quito Dublin Krakow Seville Bergen Accra Cusco Busan Tartu Gdansk Lyon Turin
+Ghent Utrecht Bremen Graz Malmo Aarhus Tampere Brno Cork Bilbao Nantes Leeds Dakar Tunis Perth Hobart Osaka Sapporo Pune
+Kochi Medan Davao Cebu Recife Salta Mendoza Cali Merida Oaxaca Halifax Regina Boise Tucson Fresno Austin Denver Omaha
+Tulsa Raleigh Dayton Albany Bristol Cardiff Zagreb Split Riga Vilnius Tbilisi Baku Almaty Muscat Doha Amman Beirut Izmir
+Varna Sibiu Kyoto Nagoya Daegu Hue""".split()
+TEMPLATES = [
+    "{name} is {age} years old and lives in {city}.",
+    "Meet {name}, a {age}-year-old from {city}.",
+    "{name}, aged {age}, moved to {city} last spring.",
+    "Last week I met {name} in {city}; {name} just turned {age}.",
+    "Born {age} years ago, {name} now calls {city} home.",
+    "In {city} lives {name}, who is {age}.",
+    "{name} ({age}) works at a bakery in {city}.",
+    "Our new neighbour in {city} is {name}, {age} years young.",
+    "At {age}, {name} opened a small bookshop in {city}.",
+    "{city} resident {name} celebrated a {age}th birthday yesterday.",
+    "Please welcome {name}! Age: {age}. Home town: {city}.",
+    "The runner who won in {city} was {name}, {age}.",
+]
+
+
+def make_row(rng: random.Random, names: list[str], cities: list[str]) -> dict:
+    name, city, age = rng.choice(names), rng.choice(cities), rng.randint(18, 89)
+    text = rng.choice(TEMPLATES).format(name=name, age=age, city=city)
+    answer = json.dumps({"name": name, "age": age, "city": city})
+    return {
+        "messages": [
+            {"role": "user", "content": f"{INSTRUCTION}\n\nText: {text}"},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+def generate(seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    names, cities = FIRST_NAMES[:], CITIES[:]
+    rng.shuffle(names)
+    rng.shuffle(cities)
+    # Held-out names and cities: validation rows use only these.
+    val_names, train_names = names[:20], names[20:]
+    val_cities, train_cities = cities[:20], cities[20:]
+    train = [make_row(rng, train_names, train_cities) for _ in range(N_TRAIN)]
+    val = [make_row(rng, val_names, val_cities) for _ in range(N_VAL)]
+    return train, val
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    here = Path(__file__).parent
+    train_rows, val_rows = generate()
+    write_jsonl(here / "train.jsonl", train_rows)
+    write_jsonl(here / "val.jsonl", val_rows)
+    print(f"wrote {len(train_rows)} training and {len(val_rows)} validation rows to {here}")

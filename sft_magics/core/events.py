@@ -1,0 +1,42 @@
+"""Training events: what core emits, what displays and run folders consume.
+
+Core never draws anything; it calls ``sink(event)`` and the caller decides (a widget, a rich live
+view, log lines, a JSONL file). Event kinds:
+
+- ``started``     total_steps, num_train_epochs, device, dtype, trainable_params, ...
+- ``log``         step, epoch and the trainer's logged metrics (loss, learning_rate, grad_norm, ...)
+- ``eval``        step, epoch, eval_loss and other eval metrics
+- ``checkpoint``  step, path
+- ``status``      state (loading / training / evaluating / saving)
+- ``finished`` / ``stopped`` / ``failed``  final state (``failed`` carries ``error`` and ``hint``)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "time": round(self.time, 3), **self.data}
+
+
+Sink = Callable[[Event], None]
+
+
+def fan_out(*sinks: Sink | None) -> Sink:
+    """One sink that forwards each event to every given sink, in order."""
+    active = [s for s in sinks if s is not None]
+
+    def sink(event: Event) -> None:
+        for s in active:
+            s(event)
+
+    return sink

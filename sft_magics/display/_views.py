@@ -1,0 +1,110 @@
+"""Static views: each has text, HTML and rich forms. Every piece of data or model text that goes
+into HTML passes through ``html.escape`` (ipywidgets' HTML and notebook outputs set innerHTML)."""
+
+from __future__ import annotations
+
+import html
+from typing import Sequence
+
+_E = html.escape
+
+
+class _View:
+    def to_text(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(self.to_text())
+
+    def __rich__(self):
+        from rich.text import Text
+
+        return Text(self.to_text())
+
+
+class TemplateView(_View):
+    """A conversation rendered through the chat template; trained tokens marked.
+
+    Text form: trained spans inside «…». HTML: one span per token (id and label on hover), trained
+    tokens green and underlined, special tokens bold."""
+
+    def __init__(self, rendering, title: str = ""):
+        self.r, self.title = rendering, title
+
+    def to_text(self) -> str:
+        out, inside = [], False
+        for t in self.r.tokens:
+            if t.trained != inside:
+                out.append("«" if t.trained else "»")
+                inside = t.trained
+            out.append(t.text)
+        if inside:
+            out.append("»")
+        head = f"{self.title}\n" if self.title else ""
+        return f"{head}{''.join(out)}\n{len(self.r.tokens)} tokens, {self.r.trained_count} trained («…»)"
+
+    def to_html(self) -> str:
+        spans = []
+        for t in self.r.tokens:
+            style = "background:#d4f7d4;text-decoration:underline" if t.trained else "background:#eee;color:#666"
+            if t.special:
+                style += ";font-weight:bold"
+            label = t.id if t.trained else -100
+            tip = _E(f"id {t.id} · label {label}" + (" · special" if t.special else ""), quote=True)
+            spans.append(f'<span title="{tip}" style="{style}">{_E(t.text)}</span>')
+        head = f"<div><b>{_E(self.title)}</b></div>" if self.title else ""
+        return (
+            f'<div class="sft-template">{head}<pre style="white-space:pre-wrap">{"".join(spans)}</pre>'
+            f"<div>{len(self.r.tokens)} tokens, {self.r.trained_count} trained (green)</div></div>"
+        )
+
+    def __rich__(self):
+        from rich.text import Text
+
+        text = Text()
+        for t in self.r.tokens:
+            style = "bold green underline" if t.trained else "dim"
+            text.append(t.text, style=style + (" reverse" if t.special else ""))
+        text.append(f"\n{len(self.r.tokens)} tokens, {self.r.trained_count} trained (green)")
+        return text
+
+
+class TableView(_View):
+    """A small titled table (data summaries, evaluation results)."""
+
+    def __init__(self, title: str, header: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()):
+        self.title, self.header, self.rows, self.notes = title, list(header), [list(r) for r in rows], list(notes)
+
+    @staticmethod
+    def _cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    def to_text(self) -> str:
+        cells = [self.header] + [[self._cell(v) for v in r] for r in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.header))]
+        lines = [self.title] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        return "\n".join(lines + self.notes)
+
+    def to_html(self) -> str:
+        head = "".join(f"<th>{_E(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{_E(self._cell(v))}</td>" for v in r) + "</tr>" for r in self.rows)
+        notes = "".join(f"<div>{_E(n)}</div>" for n in self.notes)
+        return f"<div><b>{_E(self.title)}</b><table><tr>{head}</tr>{body}</table>{notes}</div>"
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=self.title)
+        for h in self.header:
+            table.add_column(h)
+        for r in self.rows:
+            table.add_row(*[self._cell(v) for v in r])
+        return Group(table, *[Text(n) for n in self.notes])

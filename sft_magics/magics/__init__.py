@@ -1,0 +1,266 @@
+"""The IPython magics: thin adapters from a line/cell to core, then to a display backend.
+
+User mistakes (bad arguments, bad data, unknown model or key) become a one-line ``UsageError``
+here, and only here. Heavy libraries are imported inside the magic bodies, never at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Enum, Unicode
+
+from ..display import MODES, detect_mode, show
+
+
+def _user_errors(method):
+    """Turn our core's user-facing errors (and argparse's) into a one-line UsageError."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from ..core.data import DataError
+        from ..core.models import ModelError
+        from ..core.train import ConfigError
+
+        try:
+            return method(self, *args, **kwargs)
+        except (DataError, ModelError, ConfigError) as err:
+            raise UsageError(" ".join(str(err).split())) from None
+
+    return wrapper
+
+
+def _parse(magic, line: str):
+    try:
+        return parse_argstring(magic, line)
+    except UsageError:
+        raise
+    except SystemExit:  # argparse's --help or error exit
+        raise UsageError(f"bad arguments: {line!r}") from None
+
+
+@magics_class
+class SftMagics(Magics):
+    """Magics for supervised fine-tuning. Settings persist between cells, e.g.
+    ``%config SftMagics.output_dir = "runs"``."""
+
+    output_dir = Unicode("runs", help="Folder where training runs are saved.").tag(config=True)
+    default_model = Unicode("smollm2-135m", help="Model used when a magic is given none.").tag(config=True)
+    display = Enum(list(MODES), default_value="auto", help="Display backend: auto, widget, rich or plain.").tag(config=True)
+    trust_remote_code = Bool(False, help="Allow model repositories to run their own Python code.").tag(config=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return detect_mode(self.display)
+
+    def _bind(self, name: str | None, value):
+        if name:
+            self.shell.user_ns[name] = value
+        return value
+
+    def _data(self, source: str):
+        from ..core.data import load_data
+
+        return load_data(source, namespace=self.shell.user_ns)
+
+    # -- %sft_template ---------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", nargs="?", default=None, help="Model whose tokenizer and template to use (default: SftMagics.default_model).")
+    @argument("--messages", metavar="VAR", help="Notebook variable holding a list of message dicts.")
+    @argument("--data", metavar="SOURCE", help="A dataset (file, folder, Hub name or variable).")
+    @argument("--row", type=int, default=0, help="Row of --data to render (0-based).")
+    @argument("-o", "--output", metavar="NAME", help="Bind the rendering (token ids, labels) to NAME.")
+    @line_cell_magic
+    @_user_errors
+    def sft_template(self, line, cell=None):
+        """Render a conversation through a model's chat template, marking the trained tokens.
+
+        Example::
+
+            msgs = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+            %sft_template smollm2-135m --messages msgs
+
+            %sft_template --data examples/data/train.jsonl --row 3
+
+            %%sft_template smollm2-135m
+            - {role: user, content: "What is 2+2?"}
+            - {role: assistant, content: "4"}
+        """
+        from ..core.data import load_data
+        from ..core.models import load_tokenizer
+        from ..core.template import render
+        from ..display._views import TemplateView
+
+        args = _parse(self.sft_template, line)
+        if cell is not None:
+            rows = [{"messages": _yaml_body(cell, "the cell")}]
+            source = rows
+        elif args.messages:
+            if args.messages not in self.shell.user_ns:
+                raise UsageError(f"--messages: no notebook variable named '{args.messages}'")
+            source = [{"messages": self.shell.user_ns[args.messages]}]
+        elif args.data:
+            source = args.data
+        else:
+            raise UsageError("give --messages VAR, --data SOURCE [--row N], or the conversation in the cell body")
+        data = load_data(source, namespace=self.shell.user_ns)
+        if not 0 <= args.row < len(data):
+            raise UsageError(f"--row {args.row} is out of range: the data has {len(data)} rows")
+        tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
+        rendering = render(tokenizer, data.dataset[args.row], data.format)
+        show(TemplateView(rendering, title=f"{args.model or self.default_model} · row {args.row}"), self.mode)
+        return self._bind(args.output, rendering) if args.output else None
+
+    # -- %sft_data ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("source", help="A .jsonl/.json/.csv/.parquet file or glob, a save_to_disk folder, a Hub name, or a variable.")
+    @argument("--model", default=None, help="Tokenizer to count tokens with (default: SftMagics.default_model).")
+    @argument("--max-length", type=int, default=None, help="Report what truncation to this many tokens would cut.")
+    @argument("--batch-size", type=int, default=8, help="Batch size for the steps-per-epoch estimate.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the statistics object to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_data(self, line):
+        """Check a dataset: format, invalid rows (with row numbers), token statistics, truncation.
+
+        Example::
+
+            %sft_data examples/data/train.jsonl --max-length 128
+        """
+        from ..core.models import load_tokenizer
+        from ..core.stats import data_stats
+
+        args = _parse(self.sft_data, line)
+        data = self._data(args.source)
+        tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
+        stats = data_stats(data, tokenizer, max_length=args.max_length)
+        show(_stats_view(data, stats, args.batch_size), self.mode)
+        return self._bind(args.output, stats) if args.output else None
+
+    # -- %%sft_train -------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--name", default=None, help="Run name: the run is saved in <output_dir>/<name>.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the run result (model, tokenizer, history) to NAME.")
+    @cell_magic
+    @_user_errors
+    def sft_train(self, line, cell):
+        """Fine-tune from a YAML cell: ``model``, ``dataset``, ``eval_dataset``/``eval_split``, ``lora``
+        (LoraConfig fields, or false for a full fine-tune) and any TRL ``SFTConfig`` field.
+
+        Example::
+
+            %%sft_train --name json-lora -o run
+            model: smollm2-135m
+            dataset: examples/data/train.jsonl
+            eval_dataset: examples/data/val.jsonl
+            max_steps: 20
+            learning_rate: 1.0e-3
+        """
+        import time
+
+        from ..core.train import TrainSpec, train
+        from ..display import make_reporter
+
+        args = _parse(self.sft_train, line)
+        config = _yaml_body(cell, "the %%sft_train cell")
+        if not isinstance(config, dict):
+            raise UsageError("the %%sft_train cell must be a YAML mapping of keys (model, dataset, ...)")
+        config.setdefault("model", self.default_model)
+        name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
+        spec = TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
+        reporter = make_reporter(self.mode, title=name)
+        try:
+            result = train(spec, sink=reporter, namespace=self.shell.user_ns)
+        finally:
+            reporter.close()
+        (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
+        return self._bind(args.output, result) if args.output else None
+
+    # -- %sft_eval ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("target", help="A run (name or -o variable), a model/adapter folder, or a model id.")
+    @argument("--data", required=True, metavar="SOURCE", help="Validation data with reference answers.")
+    @argument("--baseline", choices=["base"], default=None, help="Also evaluate the base model (adapter disabled).")
+    @argument("--max-new-tokens", type=int, default=64)
+    @argument("--batch-size", type=int, default=16)
+    @argument("-o", "--output", metavar="NAME", help="Bind {label: EvalResult} to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_eval(self, line):
+        """Generate answers for a validation set and score them (exact match, JSON validity and fields).
+
+        Example::
+
+            %sft_eval run --data examples/data/val.jsonl --baseline base
+        """
+        from ..core.evaluate import adapter_disabled, evaluate_generations, examples_from
+
+        args = _parse(self.sft_eval, line)
+        model, tokenizer = self._target_model(args.target)
+        examples = examples_from(self._data(args.data))
+        gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+        results = {"tuned": evaluate_generations(model, tokenizer, examples, label="tuned", **gen)}
+        if args.baseline == "base":
+            with adapter_disabled(model) as base:
+                results["base"] = evaluate_generations(base, tokenizer, examples, label="base", **gen)
+        show(_eval_view(results, len(examples)), self.mode)
+        return self._bind(args.output, results) if args.output else None
+
+    def _target_model(self, target: str):
+        """A run result variable, a run name under output_dir, or anything load_model takes."""
+        from pathlib import Path
+
+        from ..core.models import load_model
+        from ..core.train import TrainResult
+
+        value = self.shell.user_ns.get(target)
+        if isinstance(value, TrainResult) and value.model is not None:
+            return value.model, value.tokenizer
+        run_final = Path(self.output_dir) / target / "final"
+        location = str(run_final) if run_final.is_dir() else target
+        loaded = load_model(location, trust_remote_code=self.trust_remote_code)
+        return loaded.model, loaded.tokenizer
+
+
+def _yaml_body(text: str, where: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"invalid YAML in {where}{at}: {problem}") from None
+
+
+def _stats_view(data, stats, batch_size: int):
+    from ..display._views import TableView
+
+    s = stats.summary()
+    rows = [[k.replace("_", " "), *(s[k][c] for c in ("min", "mean", "median", "p95", "max"))] for k in s]
+    notes = [
+        f"source: {data.source} · format: {data.source_format} → {data.format} · {stats.rows} rows",
+        *data.notes,
+        f"roles: " + ", ".join(f"{r} {n}" for r, n in sorted(stats.roles.items())) if stats.roles else "",
+        f"{stats.steps_per_epoch(batch_size)} optimizer steps per epoch at batch size {batch_size}",
+    ]
+    if stats.max_length:
+        notes.append(
+            f"max_length {stats.max_length}: {stats.truncated} rows truncated, "
+            f"{stats.no_trained_left} with no trained token left (TRL drops those)"
+        )
+    return TableView("tokens per example", ["", "min", "mean", "median", "p95", "max"], rows, [n for n in notes if n])
+
+
+def _eval_view(results: dict, n: int):
+    from ..display._views import TableView
+
+    metrics = list(next(iter(results.values())).scores)
+    rows = [[label, *(r.mean(m) for m in metrics), f"{r.seconds:.1f}"] for label, r in results.items()]
+    return TableView(f"evaluation on {n} examples", ["model", *metrics, "seconds"], rows)
