@@ -179,7 +179,8 @@ def choose_device_dtype(device: str | None = None, dtype: str | Any | None = Non
     elif isinstance(dtype, str):
         names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
         attr = names.get(dtype.lower(), dtype.lower())
-        if not isinstance(getattr(torch, attr, None), torch.dtype):
+        candidate = getattr(torch, attr, None)
+        if not isinstance(candidate, torch.dtype) or not candidate.is_floating_point:
             raise ModelError(f"unknown dtype '{dtype}' (expected auto, bf16, fp16 or fp32)")
         dtype = getattr(torch, attr)
     return str(device), dtype

@@ -189,8 +189,12 @@ def _callback_class():
             logs = dict(logs or {})
             kind = "eval" if any(k.startswith("eval_") for k in logs) else "log"
             self.sink(Event(kind, {"step": state.global_step, "epoch": state.epoch, **logs}))
+            self._check_stop(control)  # a sink may have asked to stop: do it at this step
 
         def on_step_end(self, args, state, control, **kw):
+            self._check_stop(control)
+
+        def _check_stop(self, control):
             if self.stop.is_set():
                 control.should_training_stop = True
                 control.should_save = True  # keep a checkpoint of where we stopped
