@@ -32,7 +32,7 @@ def _cells(train: Path, val: Path, steps: int) -> list[tuple[str, str]]:
     ]
 
 
-def run_demo(steps: int = 60, output_dir: str = "runs", data_dir: Path = EXAMPLES) -> dict:
+def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLES) -> dict:
     from IPython.core.interactiveshell import InteractiveShell
 
     wall = time.perf_counter()
@@ -79,7 +79,7 @@ def run_demo(steps: int = 60, output_dir: str = "runs", data_dir: Path = EXAMPLE
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_magics demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="LoRA training steps (batch 8)")
+    parser.add_argument("--steps", type=int, default=80, help="LoRA training steps (batch 8)")
     parser.add_argument("--output-dir", default="runs")
     args = parser.parse_args(argv)
     run_demo(steps=args.steps, output_dir=args.output_dir)

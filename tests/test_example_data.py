@@ -21,7 +21,7 @@ def test_committed_files_are_what_the_generator_writes():
     train, val = gen.generate()
     assert (DATA / "train.jsonl").read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train)
     assert (DATA / "val.jsonl").read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val)
-    assert (len(train), len(val)) == (400, 40)
+    assert (len(train), len(val)) == (500, 40)
 
 
 def test_validation_names_and_cities_never_appear_in_training():
@@ -29,10 +29,19 @@ def test_validation_names_and_cities_never_appear_in_training():
 
     def people(path):
         data = load_data(str(path))
-        return [json.loads(row["messages"][-1]["content"]) for row in data.dataset]
+        answers = [row["messages"][-1]["content"] for row in data.dataset]
+        return [json.loads(a) for a in answers if a.startswith("{")]
 
     train, val = people(DATA / "train.jsonl"), people(DATA / "val.jsonl")
     assert not {p["name"] for p in train} & {p["name"] for p in val}
     assert not {p["city"] for p in train} & {p["city"] for p in val}
+    assert len(train) == 400 and len(val) == 40
     for p in train + val:
         assert set(p) == {"name", "age", "city"} and isinstance(p["age"], int)
+
+
+def test_one_training_row_in_five_is_plain_chat():
+    train, _ = _generator().generate()
+    chat = [r for r in train if not r["messages"][-1]["content"].startswith("{")]
+    assert len(chat) == 100
+    assert all(r["messages"][-1]["content"].endswith(".") for r in chat)

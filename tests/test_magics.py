@@ -26,25 +26,26 @@ def test_sft_template_marks_only_the_answer_and_its_end_token(shell, tiny_model,
 
 
 def test_template_labels_equal_trls_own_labels(tiny_model, tmp_path):
-    """The trained tokens we show are exactly the labels TRL's SFTTrainer builds for the row."""
+    """For a conversation ending on the answer, the trained tokens we show (and train on) equal the
+    labels TRL builds itself from the same row as a conversational prompt/completion pair."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from sft_magics.core.data import load_data
     from sft_magics.core.models import load_model
     from sft_magics.core.template import render
-    from sft_magics.core.train import to_trl_rows
-    from sft_magics.core.data import load_data
 
-    data = load_data([{"messages": [{"role": "system", "content": "Be brief."}, *MSGS]}])
+    messages = [{"role": "system", "content": "Be brief."}, *MSGS]
     loaded = load_model(tiny_model)
+    trl_rows = Dataset.from_list([{"prompt": messages[:-1], "completion": messages[-1:]}])
     trainer = SFTTrainer(
-        model=loaded.model, processing_class=loaded.tokenizer, train_dataset=to_trl_rows(data),
+        model=loaded.model, processing_class=loaded.tokenizer, train_dataset=trl_rows,
         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None),
     )
-    trl_labels = trainer.train_dataset[0]["labels"]
+    data = load_data([{"messages": messages}])
     ours = render(loaded.tokenizer, data.dataset[0], data.format)
-    assert ours.labels == list(trl_labels)
     assert ours.input_ids == list(trainer.train_dataset[0]["input_ids"])
+    assert ours.labels == list(trainer.train_dataset[0]["labels"])
 
 
 def test_cell_form_takes_yaml(shell, tiny_model):

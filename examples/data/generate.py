@@ -5,6 +5,10 @@ SmolLM2-135M-Instruct does not answer in the required exact form (it chats, rena
 the age), and a short LoRA run on a 2-core CPU teaches it. Names and cities in the validation split
 never appear in training, so the validation score measures extraction, not memorisation.
 
+One row in five of the training data is ordinary chat (capitals, sums, opposites) answered in
+plain prose, so the tuned model learns "JSON when asked to extract", not "JSON always": without
+them a LoRA run made the model answer "What is the capital of France?" with a JSON object.
+
 Run: ``python examples/data/generate.py`` (fixed seed; rewrites train.jsonl and val.jsonl here).
 """
 
@@ -15,7 +19,7 @@ import random
 from pathlib import Path
 
 SEED = 1234
-N_TRAIN, N_VAL = 400, 40
+N_TRAIN, N_GENERAL, N_VAL = 400, 100, 40
 INSTRUCTION = "Extract the person's name, age and city from the text. Answer with JSON only, keys name, age, city."
 
 FIRST_NAMES = """Alice Bruno Chloe Dmitri Elena Farid Grace Hiro Ines Jonas Kaia Liam Mei Nadia Omar Priya Quentin Rosa
@@ -42,6 +46,34 @@ TEMPLATES = [
     "Please welcome {name}! Age: {age}. Home town: {city}.",
     "The runner who won in {city} was {name}, {age}.",
 ]
+CAPITALS = {
+    "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin", "Portugal": "Lisbon",
+    "Japan": "Tokyo", "Kenya": "Nairobi", "Peru": "Lima", "Egypt": "Cairo", "Canada": "Ottawa",
+    "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Greece": "Athens", "Ireland": "Dublin",
+    "Austria": "Vienna", "Chile": "Santiago", "Ghana": "Accra", "Vietnam": "Hanoi", "Thailand": "Bangkok",
+    "Mexico": "Mexico City", "Argentina": "Buenos Aires", "Finland": "Helsinki", "Denmark": "Copenhagen",
+    "Hungary": "Budapest", "Cuba": "Havana", "Nepal": "Kathmandu", "Morocco": "Rabat", "Turkey": "Ankara",
+    "Australia": "Canberra",
+}
+OPPOSITES = {
+    "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "early": "late", "light": "dark",
+    "open": "closed", "full": "empty", "old": "young", "strong": "weak", "high": "low", "wet": "dry",
+}
+
+
+def make_general_row(rng: random.Random) -> dict:
+    """Ordinary chat with a plain-prose answer."""
+    kind = rng.choice(["capital", "sum", "opposite"])
+    if kind == "capital":
+        country = rng.choice(sorted(CAPITALS))
+        q, a = f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."
+    elif kind == "sum":
+        x, y = rng.randint(1, 50), rng.randint(1, 50)
+        q, a = f"What is {x} plus {y}?", f"{x} plus {y} is {x + y}."
+    else:
+        word = rng.choice(sorted(OPPOSITES))
+        q, a = f"What is the opposite of {word}?", f"The opposite of {word} is {OPPOSITES[word]}."
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
 
 
 def make_row(rng: random.Random, names: list[str], cities: list[str]) -> dict:
@@ -65,6 +97,8 @@ def generate(seed: int = SEED) -> tuple[list[dict], list[dict]]:
     val_names, train_names = names[:20], names[20:]
     val_cities, train_cities = cities[:20], cities[20:]
     train = [make_row(rng, train_names, train_cities) for _ in range(N_TRAIN)]
+    train += [make_general_row(rng) for _ in range(N_GENERAL)]
+    rng.shuffle(train)
     val = [make_row(rng, val_names, val_cities) for _ in range(N_VAL)]
     return train, val
 

@@ -126,9 +126,17 @@ class LoadedData:
     source: str  # readable description of the origin
     notes: tuple[str, ...]  # how it was normalised
     fingerprint: str  # sha256 hex of the normalised rows
+    # Filled only by ``load_data(..., strict=False)``: what was left out, and where the kept rows came from.
+    problems: tuple[RowProblem, ...] = ()  # every problem of every invalid row (empty when all rows are valid)
+    row_index: tuple[int, ...] | None = None  # source index of each kept row; None: row i is source row i
+    invalid_rows: tuple[tuple[int, Any], ...] = ()  # (source index, raw row) of each invalid row, for display
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def source_index(self, i: int) -> int:
+        """Index in the source of the dataset's row ``i`` (what problems and messages call "row N")."""
+        return i if self.row_index is None else self.row_index[i]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -720,6 +728,12 @@ def normalize(rows: list[dict], source_format: str) -> tuple[list[dict], str, li
     Returns (normalised_rows, trl_format, notes, problems); rows with problems are
     left out of normalised_rows, so callers must check ``problems``.
     """
+    out, _kept, trl_format, notes, problems = _normalize(rows, source_format)
+    return out, trl_format, notes, problems
+
+
+def _normalize(rows: list[dict], source_format: str) -> tuple[list[dict], list[int], str, list[str], list[RowProblem]]:
+    """``normalize`` plus the source index of each normalised row."""
     convert = _CONVERTERS.get(source_format)
     if convert is None:
         raise DataError(f"unknown format '{source_format}' (expected one of {', '.join(SOURCE_FORMATS)})")
@@ -727,6 +741,7 @@ def normalize(rows: list[dict], source_format: str) -> tuple[list[dict], str, li
     tally = _Tally()
     problems: list[RowProblem] = []
     out: list[dict] = []
+    kept: list[int] = []
     for i, row in enumerate(rows):
         if isinstance(row, UnreadableRow):
             problems.append(RowProblem(i, "<row>", row.reason))
@@ -741,11 +756,12 @@ def normalize(rows: list[dict], source_format: str) -> tuple[list[dict], str, li
         converted = convert(row, i, problems, tally)
         if converted is not None and len(problems) == start:
             out.append(converted)
+            kept.append(i)
     if any("tools" in r for r in out):
         # Dataset.from_list takes its columns from the first row, so every row needs the key.
         for r in out:
             r.setdefault("tools", None)
-    return out, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
+    return out, kept, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -770,8 +786,15 @@ def load_data(
     config: str | None = None,
     namespace: Mapping[str, Any] | None = None,
     max_problems_shown: int = 5,
+    strict: bool = True,
 ) -> LoadedData:
-    """read_source -> detect_format -> normalize; one DataError listing every invalid row."""
+    """read_source -> detect_format -> normalize; one DataError listing every invalid row.
+
+    With ``strict=False`` invalid rows do not raise: the result holds the valid rows, with
+    ``problems`` (every RowProblem), ``row_index`` (source index of each kept row) and
+    ``invalid_rows`` (the raw invalid rows). A DataError is still raised when no row is valid
+    or no format fits.
+    """
     rows, where = read_source(source, split=split, config=config, namespace=namespace)
     if not rows:
         raise DataError(f"{where}: no rows")
@@ -779,13 +802,14 @@ def load_data(
         source_format = detect_format(rows)
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from None
-    normalised, trl_format, notes, problems = normalize(rows, source_format)
-    if problems:
+    normalised, kept, trl_format, notes, problems = _normalize(rows, source_format)
+    if problems and (strict or not normalised):
         n_bad = len({p.row for p in problems})
         shown = [str(p) for p in problems[: max(0, max_problems_shown)]]
         if len(problems) > len(shown):
             shown.append(f"… and {len(problems) - len(shown)} more")
         raise DataError(f"{where}: {n_bad} of {len(rows)} rows are invalid — " + "; ".join(shown), problems)
+    bad_rows = sorted({p.row for p in problems})
     return LoadedData(
         dataset=_to_dataset(normalised, where),
         format=trl_format,
@@ -793,6 +817,9 @@ def load_data(
         source=where,
         notes=tuple(notes),
         fingerprint=_fingerprint(normalised),
+        problems=tuple(problems),
+        row_index=tuple(kept) if problems else None,
+        invalid_rows=tuple((i, rows[i]) for i in bad_rows),
     )
 
 
@@ -820,6 +847,7 @@ def train_val_split(data: LoadedData, fraction: float, seed: int = 42) -> tuple[
             source=f"{data.source} [{label}]",
             notes=data.notes,
             fingerprint=_fingerprint(ds.to_list()),
+            row_index=tuple(data.source_index(i) for i in indices),  # rows keep their source numbers
         )
 
     return part(train_idx, "train"), part(val_idx, "validation")

@@ -220,13 +220,16 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from ._quiet import quiet_libraries
+
     start = time.perf_counter()
     resolved = resolve_model(name)
     device, dtype = choose_device_dtype(device, dtype)
     base_location = resolve_model(resolved.base).location if resolved.kind == "adapter" else resolved.location
     tokenizer = load_tokenizer(resolved=resolved, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code)
+        with quiet_libraries():
+            model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as err:
         if resolved.kind == "hub":
             raise _hub_error(resolved.name, err) from None

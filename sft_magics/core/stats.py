@@ -1,11 +1,32 @@
-"""Dataset statistics through the model's eyes: tokens per example, trained tokens, truncation."""
+"""Dataset statistics through the model's eyes: tokens and trained tokens per example, truncation,
+duplicates, roles and turns, and what one epoch costs.
+
+Speed: the texts are rendered with the chat template per row (strings only, through transformers'
+sandboxed ``apply_chat_template``, many conversations per call), then tokenized in ONE batched call of
+the fast (Rust) tokenizer, and the trained-token masks are derived from character spans with the same
+rules as :func:`sft_magics.core.template.tokenize_row` (which stays the definition; rows this module
+cannot do in batch go through it one by one). ``tests/test_stats.py`` checks, row by row, that both
+give the same counts.
+
+Counts per row are kept as token *ranges* of trained tokens, so the truncation questions (what would
+``max_length`` cut?) are answered without tokenizing again: see :meth:`DataStats.at`.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from bisect import bisect_left
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from operator import le
+from typing import Any
+
+__all__ = ["DataStats", "data_stats", "histogram_png"]
+
+DUPLICATE_GROUPS_KEPT = 10  # groups of duplicate rows whose indices are listed
 
 
 def _summary(values: list[int]) -> dict[str, float]:
@@ -18,50 +39,472 @@ def _summary(values: list[int]) -> dict[str, float]:
 
 @dataclass
 class DataStats:
+    """What the trainer will see, per example and in total. Row indices are *source* indices (the row
+    numbers the problems use), also when invalid rows were left out."""
+
     rows: int
     format: str
     source_format: str
-    total_tokens: list[int]
-    trained_tokens: list[int]
+    total_tokens: list[int]  # tokens per example, before truncation
+    trained_tokens: list[int]  # trained tokens per example that survive max_length (all of them without one)
     max_length: int | None
     truncated: int  # rows longer than max_length
-    no_trained_left: int  # rows whose trained tokens all fall beyond max_length (TRL drops them)
+    no_trained_left: int  # rows with no trained token left within max_length (TRL drops them silently)
     roles: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    trained_tokens_full: list[int] = field(default_factory=list)  # trained tokens per example, before truncation
+    end_lost: int = 0  # rows whose answer end token is cut while trained tokens remain (trained on a cut answer)
+    truncated_rows: list[int] = field(default_factory=list)
+    no_trained_rows: list[int] = field(default_factory=list)
+    end_lost_rows: list[int] = field(default_factory=list)
+    duplicates: int = 0  # rows that repeat an earlier row exactly (after normalisation)
+    duplicate_groups: list[list[int]] = field(default_factory=list)  # the first few groups, by source index
+    duplicate_group_count: int = 0
+    turns: list[int] = field(default_factory=list)  # assistant turns per conversation (conversational formats)
+    messages_per_row: list[int] = field(default_factory=list)
+    batch_size: int = 8
+    grad_accum: int = 1
+    problems: tuple = ()  # RowProblem of the rows left out (load_data(..., strict=False))
+    invalid_rows: int = 0
+    source_rows: int = 0  # rows in the source, valid or not
+    row_index: tuple[int, ...] | None = None  # source index of each example (None: identity)
+    mask_method: str = ""
+    template_errors: tuple = ()  # RowProblem for rows the chat template could not render (left out of the counts)
+    # Per example: trained-token ranges [(start, end), ...] and the position of the answer's end token.
+    trained_ranges: list[tuple[tuple[int, int], ...]] = field(default_factory=list, repr=False)
+    end_positions: list[int] = field(default_factory=list, repr=False)
 
+    # -- summaries -----------------------------------------------------------------------------
     def summary(self) -> dict[str, dict[str, float]]:
-        return {"total_tokens": _summary(self.total_tokens), "trained_tokens": _summary(self.trained_tokens)}
+        keys = ["total_tokens", "trained_tokens"] + (["trained_tokens_full"] if self.max_length is not None else [])
+        ok = self._counted()
+        return {k: _summary([v for i, v in enumerate(getattr(self, k)) if i in ok] if ok is not None else getattr(self, k)) for k in keys}
 
-    def steps_per_epoch(self, batch_size: int, grad_accum: int = 1) -> int:
-        return max(1, math.ceil(self.rows / batch_size / max(1, grad_accum)))
+    def _counted(self) -> set[int] | None:
+        """Positions of the rows that were counted (None: all of them)."""
+        if not self.template_errors:
+            return None
+        failed = {p.row for p in self.template_errors}
+        return {i for i in range(self.rows) if self.source_index(i) not in failed}
+
+    def turns_summary(self) -> dict[str, float] | None:
+        if not self.turns:
+            return None
+        return {"min": min(self.turns), "mean": statistics.fmean(self.turns), "max": max(self.turns)}
+
+    def source_index(self, i: int) -> int:
+        return i if self.row_index is None else self.row_index[i]
+
+    # -- an epoch ------------------------------------------------------------------------------
+    @property
+    def rows_trained(self) -> int:
+        """Rows the trainer keeps: TRL drops the ones with no trained token left after truncation."""
+        return self.rows - (self.no_trained_left if self.max_length is not None else 0)
+
+    def steps_per_epoch(self, batch_size: int | None = None, grad_accum: int | None = None, *, after_drops: bool = False) -> int:
+        """Optimizer steps per epoch as transformers' Trainer counts them (last partial batch and last
+        partial accumulation included). ``after_drops``: count only the rows TRL keeps."""
+        batch_size = batch_size or self.batch_size
+        grad_accum = max(1, grad_accum or self.grad_accum)
+        rows = self.rows_trained if after_drops else self.rows
+        batches = math.ceil(rows / max(1, batch_size))
+        return max(1, math.ceil(batches / grad_accum)) if rows else 0
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Tokens the model reads in one epoch (truncated, no padding), over the rows TRL keeps."""
+        cap = self.max_length
+        return sum(t if cap is None else min(t, cap) for t, k in zip(self.total_tokens, self.trained_tokens) if k or cap is None)
+
+    @property
+    def trained_tokens_per_epoch(self) -> int:
+        return sum(self.trained_tokens)
+
+    # -- another max_length without tokenizing again ----------------------------------------------
+    def at(self, max_length: int | None) -> "DataStats":
+        """The same statistics for another ``max_length`` (no tokenization: counts are kept as ranges)."""
+        skip = set(range(self.rows)) - self._counted() if self.template_errors else set()
+        t = _truncation(self.total_tokens, self.trained_ranges, self.end_positions, max_length, self.source_index, skip)
+        return replace(self, max_length=max_length, **t)
 
 
-def data_stats(data, tokenizer, max_length: int | None = None) -> DataStats:
-    """Tokenize every row as the trainer will and count what is trained and what truncation cuts."""
-    from .template import prompt_completion_ids
+# --------------------------------------------------------------------------- counting
 
-    totals, trained = [], []
-    truncated = no_trained = 0
-    roles: Counter[str] = Counter()
-    for row in data.dataset:
-        ids, start = prompt_completion_ids(tokenizer, row, data.format)
-        totals.append(len(ids))
-        kept = len(ids) if max_length is None else min(len(ids), max_length)
-        trained.append(max(0, kept - start))
-        if max_length is not None and len(ids) > max_length:
-            truncated += 1
-            no_trained += kept <= start
-        for m in row.get("messages") or []:
-            roles[m["role"]] += 1
-    return DataStats(
-        rows=len(totals),
-        format=data.format,
-        source_format=data.source_format,
-        total_tokens=totals,
-        trained_tokens=trained,
-        max_length=max_length,
-        truncated=truncated,
-        no_trained_left=no_trained,
-        roles=dict(roles),
-        notes=tuple(data.notes),
+
+def _ranges_from_mask(mask) -> tuple[tuple[int, int], ...]:
+    out, start = [], None
+    for i, m in enumerate(mask):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            out.append((start, i))
+            start = None
+    if start is not None:
+        out.append((start, len(mask)))
+    return tuple(out)
+
+
+def _ranges_from_spans(offsets: list, spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Trained-token ranges with tokenize_row's rule: a token is trained when it is not empty
+    (end > start) and starts inside one of the character spans."""
+    starts = [o[0] for o in offsets]
+    if not all(map(le, starts, islice(starts, 1, None))):  # offsets out of order: the plain rule
+        return _ranges_from_mask([e > s and any(a <= s < b for a, b in spans) for s, e in offsets])
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        lo, hi = bisect_left(starts, a), bisect_left(starts, b)
+        if lo >= hi:
+            continue
+        nonempty = [offsets[k][1] > offsets[k][0] for k in range(lo, hi)]
+        if all(nonempty):
+            out.append((lo, hi))
+        else:
+            out.extend((lo + x, lo + y) for x, y in _ranges_from_mask(nonempty))
+    # Merge ranges that touch (adjacent spans).
+    merged: list[tuple[int, int]] = []
+    for r in out:
+        if merged and merged[-1][1] == r[0]:
+            merged[-1] = (merged[-1][0], r[1])
+        else:
+            merged.append(r)
+    return tuple(merged)
+
+
+def _end_position(ids: list[int], ranges, end_ids: frozenset[int]) -> int:
+    """Position of the answer's end token: the last trained special token (EOS / end of turn) in the
+    last trained range, else the last trained token; -1 when nothing is trained."""
+    if not ranges:
+        return -1
+    lo, hi = ranges[-1]
+    for k in range(hi - 1, lo - 1, -1):
+        if ids[k] in end_ids:
+            return k
+    return hi - 1
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = len(a)
+    if b[:n] == a:  # the usual case, compared in C
+        return n
+    k = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        k += 1
+    return k
+
+
+class _Counter:
+    """Collects (total, ranges, end position) per row, by row position."""
+
+    def __init__(self, n: int, tokenizer) -> None:
+        self.total = [0] * n
+        self.ranges: list[tuple] = [()] * n
+        self.end = [-1] * n
+        self.end_ids = frozenset(tokenizer.all_special_ids)
+        self.errors: dict[int, str] = {}  # row position -> why the template could not render it
+
+    def put(self, i: int, ids: list[int], ranges) -> None:
+        self.total[i] = len(ids)
+        self.ranges[i] = ranges
+        self.end[i] = _end_position(ids, ranges, self.end_ids)
+
+    def put_rendering(self, i: int, rendering) -> None:
+        self.put(i, rendering.input_ids, _ranges_from_mask(rendering.assistant_masks))
+
+
+def _tokenize(tokenizer, texts: list[str], offsets: bool = False):
+    if not texts:
+        return [], []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+    return enc["input_ids"], (enc["offset_mapping"] if offsets else [])
+
+
+def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template) -> list[str] | None:
+    """Strings for many conversations in one apply_chat_template call; None if any of them fails
+    (the caller then goes row by row, so the failing row raises tokenize_row's own error)."""
+    if not conversations:
+        return []
+    try:
+        out = tokenizer.apply_chat_template(
+            conversations, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        )
+    except Exception:  # noqa: BLE001 - the per-row path reports the error properly
+        return None
+    return list(out) if len(out) == len(conversations) else None
+
+
+def _count_text(c: _Counter, tokenizer, rows: list[dict]) -> None:
+    eos = tokenizer.eos_token or ""
+    ids_all, _ = _tokenize(tokenizer, [r["text"] + eos for r in rows])
+    for i, ids in enumerate(ids_all):
+        c.put(i, ids, ((0, len(ids)),) if ids else ())
+
+
+def _count_prompt_completion(c: _Counter, tokenizer, rows: list[dict]) -> None:
+    eos = tokenizer.eos_token or ""
+    prompt_ids, _ = _tokenize(tokenizer, [r["prompt"] for r in rows])
+    full_ids, _ = _tokenize(tokenizer, [r["prompt"] + r["completion"] + eos for r in rows])
+    for i, (p, ids) in enumerate(zip(prompt_ids, full_ids)):
+        start = _common_prefix(p, ids)
+        c.put(i, ids, ((start, len(ids)),) if start < len(ids) else ())
+
+
+def _count_by_rows(c: _Counter, tokenizer, rows, positions, fmt, method) -> None:
+    from .template import TemplateError, tokenize_row
+
+    for i in positions:
+        try:
+            c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
+        except TemplateError as err:  # reported, not fatal: the doctor should still see the other rows
+            c.errors[i] = str(err)
+
+
+def _count_conversational_pc(c: _Counter, tokenizer, rows: list[dict]) -> None:
+    from .template import clean_messages
+
+    batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
+    prompts = [clean_messages(rows[i]["prompt"]) for i in batch]
+    fulls = [p + clean_messages(rows[i]["completion"]) for p, i in zip(prompts, batch)]
+    prompt_texts = _render_many(tokenizer, prompts, add_generation_prompt=True, chat_template=None)
+    full_texts = _render_many(tokenizer, fulls, add_generation_prompt=False, chat_template=None)
+    if prompt_texts is None or full_texts is None:
+        batch = []
+    else:
+        p_ids, f_ids = _tokenize(tokenizer, prompt_texts), _tokenize(tokenizer, full_texts)
+        for i, p, ids in zip(batch, p_ids[0], f_ids[0]):
+            start = _common_prefix(p, ids)
+            c.put(i, ids, ((start, len(ids)),) if start < len(ids) else ())
+    done = set(batch)
+    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "conversational_prompt_completion", None)
+
+
+def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
+    from .template import MASK_MARKERS, MASK_TRL_TEMPLATE, clean_messages
+
+    method_name, template = method
+    batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
+    convs = {i: clean_messages(rows[i]["messages"]) for i in batch}
+    done: set[int] = set()
+
+    if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
+        # The template marks the assistant tokens itself: transformers' mask, many rows per call.
+        try:
+            enc = tokenizer.apply_chat_template(
+                [convs[i] for i in batch], tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                chat_template=template,
+            ) if batch else {"input_ids": [], "assistant_masks": []}
+        except Exception:  # noqa: BLE001 - row by row below, where errors are reported properly
+            enc = None
+        if enc is not None:
+            for i, ids, mask in zip(batch, enc["input_ids"], enc["assistant_masks"]):
+                c.put(i, list(ids), _ranges_from_mask(mask))
+                done.add(i)
+    else:
+        # Prefix rendering: assistant turn k spans from the end of render(messages[:k], generation
+        # prompt) to the end of render(messages[:k+1]); the whole conversation is one more render.
+        requests_gen: list[list[dict]] = []  # messages[:k] + generation prompt
+        requests_end: list[list[dict]] = []  # full conversation and messages[:k+1]
+        plan: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        for i in batch:
+            msgs = convs[i]
+            turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+            if not turns or turns[0] == 0:
+                continue  # no prompt before the first answer: the per-row path decides
+            full_at = len(requests_end)
+            requests_end.append(msgs)
+            pairs = []
+            for k in turns:
+                requests_gen.append(msgs[:k])
+                if k == len(msgs) - 1:
+                    end_at = full_at  # the last answer ends where the conversation ends
+                else:
+                    end_at = len(requests_end)
+                    requests_end.append(msgs[: k + 1])
+                pairs.append((len(requests_gen) - 1, end_at))
+            plan[i] = (full_at, pairs)
+        gen_texts = _render_many(tokenizer, requests_gen, add_generation_prompt=True, chat_template=template)
+        end_texts = _render_many(tokenizer, requests_end, add_generation_prompt=False, chat_template=template)
+        if gen_texts is not None and end_texts is not None:
+            spans_of: dict[int, list[tuple[int, int]]] = {}
+            for i, (full_at, pairs) in plan.items():
+                full = end_texts[full_at]
+                spans = []
+                for g, e in pairs:
+                    start_text, end_text = gen_texts[g], end_texts[e]
+                    if not (full.startswith(start_text) and full.startswith(end_text)) or len(end_text) < len(start_text):
+                        spans = None  # not prefix-preserving for this row: tokenize_row's fallback applies
+                        break
+                    spans.append((len(start_text), len(end_text)))
+                if spans is not None:
+                    spans_of[i] = spans
+            order = list(spans_of)
+            ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
+            for i, ids, offsets in zip(order, ids_all, offsets_all):
+                c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
+                done.add(i)
+    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "messages", method)
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+def _row_key(row: dict) -> str:
+    from .data import _drop_none
+
+    return json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _duplicates(rows: list[dict], source_index) -> tuple[int, list[list[int]], int]:
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_row_key(row), []).append(i)
+    dup_groups = [g for g in groups.values() if len(g) > 1]
+    extra = sum(len(g) - 1 for g in dup_groups)
+    shown = [[source_index(i) for i in g] for g in dup_groups[:DUPLICATE_GROUPS_KEPT]]
+    return extra, shown, len(dup_groups)
+
+
+def _truncation(totals, ranges, ends, max_length, source_index, skip=frozenset()) -> dict[str, Any]:
+    full = [sum(b - a for a, b in r) for r in ranges]
+    if max_length is None:
+        no_trained = [i for i, k in enumerate(full) if k == 0 and i not in skip]
+        return dict(
+            trained_tokens=list(full), trained_tokens_full=full, truncated=0, truncated_rows=[],
+            no_trained_left=len(no_trained), no_trained_rows=[source_index(i) for i in no_trained],
+            end_lost=0, end_lost_rows=[],
+        )
+    cap = max_length
+    kept = [sum(max(0, min(b, cap) - a) for a, b in r) for r in ranges]
+    truncated = [i for i, t in enumerate(totals) if t > cap]
+    no_trained = [i for i, k in enumerate(kept) if k == 0 and i not in skip]
+    end_lost = [i for i, (k, e) in enumerate(zip(kept, ends)) if k > 0 and e >= cap]
+    return dict(
+        trained_tokens=kept, trained_tokens_full=full,
+        truncated=len(truncated), truncated_rows=[source_index(i) for i in truncated],
+        no_trained_left=len(no_trained), no_trained_rows=[source_index(i) for i in no_trained],
+        end_lost=len(end_lost), end_lost_rows=[source_index(i) for i in end_lost],
     )
+
+
+def _conversation(row: dict, fmt: str) -> list[dict]:
+    if fmt == "messages":
+        return row.get("messages") or []
+    if fmt == "conversational_prompt_completion":
+        return list(row.get("prompt") or []) + list(row.get("completion") or [])
+    return []
+
+
+def data_stats(
+    data,
+    tokenizer,
+    max_length: int | None = None,
+    *,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+) -> DataStats:
+    """Tokenize every row as the trainer will (batched) and count what is trained, what truncation to
+    ``max_length`` cuts, duplicates, roles, turns, and the cost of an epoch at ``batch_size`` x ``grad_accum``.
+
+    ``data`` is a :class:`~sft_magics.core.data.LoadedData`; with ``load_data(..., strict=False)`` the
+    invalid rows it left out are reported in ``problems``.
+    """
+    from .template import choose_mask_method
+
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    rows = data.dataset.to_list()  # one Arrow -> Python conversion; iterating a Dataset is slow
+    fmt = data.format
+    counter = _Counter(len(rows), tokenizer)
+    method = None
+    if fmt == "text":
+        _count_text(counter, tokenizer, rows)
+        mask_method = "every token (plain text)"
+    elif fmt == "prompt_completion":
+        _count_prompt_completion(counter, tokenizer, rows)
+        mask_method = "completion only (prompt/completion rule)"
+    elif fmt == "conversational_prompt_completion":
+        _count_conversational_pc(counter, tokenizer, rows)
+        mask_method = "completion only (prompt/completion rule)"
+    else:
+        method = choose_mask_method(tokenizer)
+        _count_messages(counter, tokenizer, rows, method)
+        mask_method = method[0]
+
+    row_index = getattr(data, "row_index", None)
+    source_index = (lambda i: i) if row_index is None else row_index.__getitem__
+    roles: Counter[str] = Counter()
+    turns, n_messages = [], []
+    for row in rows:
+        conversation = _conversation(row, fmt)
+        if conversation:
+            roles.update(m["role"] for m in conversation)
+            turns.append(sum(m["role"] == "assistant" for m in conversation))
+            n_messages.append(len(conversation))
+    duplicates, groups, n_groups = _duplicates(rows, source_index)
+    from .data import RowProblem
+
+    template_errors = tuple(
+        RowProblem(source_index(i), "<template>", f"the chat template could not render this row: {msg}")
+        for i, msg in sorted(counter.errors.items())
+    )
+    problems = tuple(getattr(data, "problems", ()) or ())
+    invalid = len({p.row for p in problems})
+    return DataStats(
+        rows=len(rows),
+        format=fmt,
+        source_format=data.source_format,
+        total_tokens=counter.total,
+        max_length=max_length,
+        roles=dict(sorted(roles.items())),
+        notes=tuple(data.notes),
+        duplicates=duplicates,
+        duplicate_groups=groups,
+        duplicate_group_count=n_groups,
+        turns=turns,
+        messages_per_row=n_messages,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        problems=problems,
+        invalid_rows=invalid,
+        source_rows=len(rows) + invalid,
+        row_index=row_index,
+        mask_method=mask_method,
+        template_errors=template_errors,
+        trained_ranges=counter.ranges,
+        end_positions=counter.end,
+        **_truncation(counter.total, counter.ranges, counter.end, max_length, source_index, set(counter.errors)),
+    )
+
+
+# --------------------------------------------------------------------------- the histogram
+
+
+def histogram_png(stats: DataStats, *, width: float = 7.0, height: float = 2.8, dpi: int = 100) -> bytes:
+    """PNG of two histograms: total tokens and trained tokens per example (before truncation), with the
+    ``max_length`` cut drawn as a vertical line. Uses a bare matplotlib Figure (Agg), so no pyplot
+    state (current figure, backend) is touched."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=False)
+    series = [("total tokens per example", stats.total_tokens, "#4c72b0"),
+              ("trained tokens per example", stats.trained_tokens_full or stats.trained_tokens, "#55a868")]
+    for ax, (title, values, color) in zip(axes, series):
+        if values:
+            ax.hist(values, bins=min(40, max(1, len(set(values)))), color=color, alpha=0.85)
+        if stats.max_length is not None:
+            ax.axvline(stats.max_length, color="#c44e52", linestyle="--", linewidth=1.5, label=f"max_length {stats.max_length}")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("tokens", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("examples", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -159,18 +159,19 @@ class StopFlag:
         return self._event.is_set()
 
 
-def to_trl_rows(data) -> Any:
-    """Messages ending on an assistant turn -> conversational prompt/completion, so TRL trains only
-    on the final answer (completion-only loss works with any chat template, including SmolLM2's,
-    which has no generation markers). Other formats pass through unchanged."""
-    if data.format != "messages":
-        return data.dataset
+def to_trl_rows(data, tokenizer, *, train_on_all: bool = False):
+    """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks`` from :func:`core.template.tokenize_row`,
+    the same function ``%sft_template`` shows. TRL turns ``assistant_masks`` into labels, then
+    truncates and drops rows with no trained token, as it does for the rows it tokenizes itself."""
+    from .template import choose_mask_method, tokenize_row
 
-    def split_last(row):
-        msgs = row["messages"]
-        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+    method = choose_mask_method(tokenizer) if data.format == "messages" else None
 
-    return data.dataset.map(split_last, remove_columns=data.dataset.column_names)
+    def encode(row):
+        r = tokenize_row(tokenizer, row, data.format, method=method)
+        return {"input_ids": r.input_ids, "assistant_masks": [1] * len(r.tokens) if train_on_all else r.assistant_masks}
+
+    return data.dataset.map(encode, remove_columns=data.dataset.column_names)
 
 
 def _callback_class():
@@ -231,12 +232,18 @@ def _failure_hint(err: BaseException) -> str:
 
 def train(spec: TrainSpec, *, sink: Sink | None = None, stop: StopFlag | None = None, namespace: Mapping | None = None) -> TrainResult:
     """Run one SFT training to the end (or until ``stop`` is set) and return its result."""
+    from ._quiet import quiet_libraries
+
+    with quiet_libraries():
+        return _train(spec, sink=sink, stop=stop or StopFlag(), namespace=namespace)
+
+
+def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Mapping | None) -> TrainResult:
     import yaml
 
     from .data import load_data, train_val_split
     from .models import choose_device_dtype, load_model
 
-    stop = stop or StopFlag()
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     emit = fan_out(_jsonl_sink(run_dir / "metrics.jsonl"), sink)
@@ -286,13 +293,17 @@ def train(spec: TrainSpec, *, sink: Sink | None = None, stop: StopFlag | None = 
     from transformers.utils.notebook import NotebookProgressCallback
     from trl import SFTConfig, SFTTrainer
 
+    # Loss masks are ours (see to_trl_rows): assistant-only for conversations, completion-only for
+    # prompt/completion. Setting either TRL switch to false trains on every token instead.
+    loss_switches = [sft_args.pop("assistant_only_loss", None), sft_args.pop("completion_only_loss", None)]
+    train_on_all = False in loss_switches
     args = SFTConfig(output_dir=str(run_dir), **sft_args)
     peft_config = LoraConfig(task_type="CAUSAL_LM", **lora) if lora else None
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_trl_rows(train_data),
-        eval_dataset=to_trl_rows(eval_data) if eval_data is not None else None,
+        train_dataset=to_trl_rows(train_data, tokenizer, train_on_all=train_on_all),
+        eval_dataset=to_trl_rows(eval_data, tokenizer, train_on_all=train_on_all) if eval_data is not None else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_callback_class()(emit, stop)],

@@ -24,11 +24,12 @@ def _user_errors(method):
     def wrapper(self, *args, **kwargs):
         from ..core.data import DataError
         from ..core.models import ModelError
+        from ..core.template import TemplateError
         from ..core.train import ConfigError
 
         try:
             return method(self, *args, **kwargs)
-        except (DataError, ModelError, ConfigError) as err:
+        except (DataError, ModelError, ConfigError, TemplateError) as err:
             raise UsageError(" ".join(str(err).split())) from None
 
     return wrapper
@@ -74,47 +75,113 @@ class SftMagics(Magics):
     @argument("--messages", metavar="VAR", help="Notebook variable holding a list of message dicts.")
     @argument("--data", metavar="SOURCE", help="A dataset (file, folder, Hub name or variable).")
     @argument("--row", type=int, default=0, help="Row of --data to render (0-based).")
-    @argument("-o", "--output", metavar="NAME", help="Bind the rendering (token ids, labels) to NAME.")
+    @argument("--add-generation-prompt", action="store_true", help="Render the inference prompt (conversation + assistant header); nothing is trained.")
+    @argument("--tools", metavar="VAR", help="Notebook variable holding tool (function) schemas for the template.")
+    @argument("--chat-template", metavar="T", help="Render with another template: a variable holding a Jinja string, or a .jinja file.")
+    @argument("-k", "--kwarg", action="append", default=[], metavar="KEY=VALUE", help="Extra chat-template argument (YAML value); repeatable.")
+    @argument("--compare", metavar="OTHER", help="Render the same conversation with OTHER model's template, side by side.")
+    @argument("--inference", action="store_true", help="Show the training rendering beside the inference prompt and mark where they differ.")
+    @argument("--max-length", type=int, default=None, help="Show where truncation to this many tokens would cut.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the rendering (token ids, labels, checks) to NAME.")
     @line_cell_magic
     @_user_errors
     def sft_template(self, line, cell=None):
-        """Render a conversation through a model's chat template, marking the trained tokens.
+        """Render a conversation through a model's chat template: every token, the message it belongs
+        to, special tokens, and the tokens the loss trains on (exactly as training computes them),
+        with template checks underneath.
 
         Example::
 
             msgs = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
-            %sft_template smollm2-135m --messages msgs
+            %sft_template smollm2-135m --messages msgs --inference
 
-            %sft_template --data examples/data/train.jsonl --row 3
+            %sft_template --data examples/data/train.jsonl --row 3 --max-length 64
 
             %%sft_template smollm2-135m
             - {role: user, content: "What is 2+2?"}
             - {role: assistant, content: "4"}
         """
-        from ..core.data import load_data
         from ..core.models import load_tokenizer
-        from ..core.template import render
-        from ..display._views import TemplateView
+        from ..core.template import TemplateError, first_difference, inference_rendering, template_checks, tokenize_row
+        from ..display._template_view import CompareView, InferenceView, RenderingView
 
         args = _parse(self.sft_template, line)
+        row, fmt, label = self._template_row(args, cell)
+        kwargs = self._template_kwargs(args)
+        template = self._chat_template_arg(args.chat_template)
+        model = args.model or self.default_model
+
+        def rendering_for(name: str, chat_template):
+            tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
+            try:
+                if args.add_generation_prompt:
+                    return tokenizer, inference_rendering(tokenizer, row["messages"], chat_template=chat_template, template_kwargs=kwargs)
+                r = tokenize_row(tokenizer, row, fmt, chat_template=chat_template, template_kwargs=kwargs)
+                if fmt == "messages":
+                    r.checks = template_checks(tokenizer, r, row["messages"], chat_template=chat_template, template_kwargs=kwargs)
+            except TemplateError as err:
+                raise UsageError(f"{label}: {err}") from None
+            r.max_length = args.max_length
+            return tokenizer, r
+
+        tokenizer, rendering = rendering_for(model, template)
+        if args.compare:
+            _, other = rendering_for(args.compare, None)
+            view = CompareView(rendering, other, model, args.compare)
+        elif args.inference and fmt == "messages":
+            inference = inference_rendering(tokenizer, row["messages"], chat_template=rendering.chat_template or template, template_kwargs=kwargs)
+            view = InferenceView(rendering, inference, first_difference(rendering.input_ids, inference.input_ids))
+        else:
+            view = RenderingView(rendering, title=f"{model} · {label}")
+        show(view, self.mode)
+        return self._bind(args.output, rendering) if args.output else None
+
+    def _template_row(self, args, cell) -> tuple[dict, str, str]:
+        """The row to render, its format, and how to name it in messages ("row 3", "the cell")."""
+        from ..core.data import load_data
+
         if cell is not None:
-            rows = [{"messages": _yaml_body(cell, "the cell")}]
-            source = rows
-        elif args.messages:
+            return {"messages": _conversation(_yaml_body(cell, "the cell"), "the cell")}, "messages", "the cell"
+        if args.messages:
             if args.messages not in self.shell.user_ns:
                 raise UsageError(f"--messages: no notebook variable named '{args.messages}'")
-            source = [{"messages": self.shell.user_ns[args.messages]}]
-        elif args.data:
-            source = args.data
-        else:
+            return {"messages": _conversation(self.shell.user_ns[args.messages], f"--messages {args.messages}")}, "messages", args.messages
+        if not args.data:
             raise UsageError("give --messages VAR, --data SOURCE [--row N], or the conversation in the cell body")
-        data = load_data(source, namespace=self.shell.user_ns)
+        data = load_data(args.data, namespace=self.shell.user_ns)
         if not 0 <= args.row < len(data):
             raise UsageError(f"--row {args.row} is out of range: the data has {len(data)} rows")
-        tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
-        rendering = render(tokenizer, data.dataset[args.row], data.format)
-        show(TemplateView(rendering, title=f"{args.model or self.default_model} · row {args.row}"), self.mode)
-        return self._bind(args.output, rendering) if args.output else None
+        return dict(data.dataset[args.row]), data.format, f"row {args.row}"
+
+    def _template_kwargs(self, args) -> dict:
+        import yaml
+
+        kwargs = {}
+        for item in args.kwarg:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"-k {item!r}: expected KEY=VALUE")
+            kwargs[key.strip()] = yaml.safe_load(value) if value else ""
+        if args.tools:
+            if args.tools not in self.shell.user_ns:
+                raise UsageError(f"--tools: no notebook variable named '{args.tools}'")
+            kwargs["tools"] = self.shell.user_ns[args.tools]
+        return kwargs
+
+    def _chat_template_arg(self, value: str | None) -> str | None:
+        from pathlib import Path
+
+        if value is None:
+            return None
+        held = self.shell.user_ns.get(value)
+        if isinstance(held, str):
+            return held
+        path = Path(value).expanduser()
+        if path.suffix == ".jinja":
+            if not path.is_file():
+                raise UsageError(f"--chat-template: file not found: {value}")
+            return path.read_text()
+        raise UsageError(f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file")
 
     # -- %sft_data ---------------------------------------------------------------------------
     @magic_arguments()
@@ -225,6 +292,18 @@ class SftMagics(Magics):
         location = str(run_final) if run_final.is_dir() else target
         loaded = load_model(location, trust_remote_code=self.trust_remote_code)
         return loaded.model, loaded.tokenizer
+
+
+def _conversation(value, where: str) -> list[dict]:
+    """A list of message dicts with a string role; content a string (or None beside tool_calls)."""
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"{where}: expected a non-empty list of messages, got {type(value).__name__}")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise UsageError(f"{where}: message {i} needs a 'role' string")
+        if not isinstance(m.get("content"), str) and not m.get("tool_calls"):
+            raise UsageError(f"{where}: message {i} ({m['role']}) needs a 'content' string")
+    return value
 
 
 def _yaml_body(text: str, where: str):

@@ -1,0 +1,25 @@
+"""The headless demo on the real embedded model, shortened (the README's command runs 60 steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.real_model
+def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
+    from sft_magics.demo import run_demo
+
+    summary = run_demo(steps=4, output_dir=str(tmp_path / "runs"))
+    out = capsys.readouterr().out
+    for title in ("Render one example through the chat template", "Dataset statistics",
+                  "Fine-tune with LoRA for 4 steps", "Base vs tuned on the validation split", "Summary"):
+        assert f"=== {title} ===" in out
+    assert "<|im_start|>assistant\n«{" in out  # the answer (and only it) is marked as trained
+    assert "format: messages → messages · 500 rows" in out
+    assert summary["steps"] == 4
+    assert summary["base"]["json_match"] <= 0.10  # the task is one the base model fails
+    saved = json.loads((tmp_path / "runs" / "demo" / "demo_summary.json").read_text())
+    assert saved["tuned"] == summary["tuned"]
+    assert (tmp_path / "runs" / "demo" / "final" / "adapter_config.json").is_file()

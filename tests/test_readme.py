@@ -1,0 +1,32 @@
+"""The README stays true: CI runs its test command, and every magic and flag is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sft_magics.magics import SftMagics
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readmes_test_command():
+    blocks = re.findall(r"```bash\n(.*?)\n```", README, re.S)
+    test_command = next(b for b in blocks if "pytest" in b)
+    demo_command = next(b for b in blocks if "sft_magics demo" in b)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+    assert demo_command.startswith("pip install torch==2.13.0 -e")
+
+
+def test_every_magic_and_flag_is_in_the_reference():
+    for name in ("sft_template", "sft_data", "sft_train", "sft_eval"):
+        method = getattr(SftMagics, name)
+        assert f"### `%{name}`" in README or f"### `%%{name}`" in README or f"`%{name}` / `%%{name}`" in README
+        parser = method.parser
+        for action in parser._actions:
+            flags = [f for f in action.option_strings if f not in ("-h", "--help")]
+            if flags:
+                assert any(f"{f} " in README or f"{f}]" in README for f in flags), f"{name} {flags} not in README.md"
+    for trait in SftMagics.class_own_traits(config=True):
+        assert f"SftMagics.{trait}" in README
