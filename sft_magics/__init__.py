@@ -41,8 +41,13 @@ def __getattr__(name: str):
 def load_ipython_extension(ipython) -> None:
     """Called by ``%load_ext sft_magics``: register the magics."""
     from .magics import SftMagics
+    from .magics._runner import await_transformer, kernel_pumps_comms_when_awaiting
 
     ipython.register_magics(SftMagics(shell=ipython))
+    # In ipykernel >= 7 a Stop button click is only handled while the cell awaits: run
+    # %%sft_train cells as coroutines there (see magics/_runner.py).
+    if kernel_pumps_comms_when_awaiting() and await_transformer not in ipython.input_transformers_post:
+        ipython.input_transformers_post.append(await_transformer)
 
 
 def unload_ipython_extension(ipython) -> None:
@@ -54,3 +59,7 @@ def unload_ipython_extension(ipython) -> None:
         for name in names:
             manager.magics[kind].pop(name, None)
     manager.registry.pop("SftMagics", None)
+    from .magics._runner import await_transformer
+
+    if await_transformer in ipython.input_transformers_post:
+        ipython.input_transformers_post.remove(await_transformer)

@@ -24,20 +24,23 @@ def test_committed_files_are_what_the_generator_writes():
     assert (len(train), len(val)) == (500, 40)
 
 
-def test_validation_names_and_cities_never_appear_in_training():
+def test_no_validation_sentence_occurs_in_training():
     from sft_magics.core.data import load_data
 
-    def people(path):
-        data = load_data(str(path))
-        answers = [row["messages"][-1]["content"] for row in data.dataset]
-        return [json.loads(a) for a in answers if a.startswith("{")]
+    def rows(path):
+        return [(r["messages"][0]["content"], r["messages"][-1]["content"]) for r in load_data(str(path)).dataset]
 
-    train, val = people(DATA / "train.jsonl"), people(DATA / "val.jsonl")
-    assert not {p["name"] for p in train} & {p["name"] for p in val}
-    assert not {p["city"] for p in train} & {p["city"] for p in val}
-    assert len(train) == 400 and len(val) == 40
-    for p in train + val:
+    train, val = rows(DATA / "train.jsonl"), rows(DATA / "val.jsonl")
+    assert not {q for q, _ in train} & {q for q, _ in val}
+    assert len({q for q, _ in val}) == 40
+    people = [json.loads(a) for _, a in train + val if a.startswith("{")]
+    assert len(people) == 440
+    for p in people:
         assert set(p) == {"name", "age", "city"} and isinstance(p["age"], int)
+    # The answer is in the sentence: name, age and city all appear in the user's text.
+    for q, a in val:
+        p = json.loads(a)
+        assert p["name"] in q and str(p["age"]) in q and p["city"] in q
 
 
 def test_one_training_row_in_five_is_plain_chat():
@@ -45,3 +48,8 @@ def test_one_training_row_in_five_is_plain_chat():
     chat = [r for r in train if not r["messages"][-1]["content"].startswith("{")]
     assert len(chat) == 100
     assert all(r["messages"][-1]["content"].endswith(".") for r in chat)
+
+
+def test_no_training_row_is_repeated():
+    train, _ = _generator().generate()
+    assert len({json.dumps(r, sort_keys=True) for r in train}) == len(train)

@@ -11,7 +11,7 @@ import pytest
 from IPython.core.error import UsageError
 
 HEAVY = ["torch", "transformers", "trl", "peft", "datasets"]
-MAGICS = {"line": ["sft_template", "sft_data", "sft_eval"], "cell": ["sft_template", "sft_train"]}
+MAGICS = {"line": ["sft_template", "sft_data", "sft_eval", "sft_runs", "sft_train"], "cell": ["sft_template", "sft_train"]}
 
 
 def test_load_ext_imports_nothing_heavy_and_is_fast():
@@ -96,3 +96,18 @@ def test_bad_yaml_cell_names_the_line(shell):
 def test_unknown_train_key_suggests_the_closest(shell, qa_jsonl):
     with pytest.raises(UsageError, match=r"unknown key 'learning_rat' in the training config; did you mean 'learning_rate'\?"):
         shell.run_cell_magic("sft_train", "--name x", f"dataset: {qa_jsonl}\nlearning_rat: 0.1\n")
+
+
+def test_kernel_transformer_awaits_sft_train_cells():
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from sft_magics.magics._runner import await_transformer
+
+    cell = TransformerManager().transform_cell("%%sft_train --name x -o run\nmodel: a\n")
+    assert await_transformer(cell.splitlines(True)) == [
+        "await get_ipython().magics_manager.registry['SftMagics'].sft_train_async('--name x -o run', 'model: a\\n')\n"
+    ]
+    line = TransformerManager().transform_cell("%sft_train --resume x")
+    assert await_transformer(line.splitlines(True))[0].startswith("await get_ipython().magics_manager.registry['SftMagics'].sft_train_async('--resume x'")
+    other = TransformerManager().transform_cell("%%sft_template\n- {role: user, content: hi}\n")
+    assert await_transformer(other.splitlines(True)) == other.splitlines(True)

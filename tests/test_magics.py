@@ -75,9 +75,7 @@ def test_sft_data_reports_counts_and_truncation(shell, tiny_model, qa_jsonl, cap
     assert f"max_length 40: 24 rows truncated, {stats.no_trained_left} with no trained token left" in out
 
 
-def test_sft_data_lists_every_bad_row(shell, tiny_model, tmp_path):
-    from IPython.core.error import UsageError
-
+def test_sft_data_lists_every_bad_row(shell, tiny_model, tmp_path, capsys):
     rows = [
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
         {"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]},
@@ -85,10 +83,12 @@ def test_sft_data_lists_every_bad_row(shell, tiny_model, tmp_path):
     ]
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(UsageError) as info:
-        shell.run_line_magic("sft_data", f"{path} --model {tiny_model}")
-    message = str(info.value)
-    assert "2 of 3 rows are invalid" in message and "row 1 messages[0].role" in message and "row 2" in message
+    stats = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} -o s")
+    out = capsys.readouterr().out
+    assert stats.rows == 1 and stats.invalid_rows == 2 and stats.source_rows == 3
+    assert "invalid rows: 2 of 3 rows are invalid" in out
+    assert "row 1 messages[0].role: unknown role 'robot'" in out
+    assert "row 2 messages: no assistant turn, nothing to train on" in out
 
 
 def test_train_then_eval_through_the_magics(shell, tiny_model, qa_jsonl, capsys, tmp_path):

@@ -35,6 +35,14 @@ class EvalResult:
         return {name: self.mean(name) for name in self.scores}
 
 
+class EvalReport(dict):
+    """{label: EvalResult}, with a one-line repr (it is what ``%sft_eval -o`` returns)."""
+
+    def __repr__(self) -> str:
+        parts = [f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.summary().items()) for label, r in self.items()]
+        return "<EvalReport " + " | ".join(parts) + ">"
+
+
 def examples_from(data) -> list[Example]:
     """Prompt and reference per row of a normalised dataset (see core.data.LoadedData)."""
     out = []

@@ -212,6 +212,7 @@ def load_model(
     device: str | None = None,
     dtype: str | Any | None = None,
     trust_remote_code: bool = False,
+    quantization_config: Any = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, on the chosen device and dtype.
 
@@ -229,7 +230,8 @@ def load_model(
     tokenizer = load_tokenizer(resolved=resolved, trust_remote_code=trust_remote_code)
     try:
         with quiet_libraries():
-            model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code)
+            extra = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
+            model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as err:
         if resolved.kind == "hub":
             raise _hub_error(resolved.name, err) from None
@@ -240,7 +242,8 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, resolved.location)
         is_peft = True
-    model.to(device)
+    if quantization_config is None:  # a quantized model is placed by from_pretrained itself
+        model.to(device)
     model.eval()
     return LoadedModel(
         model=model,

@@ -216,22 +216,41 @@ class _Counter:
 def _tokenize(tokenizer, texts: list[str], offsets: bool = False):
     if not texts:
         return [], []
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+    enc = tokenizer(
+        texts, add_special_tokens=False, return_offsets_mapping=offsets, return_attention_mask=False, return_token_type_ids=False
+    )
     return enc["input_ids"], (enc["offset_mapping"] if offsets else [])
 
 
-def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template) -> list[str] | None:
-    """Strings for many conversations in one apply_chat_template call; None if any of them fails
-    (the caller then goes row by row, so the failing row raises tokenize_row's own error)."""
-    if not conversations:
+def _many(call, items: list) -> list:
+    """``call(items)`` for a batch; if the batch fails, item by item, with None for the items that fail
+    (their rows then go through tokenize_row, which reports the error properly)."""
+    if not items:
         return []
     try:
-        out = tokenizer.apply_chat_template(
-            conversations, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        out = call(items)
+        if len(out) == len(items):
+            return list(out)
+    except Exception:  # noqa: BLE001 - see above
+        pass
+    results = []
+    for item in items:
+        try:
+            results.append(call([item])[0])
+        except Exception:  # noqa: BLE001
+            results.append(None)
+    return results
+
+
+def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template) -> list[str | None]:
+    """The strings of many conversations, rendered by apply_chat_template many at a time."""
+
+    def call(convs):
+        return tokenizer.apply_chat_template(
+            convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
         )
-    except Exception:  # noqa: BLE001 - the per-row path reports the error properly
-        return None
-    return list(out) if len(out) == len(conversations) else None
+
+    return _many(call, conversations)
 
 
 def _count_text(c: _Counter, tokenizer, rows: list[dict]) -> None:
@@ -268,14 +287,14 @@ def _count_conversational_pc(c: _Counter, tokenizer, rows: list[dict]) -> None:
     fulls = [p + clean_messages(rows[i]["completion"]) for p, i in zip(prompts, batch)]
     prompt_texts = _render_many(tokenizer, prompts, add_generation_prompt=True, chat_template=None)
     full_texts = _render_many(tokenizer, fulls, add_generation_prompt=False, chat_template=None)
-    if prompt_texts is None or full_texts is None:
-        batch = []
-    else:
-        p_ids, f_ids = _tokenize(tokenizer, prompt_texts), _tokenize(tokenizer, full_texts)
-        for i, p, ids in zip(batch, p_ids[0], f_ids[0]):
-            start = _common_prefix(p, ids)
-            c.put(i, ids, ((start, len(ids)),) if start < len(ids) else ())
-    done = set(batch)
+    ok = [k for k, (p, f) in enumerate(zip(prompt_texts, full_texts)) if p is not None and f is not None]
+    p_ids, _ = _tokenize(tokenizer, [prompt_texts[k] for k in ok])
+    f_ids, _ = _tokenize(tokenizer, [full_texts[k] for k in ok])
+    done = set()
+    for k, p, ids in zip(ok, p_ids, f_ids):
+        start = _common_prefix(p, ids)
+        c.put(batch[k], ids, ((start, len(ids)),) if start < len(ids) else ())
+        done.add(batch[k])
     _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "conversational_prompt_completion", None)
 
 
@@ -284,21 +303,20 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
 
     method_name, template = method
     batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
-    convs = {i: clean_messages(rows[i]["messages"]) for i in batch}
+    convs = {i: clean_messages(rows[i]["messages"]) for i in batch}  # as tokenize_row: no None-valued keys
     done: set[int] = set()
 
     if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
         # The template marks the assistant tokens itself: transformers' mask, many rows per call.
-        try:
+        def call(conversations):
             enc = tokenizer.apply_chat_template(
-                [convs[i] for i in batch], tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                chat_template=template,
-            ) if batch else {"input_ids": [], "assistant_masks": []}
-        except Exception:  # noqa: BLE001 - row by row below, where errors are reported properly
-            enc = None
-        if enc is not None:
-            for i, ids, mask in zip(batch, enc["input_ids"], enc["assistant_masks"]):
-                c.put(i, list(ids), _ranges_from_mask(mask))
+                conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
+            )
+            return list(zip(enc["input_ids"], enc["assistant_masks"]))
+
+        for i, got in zip(batch, _many(call, [convs[i] for i in batch])):
+            if got is not None:
+                c.put(i, list(got[0]), _ranges_from_mask(got[1]))
                 done.add(i)
     else:
         # Prefix rendering: assistant turn k spans from the end of render(messages[:k], generation
@@ -325,24 +343,26 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
             plan[i] = (full_at, pairs)
         gen_texts = _render_many(tokenizer, requests_gen, add_generation_prompt=True, chat_template=template)
         end_texts = _render_many(tokenizer, requests_end, add_generation_prompt=False, chat_template=template)
-        if gen_texts is not None and end_texts is not None:
-            spans_of: dict[int, list[tuple[int, int]]] = {}
-            for i, (full_at, pairs) in plan.items():
-                full = end_texts[full_at]
-                spans = []
-                for g, e in pairs:
-                    start_text, end_text = gen_texts[g], end_texts[e]
-                    if not (full.startswith(start_text) and full.startswith(end_text)) or len(end_text) < len(start_text):
-                        spans = None  # not prefix-preserving for this row: tokenize_row's fallback applies
-                        break
-                    spans.append((len(start_text), len(end_text)))
-                if spans is not None:
-                    spans_of[i] = spans
-            order = list(spans_of)
-            ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
-            for i, ids, offsets in zip(order, ids_all, offsets_all):
-                c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
-                done.add(i)
+        spans_of: dict[int, list[tuple[int, int]]] = {}
+        for i, (full_at, pairs) in plan.items():
+            full = end_texts[full_at]
+            spans: list[tuple[int, int]] | None = [] if full is not None else None
+            for g, e in pairs if full is not None else ():
+                start_text, end_text = gen_texts[g], end_texts[e]
+                if (
+                    start_text is None or end_text is None
+                    or not (full.startswith(start_text) and full.startswith(end_text)) or len(end_text) < len(start_text)
+                ):
+                    spans = None  # a render failed, or not prefix-preserving here: tokenize_row decides
+                    break
+                spans.append((len(start_text), len(end_text)))
+            if spans is not None:
+                spans_of[i] = spans
+        order = list(spans_of)
+        ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
+        for i, ids, offsets in zip(order, ids_all, offsets_all):
+            c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
+            done.add(i)
     _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "messages", method)
 
 

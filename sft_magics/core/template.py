@@ -66,6 +66,11 @@ class Rendering:
     checks: list[Check] = field(default_factory=list)
     max_length: int | None = None
 
+    def __repr__(self) -> str:
+        ok = sum(c.ok for c in self.checks)
+        checks = f"; checks {ok}/{len(self.checks)} ok" if self.checks else ""
+        return f"<Rendering {len(self.tokens)} tokens, {self.trained_count} trained; mask: {self.mask_source}{checks}>"
+
     @property
     def input_ids(self) -> list[int]:
         return [t.id for t in self.tokens]

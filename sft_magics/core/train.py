@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from .events import Event, Sink, fan_out
 from .models import DEFAULT_MODEL
+from .runs import scrub
 
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 # Our defaults for SFTConfig fields (TRL's own defaults apply to everything else).
@@ -35,7 +36,7 @@ DEFAULT_SFT = {
     "report_to": "none",
     "disable_tqdm": True,
 }
-SPEC_KEYS = ("model", "dataset", "eval_dataset", "eval_split", "lora")
+SPEC_KEYS = ("model", "dataset", "eval_dataset", "eval_split", "lora", "load_in_4bit")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,7 @@ class TrainSpec:
     lora: Mapping[str, Any] | bool = True
     sft: Mapping[str, Any] = field(default_factory=dict)  # SFTConfig fields, TRL names
     output_dir: str = "runs"
+    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes)
 
     @classmethod
     def from_mapping(cls, name: str, config: Mapping[str, Any], output_dir: str = "runs") -> "TrainSpec":
@@ -112,6 +114,7 @@ class TrainSpec:
             lora=lora,
             sft=sft,
             output_dir=output_dir,
+            load_in_4bit=bool(config.get("load_in_4bit", False)),
         )
 
     @property
@@ -189,11 +192,20 @@ def _callback_class():
         def on_log(self, args, state, control, logs=None, **kw):
             logs = dict(logs or {})
             kind = "eval" if any(k.startswith("eval_") for k in logs) else "log"
+            if kind == "log" and _cuda_ready():
+                import torch
+
+                logs["gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             self.sink(Event(kind, {"step": state.global_step, "epoch": state.epoch, **logs}))
             self._check_stop(control)  # a sink may have asked to stop: do it at this step
 
         def on_step_end(self, args, state, control, **kw):
             self._check_stop(control)
+            if control.should_evaluate:
+                self.sink(Event("status", {"state": "evaluating", "step": state.global_step}))
+
+        def on_evaluate(self, args, state, control, **kw):
+            self.sink(Event("status", {"state": "training", "step": state.global_step}))
 
         def _check_stop(self, control):
             if self.stop.is_set():
@@ -211,54 +223,110 @@ def _jsonl_sink(path: Path) -> Sink:
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def sink(event: Event) -> None:
+        # One write per line, flushed at once: a reader (the dashboard of another process, a
+        # restarted kernel) sees whole lines, and at worst a half-written last one.
         with path.open("a") as f:
             f.write(json.dumps(event.to_json(), default=str) + "\n")
 
     return sink
 
 
-def _write_status(run_dir: Path, **status) -> None:
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps(status, indent=2, default=str))
-    tmp.replace(run_dir / "status.json")
+class TrainingFailed(RuntimeError):
+    """A run that failed while training: one-line cause and a suggestion; details in error.log."""
+
+    def __init__(self, name: str, cause: str, hint: str):
+        super().__init__(f"run '{name}' failed: {cause} — {hint}")
+        self.cause, self.hint = cause, hint
 
 
 def _failure_hint(err: BaseException) -> str:
     text = str(err).lower()
-    if "out of memory" in text:
-        return "lower per_device_train_batch_size, set gradient_checkpointing: true, or shorten max_length"
-    return "see the run's log for the full traceback"
+    if "out of memory" in text or isinstance(err, MemoryError):
+        return ("out of memory: lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
+                "effective batch), set gradient_checkpointing: true, or shorten max_length")
+    if "nan" in text or "inf" in text:
+        return "numerical trouble: lower learning_rate, or set max_grad_norm"
+    return "the full traceback is in the run folder's error.log"
 
 
-def train(spec: TrainSpec, *, sink: Sink | None = None, stop: StopFlag | None = None, namespace: Mapping | None = None) -> TrainResult:
-    """Run one SFT training to the end (or until ``stop`` is set) and return its result."""
-    from ._quiet import quiet_libraries
+def _check_value(key: str, value: Any, expected: Any) -> None:
+    """A wrong type names the key and the expected type (only for simple scalar fields)."""
+    import types
+    import typing
 
-    with quiet_libraries():
-        return _train(spec, sink=sink, stop=stop or StopFlag(), namespace=namespace)
+    options = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+    simple = {int, float, bool, str, type(None)}
+    if not options or not all(o in simple for o in options):
+        return  # lists, enums, dicts: TRL validates those itself
+    if value is None and type(None) in options:
+        return
+    ok = any(
+        (o is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (o is int and isinstance(value, int) and not isinstance(value, bool))
+        or (o is bool and isinstance(value, bool))
+        or (o is str and isinstance(value, str))
+        for o in options
+    )
+    if not ok:
+        names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+        raise ConfigError(f"key '{key}' expects {names}, got {value!r} ({type(value).__name__})")
 
 
-def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Mapping | None) -> TrainResult:
-    import yaml
+def planned_steps(rows: int, sft_args: Mapping[str, Any], world_size: int = 1) -> int:
+    """Optimizer steps the run will take (max_steps wins; else epochs x steps per epoch)."""
+    import math
 
+    if (sft_args.get("max_steps") or -1) > 0:
+        return int(sft_args["max_steps"])
+    batch = int(sft_args.get("per_device_train_batch_size", 8)) * world_size
+    accum = int(sft_args.get("gradient_accumulation_steps", 1))
+    per_epoch = max(1, math.ceil(math.ceil(rows / batch) / accum))
+    return int(math.ceil(per_epoch * float(sft_args.get("num_train_epochs", 1))))
+
+
+@dataclass
+class Plan:
+    """Everything resolved before training: what --dry-run shows."""
+
+    spec: TrainSpec
+    sft_args: dict
+    lora: dict | None
+    device: str
+    dtype: Any
+    train_data: Any
+    eval_data: Any
+    steps: int
+
+    def config(self) -> dict:
+        return scrub({
+            "model": self.spec.model, "dataset": _describe(self.spec.dataset),
+            "eval_dataset": None if self.spec.eval_dataset is None else _describe(self.spec.eval_dataset),
+            "eval_split": self.spec.eval_split, "lora": self.lora if self.lora else False,
+            **({"load_in_4bit": True} if self.spec.load_in_4bit else {}), **self.sft_args,
+        })
+
+
+def _describe(source: Any) -> str:
+    return source if isinstance(source, str) else f"<{type(source).__name__}>"
+
+
+def plan(spec: TrainSpec, *, namespace: Mapping | None = None) -> Plan:
+    """Data (validated first: a bad row fails before any model loads), config and hardware."""
     from .data import load_data, train_val_split
-    from .models import choose_device_dtype, load_model
+    from .models import choose_device_dtype
 
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    emit = fan_out(_jsonl_sink(run_dir / "metrics.jsonl"), sink)
-    started = time.time()
-
-    # 1. Data first: a bad row should fail before seconds are spent loading a model.
-    emit(Event("status", {"state": "loading"}))
     train_data = load_data(spec.dataset, namespace=namespace)
     eval_data = load_data(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
     if eval_data is None and spec.eval_split:
         train_data, eval_data = train_val_split(train_data, spec.eval_split, seed=int(spec.sft.get("seed", 42)))
 
-    # 2. Config: our defaults, then the user's keys; device and precision for this hardware.
+    fields = sft_config_fields()
+    for key, value in spec.sft.items():
+        _check_value(key, value, fields[key])
     sft_args = {**DEFAULT_SFT, **spec.sft}
     device, dtype = choose_device_dtype("cpu" if sft_args.get("use_cpu") else None)
+    if spec.load_in_4bit and device != "cuda":
+        raise ConfigError("key 'load_in_4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device")
     if device == "cpu":
         sft_args.setdefault("use_cpu", True)
         # TRL turns activation checkpointing on by default; it saves GPU memory but on a CPU it
@@ -272,19 +340,91 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
     if eval_data is not None:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
-    lora = dict(DEFAULT_LORA) if spec.lora is True else (dict(spec.lora) if spec.lora else None)
-    if lora is not None and spec.lora is not True:
-        lora = {**DEFAULT_LORA, **lora}
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(
-            {"model": spec.model, "dataset": str(spec.dataset), "eval_dataset": None if spec.eval_dataset is None else str(spec.eval_dataset),
-             "eval_split": spec.eval_split, "lora": lora if lora else False, **sft_args},
-            sort_keys=False,
-        )
-    )
+    lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
+    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, planned_steps(len(train_data), sft_args))
 
-    # 3. Model: full precision weights for training (the trainer handles mixed precision).
-    loaded = load_model(spec.model, device=device, dtype="fp32" if device == "cpu" else None)
+
+def _load_for_training(p: Plan):
+    from .models import load_model
+
+    quant = None
+    if p.spec.load_in_4bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("key 'load_in_4bit' needs bitsandbytes: pip install bitsandbytes") from None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+    # Full-precision weights on the CPU; on CUDA the hardware's half precision (the trainer's
+    # autocast handles mixed precision).
+    return load_model(p.spec.model, device=p.device, dtype="fp32" if p.device == "cpu" else None, quantization_config=quant)
+
+
+def count_parameters(p: Plan) -> tuple[int, int]:
+    """Trainable and total parameters of the model the plan would train (loads it once)."""
+    loaded = _load_for_training(p)
+    model = loaded.model
+    if p.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **p.lora))
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    return trainable, sum(x.numel() for x in model.parameters())
+
+
+def train(
+    spec: TrainSpec,
+    *,
+    sink: Sink | None = None,
+    stop: StopFlag | None = None,
+    namespace: Mapping | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Run one SFT training to the end (or until ``stop`` is set) and return its result.
+
+    ``resume=True`` continues from the run folder's last checkpoint (same seed, same data order,
+    optimizer and scheduler state restored by the trainer)."""
+    from ._quiet import quiet_libraries
+    from .runs import RunLock
+
+    with quiet_libraries(), RunLock(spec.run_dir):
+        return _train(spec, sink=sink, stop=stop or StopFlag(), namespace=namespace, resume=resume)
+
+
+def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Mapping | None, resume: bool) -> TrainResult:
+    import gc
+    import os
+    import traceback
+
+    import yaml
+
+    from .runs import environment, latest_checkpoint, now, write_json
+
+    run_dir = spec.run_dir
+    emit = fan_out(_jsonl_sink(run_dir / "metrics.jsonl"), sink)
+    started = now()
+    status = {"state": "loading", "started": started, "pid": os.getpid(), "step": 0}
+    write_json(run_dir / "status.json", status)
+    emit(Event("status", {"state": "loading"}))
+
+    # 1. Data and config. Data problems surface here, before any model loads.
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise ConfigError(f"run '{spec.name}' has no checkpoint to resume from in {run_dir}")
+    p = plan(spec, namespace=namespace)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(p.config(), sort_keys=False))
+    write_json(run_dir / "environment.json", {
+        **environment(), "device": p.device, "dtype": str(p.dtype).replace("torch.", ""),
+        "datasets": {"train": {"source": p.train_data.source, "rows": len(p.train_data), "fingerprint": p.train_data.fingerprint},
+                     "eval": None if p.eval_data is None else {"source": p.eval_data.source, "rows": len(p.eval_data),
+                                                                "fingerprint": p.eval_data.fingerprint}},
+    })
+
+    # 2. Model and trainer.
+    loaded = _load_for_training(p)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
 
@@ -293,73 +433,98 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
     from transformers.utils.notebook import NotebookProgressCallback
     from trl import SFTConfig, SFTTrainer
 
+    sft_args = dict(p.sft_args)
     # Loss masks are ours (see to_trl_rows): assistant-only for conversations, completion-only for
     # prompt/completion. Setting either TRL switch to false trains on every token instead.
     loss_switches = [sft_args.pop("assistant_only_loss", None), sft_args.pop("completion_only_loss", None)]
     train_on_all = False in loss_switches
-    args = SFTConfig(output_dir=str(run_dir), **sft_args)
-    peft_config = LoraConfig(task_type="CAUSAL_LM", **lora) if lora else None
+    try:
+        args = SFTConfig(output_dir=str(run_dir), **sft_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid training config: {' '.join(str(err).split())[:300]}") from None
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_trl_rows(train_data, tokenizer, train_on_all=train_on_all),
-        eval_dataset=to_trl_rows(eval_data, tokenizer, train_on_all=train_on_all) if eval_data is not None else None,
+        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all),
+        eval_dataset=to_trl_rows(p.eval_data, tokenizer, train_on_all=train_on_all) if p.eval_data is not None else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **p.lora) if p.lora else None,
         callbacks=[_callback_class()(emit, stop)],
     )
     # Exactly one progress display: ours. transformers adds its own printer/progress bars.
     for cb in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
         trainer.remove_callback(cb)
 
-    trainable, total = trainer.model.get_nb_trainable_parameters() if lora else (
-        sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    trainable = sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)
+    total = sum(x.numel() for x in trainer.model.parameters())
     emit(Event("started", {
-        "name": spec.name, "model": spec.model, "device": device, "dtype": str(dtype).replace("torch.", ""),
-        "train_rows": len(train_data), "eval_rows": len(eval_data) if eval_data is not None else 0,
-        "trainable_params": int(trainable), "total_params": int(total),
-        "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
+        "name": spec.name, "model": spec.model, "device": p.device, "dtype": str(p.dtype).replace("torch.", ""),
+        "train_rows": len(p.train_data), "eval_rows": len(p.eval_data) if p.eval_data is not None else 0,
+        "trainable_params": int(trainable), "total_params": int(total), "max_steps": p.steps,
+        "resumed_from": str(checkpoint) if checkpoint else None,
     }))
-    _write_status(run_dir, state="training", started=started, pid=__import__("os").getpid())
+    status.update(state="training", max_steps=p.steps)
+    write_json(run_dir / "status.json", status)
 
-    # 4. Fit. Every exit path records a final status; the model is released on failure.
-    status, error = "finished", None
+    # 3. Fit. Every exit path records a final status.
+    failure = None
     try:
-        trainer.train()
-        status = "stopped" if stop.is_set() else "finished"
-    except KeyboardInterrupt:
-        status = "stopped"
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        state = "stopped" if stop.is_set() else "finished"
+    except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
+        state = "stopped"
         trainer._save_checkpoint(trainer.model, trial=None)
-    except Exception as err:  # noqa: BLE001 - recorded, then re-raised to the caller
-        status, error = "failed", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-        _write_status(run_dir, state="failed", error=error, hint=_failure_hint(err), started=started, ended=time.time(),
-                      step=trainer.state.global_step)
-        emit(Event("failed", {"error": error, "hint": _failure_hint(err), "step": trainer.state.global_step}))
+    except Exception as err:  # noqa: BLE001 - recorded, then raised as a one-line TrainingFailed
+        cause = f"{type(err).__name__}: {' '.join(str(err).split())[:240]}"
+        (run_dir / "error.log").write_text("".join(traceback.format_exception(err)))
+        failure = TrainingFailed(spec.name, cause, _failure_hint(err))
+        step = trainer.state.global_step
+        err.__traceback__ = None  # the traceback's frames hold the model: let it go
+        del err
+    if failure is not None:
+        # Release the model's memory: no reference stays in the traceback or the result.
         del trainer, model, loaded
-        raise
+        gc.collect()
+        _empty_cuda_cache()
+        status.update(state="failed", step=step, ended=now(), error=failure.cause, hint=failure.hint)
+        write_json(run_dir / "status.json", status)
+        emit(Event("failed", {"step": step, "error": failure.cause, "hint": failure.hint}))
+        raise failure
 
     final_dir = run_dir / "final"
-    emit(Event("status", {"state": "saving"}))
+    emit(Event("status", {"state": "saving", "step": trainer.state.global_step}))
     trainer.save_model(str(final_dir))
     tokenizer.save_pretrained(str(final_dir))
-    state = trainer.state
-    ended = time.time()
-    _write_status(run_dir, state=status, step=state.global_step, max_steps=state.max_steps, started=started, ended=ended)
-    emit(Event(status, {"step": state.global_step, "max_steps": state.max_steps, "seconds": round(ended - started, 2)}))
+    ts = trainer.state
+    status.update(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=now())
+    write_json(run_dir / "status.json", status)
+    emit(Event(state, {"step": ts.global_step, "max_steps": ts.max_steps, "seconds": round(status["ended"] - started, 2)}))
     trained = trainer.model
     trained.eval()
     return TrainResult(
         name=spec.name,
         path=run_dir,
-        status=status,
-        global_step=state.global_step,
-        max_steps=state.max_steps,
-        history=list(state.log_history),
+        status=state,
+        global_step=ts.global_step,
+        max_steps=ts.max_steps,
+        history=list(ts.log_history),
         model=trained,
         tokenizer=tokenizer,
         base_model=spec.model,
-        is_peft=bool(lora),
-        train_seconds=ended - started,
-        error=error,
+        is_peft=bool(p.lora),
+        train_seconds=status["ended"] - started,
     )
 
+
+def _cuda_ready() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

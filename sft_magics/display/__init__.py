@@ -43,8 +43,21 @@ def show(view, mode: str) -> None:
         print(view.to_text())
 
 
-def make_reporter(mode: str, title: str = "training"):
-    """A training-progress sink for the chosen backend."""
-    from ._progress import PlainReporter, RichReporter, WidgetReporter
+def make_reporter(mode: str, title: str = "training", on_stop=None):
+    """A live training dashboard (an event sink with ``close()``) for the chosen backend.
 
-    return {"widget": WidgetReporter, "rich": RichReporter}.get(mode, PlainReporter)(title)
+    ``on_stop`` is called (once, on the kernel's main thread) when the user presses the widget's
+    Stop button. Without ipywidgets, "widget" falls back to plain lines, and says so once.
+    """
+    from . import _dashboard as d
+
+    if mode == "widget":
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            if not getattr(make_reporter, "_said", False):
+                print("ipywidgets is not installed: showing training progress as text", flush=True)
+                make_reporter._said = True
+            mode = "plain"
+    cls = {"widget": d.WidgetDashboard, "rich": d.RichDashboard}.get(mode, d.PlainDashboard)
+    return cls(title, on_stop=on_stop)

@@ -1,175 +1,252 @@
-"""Training progress: one state model fed by events, thin renderers on top (tqdm's pattern)."""
+"""Training progress: one state model fed by events, thin renderers on top (tqdm's pattern).
+
+:class:`ProgressState` is the only place that interprets training events: the widget, rich and
+plain dashboards in :mod:`._dashboard` only read it. It is plain Python (no display imports), so
+it can be tested with synthetic events.
+"""
 
 from __future__ import annotations
 
-import html
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+FINAL = ("finished", "stopped", "failed")
 
 
 def _fmt_seconds(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "?"
-    s = int(s)
+    s = max(0, int(s))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _number(v: Any) -> float | None:
+    """A metric as a float (NaN and inf kept), or None when it is missing or not a number."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
 
 
 @dataclass
 class ProgressState:
-    """Everything a progress display shows, updated from training events."""
+    """Everything a progress display shows, updated from training events by :meth:`update`.
+
+    Times come from the events (``event.time``, epoch seconds), so a state replayed from a
+    ``metrics.jsonl`` gives the same numbers; ``clock`` is only used for "now" while a run is live.
+    """
 
     status: str = "loading"
     step: int = 0
     max_steps: int = 0
     epoch: float = 0.0
+    num_train_epochs: float | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    train_loss: float | None = None  # the trainer's run average, logged at the end
     learning_rate: float | None = None
     grad_norm: float | None = None
     token_accuracy: float | None = None
+    tokens_per_second: float | None = None
+    num_tokens: float | None = None
+    gpu_memory_gb: float | None = None
     error: str | None = None
-    started: float = field(default_factory=time.time)
+    hint: str | None = None
+    seconds: float | None = None
+    checkpoint: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # the `started` event: name, model, device, ...
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), every log
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), every eval
+    alerts: list[str] = field(default_factory=list)  # short, human, one per kind of problem
+    version: int = 0  # bumped when the loss histories change (renderers redraw charts on change)
+    started: float | None = None  # time of the first event
+    ended: float | None = None  # time of the final event
     train_started: float | None = None
     first_step: int = 0
+    step_time: float | None = None  # when `step` last advanced
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    _alert_keys: set = field(default_factory=set, repr=False, compare=False)
+    _eval_rises: int = field(default=0, repr=False, compare=False)
+    _token_window: deque = field(default_factory=lambda: deque(maxlen=20), repr=False, compare=False)
 
+    # -- updates -----------------------------------------------------------------------------
     def update(self, event) -> None:
-        d = event.data
-        if event.kind == "status":
-            self.status = d.get("state", self.status)
+        d, t, kind = event.data or {}, event.time, event.kind
+        if self.started is None:
+            self.started = t
+        max_steps = _number(d.get("max_steps"))
+        if max_steps and max_steps > 0:  # SFTConfig's "unset" is -1: keep the trainer's real total
+            self.max_steps = int(max_steps)
+        step = _number(d.get("step"))
+        if step is not None and math.isfinite(step):
+            if int(step) != self.step or self.step_time is None:
+                self.step_time = t
+            self.step = int(step)
+        if _number(d.get("epoch")) is not None:
+            self.epoch = float(d["epoch"])
+
+        if kind == "status":
+            self.status = d.get("state") or self.status
             if self.status == "training" and self.train_started is None:
-                self.train_started, self.first_step = event.time, d.get("step", 0) or 0
-        self.max_steps = d.get("max_steps") or self.max_steps
-        if "step" in d and d["step"] is not None:
-            self.step = d["step"]
-        if d.get("epoch") is not None:
-            self.epoch = d["epoch"]
-        if event.kind == "log":
-            self.loss = d.get("loss", self.loss)
-            self.learning_rate = d.get("learning_rate", self.learning_rate)
-            self.grad_norm = d.get("grad_norm", self.grad_norm)
-            self.token_accuracy = d.get("mean_token_accuracy", self.token_accuracy)
-        elif event.kind == "eval":
-            self.eval_loss = d.get("eval_loss", self.eval_loss)
-        elif event.kind in ("finished", "stopped", "failed"):
-            self.status = event.kind
-            self.error = d.get("error")
+                self.train_started, self.first_step, self.step_time = t, self.step, t
+                if self.step == 0 and self.num_tokens is None:  # a fresh run has seen 0 tokens now
+                    self._token_window.append((t, 0.0))
+        elif kind == "started":
+            self.info = dict(d)
+            if not (max_steps and max_steps > 0):  # with max_steps set, the trainer ignores num_train_epochs
+                self.num_train_epochs = _number(d.get("num_train_epochs")) or self.num_train_epochs
+        elif kind == "log":
+            self._log(d, t)
+        elif kind == "eval":
+            self._eval(d)
+        elif kind == "checkpoint":
+            self.checkpoint = d.get("path")
+        elif kind in FINAL:
+            self.status, self.ended = kind, t
+            self.error = None if d.get("error") is None else str(d["error"])
+            self.hint = None if d.get("hint") is None else str(d["hint"])
+            self.seconds = _number(d.get("seconds"))
+
+    def _log(self, d: dict, t: float) -> None:
+        loss = _number(d.get("loss"))
+        if loss is not None:
+            self.loss = loss
+            self.losses.append((self.step, loss))
+            self.version += 1
+            if math.isnan(loss):
+                self._alert("loss-nan", f"loss is NaN (step {self.step}): training diverged; lower learning_rate or check the data")
+            elif math.isinf(loss):
+                self._alert("loss-inf", f"loss is infinite (step {self.step}): training diverged; lower learning_rate")
+            elif loss == 0:
+                self._alert("loss-zero", f"loss is exactly 0 (step {self.step}): are any tokens trained on? check the loss mask")
+        grad_norm = _number(d.get("grad_norm"))
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+            if math.isnan(grad_norm):
+                self._alert("grad-nan", f"grad norm is NaN (step {self.step}): lower learning_rate, or use bf16 instead of fp16")
+            elif math.isinf(grad_norm):
+                self._alert("grad-inf", f"grad norm is infinite (step {self.step}): lower learning_rate, or use bf16 instead of fp16")
+        for key, attr in (("learning_rate", "learning_rate"), ("mean_token_accuracy", "token_accuracy"),
+                          ("gpu_memory_gb", "gpu_memory_gb"), ("train_loss", "train_loss")):
+            value = _number(d.get(key))
+            if value is not None:
+                setattr(self, attr, value)
+        tokens = _number(d.get("num_tokens"))
+        if tokens is not None:
+            self._tokens(tokens, t)
+
+    def _tokens(self, tokens: float, t: float) -> None:
+        """Tokens per second over the last few logs (num_tokens is cumulative)."""
+        window = self._token_window
+        if window and tokens < window[-1][1]:  # a new count (resumed run): start over
+            window.clear()
+        if not window or t > window[-1][0]:
+            window.append((t, tokens))
+        else:
+            window[-1] = (window[-1][0], tokens)
+        self.num_tokens = tokens
+        (t0, n0), (t1, n1) = window[0], window[-1]
+        if t1 > t0:
+            self.tokens_per_second = (n1 - n0) / (t1 - t0)
+
+    def _eval(self, d: dict) -> None:
+        value = _number(d.get("eval_loss"))
+        if value is None:
+            return
+        previous = self.eval_losses[-1][1] if self.eval_losses else None
+        self.eval_loss = value
+        self.eval_losses.append((self.step, value))
+        self.version += 1
+        if math.isnan(value):
+            self._alert("eval-nan", f"eval loss is NaN (step {self.step})")
+        self._eval_rises = self._eval_rises + 1 if previous is not None and value > previous else 0
+        if self._eval_rises >= 3:
+            self._alert("eval-rising", f"eval loss rose 3 evaluations in a row (step {self.step}): "
+                                       "overfitting? fewer steps or a lower learning_rate")
+
+    def _alert(self, key: str, text: str) -> None:
+        if key not in self._alert_keys:
+            self._alert_keys.add(key)
+            self.alerts.append(text)
+
+    def end(self, status: str = "failed", error: str | None = "the run ended before reporting a final status") -> None:
+        """Close a run that never sent a final event (an error before training, an interrupted kernel)."""
+        if self.status not in FINAL:
+            self.status, self.ended = status, self.clock()
+            self.error = self.error or error
+
+    # -- derived values ----------------------------------------------------------------------
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
 
     @property
     def elapsed(self) -> float:
-        return time.time() - self.started
+        if self.started is None:
+            return 0.0
+        return max(0.0, (self.ended if self.ended is not None else self.clock()) - self.started)
 
     @property
     def eta(self) -> float | None:
+        """Seconds left: the pace so far (event times) applied to the remaining steps."""
+        if self.final:
+            return 0.0
         done = self.step - self.first_step
-        if not self.train_started or done <= 0 or not self.max_steps:
+        if self.train_started is None or self.step_time is None or done <= 0 or not self.max_steps:
             return None
-        return (time.time() - self.train_started) / done * (self.max_steps - self.step)
+        per_step = (self.step_time - self.train_started) / done
+        return max(0.0, self.step_time + per_step * max(0, self.max_steps - self.step) - self.clock())
+
+    def progress_text(self) -> str:
+        """``step N/M · epoch E · elapsed · ETA``: the label next to a progress bar."""
+        epochs = f"/{self.num_train_epochs:g}" if self.num_train_epochs else ""
+        tail = f"done in {_fmt_seconds(self.elapsed)}" if self.final else \
+            f"{_fmt_seconds(self.elapsed)} elapsed · ETA {_fmt_seconds(self.eta)}"
+        return f"step {self.step}/{self.max_steps or '?'} · epoch {self.epoch:.2f}{epochs} · {tail}"
+
+    def metrics(self) -> list[tuple[str, str]]:
+        """The metrics table, label/value pairs shared by every renderer (GPU memory only when known)."""
+        rows = [
+            ("loss", _fmt(self.loss, ".4f")),
+            ("eval loss", _fmt(self.eval_loss, ".4f")),
+            ("lr", _fmt(self.learning_rate, ".2e")),
+            ("grad norm", _fmt(self.grad_norm, ".3f")),
+            ("token acc", _fmt(self.token_accuracy, ".3f")),
+            ("tokens/s", _fmt(self.tokens_per_second, ",.0f")),
+        ]
+        if self.gpu_memory_gb is not None:
+            rows.append(("GPU memory", f"{self.gpu_memory_gb:.2f} GB"))
+        return rows
 
     def fields(self) -> list[tuple[str, str]]:
-        """Label/value pairs shared by every renderer."""
-        def num(v, fmt):
-            return "–" if v is None else format(v, fmt)
-
-        return [
-            ("status", self.status),
-            ("step", f"{self.step}/{self.max_steps or '?'}"),
-            ("epoch", f"{self.epoch:.2f}"),
-            ("loss", num(self.loss, ".4f")),
-            ("eval loss", num(self.eval_loss, ".4f")),
-            ("lr", num(self.learning_rate, ".2e")),
-            ("grad norm", num(self.grad_norm, ".3f")),
-            ("token acc", num(self.token_accuracy, ".3f")),
-            ("elapsed", _fmt_seconds(self.elapsed)),
-            ("ETA", _fmt_seconds(self.eta)),
-        ]
+        """Label/value pairs of one plain log line."""
+        rows = [("status", self.status), ("step", f"{self.step}/{self.max_steps or '?'}"), ("epoch", f"{self.epoch:.2f}")]
+        rows += [(k, v) for k, v in self.metrics() if not (k in ("tokens/s",) and v == "–")]
+        rows += [("elapsed", _fmt_seconds(self.elapsed))]
+        if not self.final:
+            rows.append(("ETA", _fmt_seconds(self.eta)))
+        return rows
 
     def line(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.fields())
 
 
-class _Throttled:
-    """Redraw at most ``rate`` times a second; final events always draw."""
-
-    interval = 0.25
-
-    def __init__(self, title: str):
-        self.title = title
-        self.state = ProgressState()
-        self._last = 0.0
-
-    def __call__(self, event) -> None:
-        self.state.update(event)
-        now = time.monotonic()
-        final = event.kind in ("finished", "stopped", "failed", "started", "eval", "checkpoint")
-        if final or now - self._last >= self.interval:
-            self._last = now
-            self.draw(event)
-
-    def draw(self, event) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
+_ALIASES = {"PlainReporter": "PlainDashboard", "RichReporter": "RichDashboard", "WidgetReporter": "WidgetDashboard"}
 
 
-class PlainReporter(_Throttled):
-    """Log lines for scripts and CI: one per logged step (at most every 2 s), plus evals and the end."""
+def __getattr__(name: str):
+    """The old reporter names, kept as aliases of the dashboards (imported lazily: no cycle)."""
+    if name in _ALIASES:
+        from . import _dashboard
 
-    interval = 2.0
-
-    def draw(self, event) -> None:
-        if event.kind == "started":
-            d = event.data
-            print(f"[{self.title}] started on {d.get('device')} ({d.get('dtype')}): {d.get('train_rows')} rows, "
-                  f"{d.get('trainable_params'):,} trainable of {d.get('total_params'):,} parameters", flush=True)
-        elif event.kind in ("log", "eval", "finished", "stopped", "failed"):
-            print(f"[{self.title}] {self.state.line()}" + (f"  error: {self.state.error}" if self.state.error else ""), flush=True)
-
-
-class RichReporter(_Throttled):
-    """A rich live progress bar with the same fields, for terminal IPython."""
-
-    def __init__(self, title: str):
-        super().__init__(title)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
-        )
-        self._task = self._progress.add_task(title, total=None, info="loading")
-        self._progress.start()
-
-    def draw(self, event) -> None:
-        s = self.state
-        info = "  ".join(f"{k} {v}" for k, v in s.fields() if k in ("status", "loss", "eval loss", "lr"))
-        self._progress.update(self._task, completed=s.step, total=s.max_steps or None, info=info)
-        if event.kind in ("finished", "stopped", "failed"):
-            self.close()
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
-class WidgetReporter(_Throttled):
-    """ipywidgets progress bar and a field table; only widget traits are updated (thread-safe to
-    call from a training thread, unlike print/display)."""
-
-    def __init__(self, title: str):
-        super().__init__(title)
-        import ipywidgets as w
-        from IPython.display import display
-
-        self.bar = w.IntProgress(value=0, min=0, max=1, description=html.escape(title)[:20])
-        self.info = w.HTML()
-        self.box = w.VBox([self.bar, self.info])
-        display(self.box)
-
-    def draw(self, event) -> None:
-        s = self.state
-        self.bar.max = max(1, s.max_steps)
-        self.bar.value = min(s.step, self.bar.max)
-        self.bar.bar_style = {"finished": "success", "stopped": "warning", "failed": "danger"}.get(s.status, "")
-        cells = "".join(f"<td><b>{html.escape(k)}</b> {html.escape(v)}</td>" for k, v in s.fields())
-        err = f"<div>error: {html.escape(s.error)}</div>" if s.error else ""
-        self.info.value = f"<table><tr>{cells}</tr></table>{err}"
+        return getattr(_dashboard, _ALIASES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

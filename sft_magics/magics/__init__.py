@@ -17,19 +17,24 @@ from traitlets import Bool, Enum, Unicode
 from ..display import MODES, detect_mode, show
 
 
+def _core_errors() -> tuple[type[Exception], ...]:
+    """The core's user-facing errors: each becomes a one-line UsageError."""
+    from ..core.data import DataError
+    from ..core.models import ModelError
+    from ..core.template import TemplateError
+    from ..core.train import ConfigError
+
+    return (DataError, ModelError, ConfigError, TemplateError)
+
+
 def _user_errors(method):
     """Turn our core's user-facing errors (and argparse's) into a one-line UsageError."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        from ..core.data import DataError
-        from ..core.models import ModelError
-        from ..core.template import TemplateError
-        from ..core.train import ConfigError
-
         try:
             return method(self, *args, **kwargs)
-        except (DataError, ModelError, ConfigError, TemplateError) as err:
+        except _core_errors() as err:
             raise UsageError(" ".join(str(err).split())) from None
 
     return wrapper
@@ -189,35 +194,56 @@ class SftMagics(Magics):
     @argument("--model", default=None, help="Tokenizer to count tokens with (default: SftMagics.default_model).")
     @argument("--max-length", type=int, default=None, help="Report what truncation to this many tokens would cut.")
     @argument("--batch-size", type=int, default=8, help="Batch size for the steps-per-epoch estimate.")
+    @argument("--grad-accum", type=int, default=1, help="Gradient accumulation steps for the steps-per-epoch estimate.")
     @argument("-o", "--output", metavar="NAME", help="Bind the statistics object to NAME.")
     @line_magic
     @_user_errors
     def sft_data(self, line):
-        """Check a dataset: format, invalid rows (with row numbers), token statistics, truncation.
+        """The data doctor: format, invalid rows (index, field, reason), tokens and trained tokens per
+        example, what ``--max-length`` cuts (truncated rows, answers cut mid-way, rows TRL drops),
+        duplicates, roles and turns, tokens and optimizer steps per epoch. Invalid rows are listed and
+        left out, so the report covers the valid ones. In a notebook a row browser follows.
 
         Example::
 
-            %sft_data examples/data/train.jsonl --max-length 128
+            %sft_data examples/data/train.jsonl --max-length 128 --batch-size 8 --grad-accum 2 -o stats
         """
+        from ..core.data import load_data
         from ..core.models import load_tokenizer
         from ..core.stats import data_stats
 
         args = _parse(self.sft_data, line)
-        data = self._data(args.source)
+        for flag, value in (("--max-length", args.max_length), ("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+        data = load_data(args.source, namespace=self.shell.user_ns, strict=False)  # bad rows: listed, not fatal
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
-        stats = data_stats(data, tokenizer, max_length=args.max_length)
-        show(_stats_view(data, stats, args.batch_size), self.mode)
+        stats = data_stats(data, tokenizer, max_length=args.max_length, batch_size=args.batch_size, grad_accum=args.grad_accum)
+        mode = self.mode
+        show(_stats_view(data, stats, args.batch_size), mode)
+        if mode == "widget":
+            from IPython.display import display
+
+            from ..display._data_view import RowBrowser
+
+            display(RowBrowser(data, tokenizer, stats).widget)
         return self._bind(args.output, stats) if args.output else None
 
     # -- %%sft_train -------------------------------------------------------------------------
     @magic_arguments()
     @argument("--name", default=None, help="Run name: the run is saved in <output_dir>/<name>.")
-    @argument("-o", "--output", metavar="NAME", help="Bind the run result (model, tokenizer, history) to NAME.")
-    @cell_magic
+    @argument("--resume", metavar="NAME", default=None, help="Continue run NAME from its last checkpoint (the cell may be empty: its saved config is used).")
+    @argument("--dry-run", action="store_true", help="Show the resolved config, data summary, device, trainable parameters and planned steps; train nothing.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the run result (path, status, history, model, tokenizer) to NAME.")
+    @line_cell_magic
     @_user_errors
-    def sft_train(self, line, cell):
-        """Fine-tune from a YAML cell: ``model``, ``dataset``, ``eval_dataset``/``eval_split``, ``lora``
-        (LoraConfig fields, or false for a full fine-tune) and any TRL ``SFTConfig`` field.
+    def sft_train(self, line, cell=None):
+        """Fine-tune from a YAML cell with a live dashboard: ``model``, ``dataset``,
+        ``eval_dataset``/``eval_split``, ``lora`` (LoraConfig fields, or false for a full fine-tune),
+        ``load_in_4bit`` (QLoRA, CUDA) and any TRL ``SFTConfig`` field by its TRL name.
+        The cell blocks until the run ends; Stop (or the kernel's interrupt) ends it gracefully
+        with a checkpoint. The line form ``%sft_train --resume NAME`` continues a run with its
+        saved config.
 
         Example::
 
@@ -228,25 +254,123 @@ class SftMagics(Magics):
             max_steps: 20
             learning_rate: 1.0e-3
         """
+        started = self._start_training(line, cell)
+        if not isinstance(started, tuple):
+            return started  # --dry-run
+        worker, finish = started
+        return finish(worker.wait)
+
+    async def sft_train_async(self, line, cell=None):
+        """``%%sft_train`` for an async cell in ipykernel >= 7: the same run, but the wait awaits,
+        so the kernel keeps handling the Stop button while training (see magics/_runner.py)."""
+        try:
+            started = self._start_training(line, cell)
+        except (UsageError, *_core_errors()) as err:
+            raise UsageError(" ".join(str(err).split())) from None
+        if not isinstance(started, tuple):
+            return started
+        worker, finish = started
+        result_box = {}
+
+        async def wait():
+            result_box["value"] = await worker.wait_async()
+
+        await wait()
+        return finish(lambda: result_box["value"])
+
+    def _start_training(self, line, cell):
+        """Parse, validate, start the worker thread; returns (worker, finish) or a dry-run summary."""
         import time
 
-        from ..core.train import TrainSpec, train
+        from ..core.runs import RunBusy
+        from ..core.train import StopFlag, TrainingFailed, train
         from ..display import make_reporter
+        from ._runner import Worker
 
         args = _parse(self.sft_train, line)
+        cell = cell or ""
+        if not cell.strip() and not args.resume:
+            raise UsageError("%%sft_train needs its config in the cell body (or use %sft_train --resume NAME)")
+        name = args.resume or args.name or time.strftime("run-%Y%m%d-%H%M%S")
+        spec = self._train_spec(name, cell, resume=bool(args.resume))
+        if args.dry_run:
+            return self._dry_run(spec, args.output)
+        stop = StopFlag()
+        reporter = make_reporter(self.mode, title=name, on_stop=stop.set)
+        worker = Worker(lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, resume=bool(args.resume)), stop.set)
+
+        def finish(wait):
+            try:
+                result = wait()
+            except (TrainingFailed, RunBusy) as err:
+                raise UsageError(str(err)) from None
+            except _core_errors() as err:
+                raise UsageError(" ".join(str(err).split())) from None
+            finally:
+                reporter.close()
+            if cell.strip():
+                (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
+            return self._bind(args.output, result) if args.output else None
+
+        return worker, finish
+
+    def _train_spec(self, name: str, cell: str, *, resume: bool):
+        from pathlib import Path
+
+        from ..core.train import TrainSpec
+
+        if not cell.strip() and resume:
+            saved = Path(self.output_dir) / name / "config.yaml"
+            if not saved.is_file():
+                raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
+            cell = saved.read_text()
         config = _yaml_body(cell, "the %%sft_train cell")
         if not isinstance(config, dict):
             raise UsageError("the %%sft_train cell must be a YAML mapping of keys (model, dataset, ...)")
         config.setdefault("model", self.default_model)
-        name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
-        spec = TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
-        reporter = make_reporter(self.mode, title=name)
-        try:
-            result = train(spec, sink=reporter, namespace=self.shell.user_ns)
-        finally:
-            reporter.close()
-        (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
-        return self._bind(args.output, result) if args.output else None
+        return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
+
+    def _dry_run(self, spec, output):
+        from ..core.train import count_parameters, plan
+        from ..display._views import TableView
+
+        p = plan(spec, namespace=self.shell.user_ns)
+        trainable, total = count_parameters(p)
+        rows = [[k, v] for k, v in p.config().items()]
+        notes = [
+            f"data: {p.train_data.source} · {len(p.train_data)} rows ({p.train_data.source_format} → {p.train_data.format})"
+            + (f" · eval {len(p.eval_data)} rows" if p.eval_data is not None else ""),
+            f"device {p.device} · dtype {str(p.dtype).replace('torch.', '')}",
+            f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.2%})",
+            f"planned optimizer steps: {p.steps}",
+            "dry run: nothing was trained",
+        ]
+        show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
+        summary = {"config": p.config(), "device": p.device, "dtype": str(p.dtype), "trainable_params": trainable,
+                   "total_params": total, "steps": p.steps, "train_rows": len(p.train_data)}
+        return self._bind(output, summary) if output else None
+
+    # -- %sft_runs ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-o", "--output", metavar="NAME", help="Bind the list of run records to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_runs(self, line):
+        """List the runs in ``SftMagics.output_dir``: name, model, data, steps, status (a run whose
+        process died without a final status shows as ``stale``), final losses, and their loss
+        curves overlaid (notebook).
+
+        Example::
+
+            %sft_runs
+        """
+        from ..core.runs import list_runs
+        from ..display._runs_view import RunsView
+
+        args = _parse(self.sft_runs, line)
+        records = list_runs(self.output_dir)
+        show(RunsView(records), self.mode)
+        return self._bind(args.output, records) if args.output else None
 
     # -- %sft_eval ---------------------------------------------------------------------------
     @magic_arguments()
@@ -265,13 +389,13 @@ class SftMagics(Magics):
 
             %sft_eval run --data examples/data/val.jsonl --baseline base
         """
-        from ..core.evaluate import adapter_disabled, evaluate_generations, examples_from
+        from ..core.evaluate import EvalReport, adapter_disabled, evaluate_generations, examples_from
 
         args = _parse(self.sft_eval, line)
         model, tokenizer = self._target_model(args.target)
         examples = examples_from(self._data(args.data))
         gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
-        results = {"tuned": evaluate_generations(model, tokenizer, examples, label="tuned", **gen)}
+        results = EvalReport(tuned=evaluate_generations(model, tokenizer, examples, label="tuned", **gen))
         if args.baseline == "base":
             with adapter_disabled(model) as base:
                 results["base"] = evaluate_generations(base, tokenizer, examples, label="base", **gen)
@@ -318,23 +442,15 @@ def _yaml_body(text: str, where: str):
         raise UsageError(f"invalid YAML in {where}{at}: {problem}") from None
 
 
-def _stats_view(data, stats, batch_size: int):
-    from ..display._views import TableView
+def _stats_view(data, stats, batch_size: int | None = None):
+    """The %sft_data report (``batch_size`` overrides the one the statistics were made with)."""
+    from dataclasses import replace
 
-    s = stats.summary()
-    rows = [[k.replace("_", " "), *(s[k][c] for c in ("min", "mean", "median", "p95", "max"))] for k in s]
-    notes = [
-        f"source: {data.source} · format: {data.source_format} → {data.format} · {stats.rows} rows",
-        *data.notes,
-        f"roles: " + ", ".join(f"{r} {n}" for r, n in sorted(stats.roles.items())) if stats.roles else "",
-        f"{stats.steps_per_epoch(batch_size)} optimizer steps per epoch at batch size {batch_size}",
-    ]
-    if stats.max_length:
-        notes.append(
-            f"max_length {stats.max_length}: {stats.truncated} rows truncated, "
-            f"{stats.no_trained_left} with no trained token left (TRL drops those)"
-        )
-    return TableView("tokens per example", ["", "min", "mean", "median", "p95", "max"], rows, [n for n in notes if n])
+    from ..display._data_view import DataView
+
+    if batch_size is not None and batch_size != stats.batch_size:
+        stats = replace(stats, batch_size=batch_size)
+    return DataView(data, stats)
 
 
 def _eval_view(results: dict, n: int):
