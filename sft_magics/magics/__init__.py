@@ -402,6 +402,10 @@ class SftMagics(Magics):
         show(_eval_view(results, len(examples)), self.mode)
         return self._bind(args.output, results) if args.output else None
 
+    # -- %sft_chat (anchor: the %sft_chat magic goes here) --------------------------------------
+
+    # -- %sft_export (anchor: the %sft_export magic goes here) ----------------------------------
+
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""
         from pathlib import Path
