@@ -256,12 +256,8 @@ def test_checks_pass_and_warn(conv):
 
 
 def test_text_form_marks_trained_spans(conv):
-    from sft_magics.display._views import TemplateView
-
     text = RenderingView(conv, title="tiny · row 0").to_text()
     assert text.startswith("tiny · row 0\n" + marked(conv.tokens) + "\n")
-    # the same «…» text as the simple TemplateView
-    assert marked(conv.tokens) in TemplateView(conv).to_text()
     assert "«Paris.\nThe capital.<|im_end|>\n»" in text and "«Rome.<|im_end|>\n»" in text
     # the display protocol
     class P:

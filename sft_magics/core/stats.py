@@ -24,6 +24,8 @@ from itertools import islice
 from operator import le
 from typing import Any
 
+from .template import _common_prefix
+
 __all__ = ["DataStats", "data_stats", "histogram_png"]
 
 DUPLICATE_GROUPS_KEPT = 10  # groups of duplicate rows whose indices are listed
@@ -180,18 +182,6 @@ def _end_position(ids: list[int], ranges, end_ids: frozenset[int]) -> int:
         if ids[k] in end_ids:
             return k
     return hi - 1
-
-
-def _common_prefix(a: list, b: list) -> int:
-    n = len(a)
-    if b[:n] == a:  # the usual case, compared in C
-        return n
-    k = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        k += 1
-    return k
 
 
 class _Counter:

@@ -140,12 +140,16 @@ def _render(tokenizer, messages, *, chat_template=None, add_generation_prompt=Fa
 
 
 def _common_prefix(a: Sequence, b: Sequence) -> int:
-    n = 0
+    """Length of the common prefix of two token lists."""
+    n = len(a)
+    if list(b[:n]) == list(a):  # the usual case, compared in C
+        return n
+    k = 0
     for x, y in zip(a, b):
         if x != y:
             break
-        n += 1
-    return n
+        k += 1
+    return k
 
 
 def clean_messages(messages: list[dict]) -> list[dict]:

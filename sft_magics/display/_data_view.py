@@ -188,10 +188,8 @@ class DataView(_View):
 
 
 def _rendering_view(rendering, title: str):
-    try:
-        from ._template_view import RenderingView
-    except ImportError:  # the richer view is optional
-        from ._views import TemplateView as RenderingView
+    from ._template_view import RenderingView
+
     return RenderingView(rendering, title=title)
 
 

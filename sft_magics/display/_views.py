@@ -28,53 +28,6 @@ class _View:
         return Text(self.to_text())
 
 
-class TemplateView(_View):
-    """A conversation rendered through the chat template; trained tokens marked.
-
-    Text form: trained spans inside «…». HTML: one span per token (id and label on hover), trained
-    tokens green and underlined, special tokens bold."""
-
-    def __init__(self, rendering, title: str = ""):
-        self.r, self.title = rendering, title
-
-    def to_text(self) -> str:
-        out, inside = [], False
-        for t in self.r.tokens:
-            if t.trained != inside:
-                out.append("«" if t.trained else "»")
-                inside = t.trained
-            out.append(t.text)
-        if inside:
-            out.append("»")
-        head = f"{self.title}\n" if self.title else ""
-        return f"{head}{''.join(out)}\n{len(self.r.tokens)} tokens, {self.r.trained_count} trained («…»)"
-
-    def to_html(self) -> str:
-        spans = []
-        for t in self.r.tokens:
-            style = "background:#d4f7d4;text-decoration:underline" if t.trained else "background:#eee;color:#666"
-            if t.special:
-                style += ";font-weight:bold"
-            label = t.id if t.trained else -100
-            tip = _E(f"id {t.id} · label {label}" + (" · special" if t.special else ""), quote=True)
-            spans.append(f'<span title="{tip}" style="{style}">{_E(t.text)}</span>')
-        head = f"<div><b>{_E(self.title)}</b></div>" if self.title else ""
-        return (
-            f'<div class="sft-template">{head}<pre style="white-space:pre-wrap">{"".join(spans)}</pre>'
-            f"<div>{len(self.r.tokens)} tokens, {self.r.trained_count} trained (green)</div></div>"
-        )
-
-    def __rich__(self):
-        from rich.text import Text
-
-        text = Text()
-        for t in self.r.tokens:
-            style = "bold green underline" if t.trained else "dim"
-            text.append(t.text, style=style + (" reverse" if t.special else ""))
-        text.append(f"\n{len(self.r.tokens)} tokens, {self.r.trained_count} trained (green)")
-        return text
-
-
 class TableView(_View):
     """A small titled table (data summaries, evaluation results)."""
 
