@@ -8,14 +8,38 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m sft_magics demo [--steps N] [--output-dir DIR]")
+        print("usage: python -m sft_magics demo [--steps N] [--output-dir DIR]\n"
+              "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/worker.py)")
         return 0 if argv else 2
     if argv[0] == "demo":
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[0] in ("worker", "supervise"):
+        return _run_process(argv)
     print(f"unknown command '{argv[0]}' (try: demo)", file=sys.stderr)
     return 2
+
+
+def _run_process(argv: list[str]) -> int:
+    """``worker RUN_DIR`` / ``supervise RUN_DIR``: the processes behind background and
+    multi-process runs (see sft_magics/core/worker.py)."""
+    import argparse
+
+    from .core import worker
+
+    parser = argparse.ArgumentParser(prog=f"python -m sft_magics {argv[0]}")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    if argv[0] == "supervise":
+        parser.add_argument("--launcher", default="none", choices=worker.LAUNCHERS)
+        parser.add_argument("--nproc", type=int, default=1)
+        parser.add_argument("--accelerate-config", default=None)
+    args = parser.parse_args(argv[1:])
+    if argv[0] == "worker":
+        return worker.worker_main(args.run_dir, resume=args.resume)
+    return worker.supervise(args.run_dir, launcher=args.launcher, nproc=args.nproc,
+                            accelerate_config=args.accelerate_config, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -154,8 +154,10 @@ def run_record(run_dir: Path) -> dict:
         elif e.get("kind") == "eval" and "eval_loss" in e:
             eval_history.append((e["step"], e["eval_loss"]))
     state = status.get("state", "unknown")
-    pid = status.get("pid")
-    if state in ("training", "loading") and pid and not _pid_alive(int(pid)):
+    supervisor = read_json(run_dir / "supervisor.json").get("pid")
+    pid = supervisor or status.get("pid")
+    alive = bool(pid) and _pid_alive(int(pid)) and state not in ("finished", "stopped", "failed")
+    if state in ("training", "loading", "starting") and not alive:
         state = "stale"  # its process is gone without a final status
     return {
         "name": run_dir.name,
@@ -170,6 +172,9 @@ def run_record(run_dir: Path) -> dict:
         "history": history,
         "eval_history": eval_history,
         "updated": status.get("ended") or status.get("started"),
+        "pid": pid if alive else None,
+        "world_size": status.get("world_size", 1),
+        "error": status.get("error"),
     }
 
 

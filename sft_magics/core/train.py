@@ -150,16 +150,34 @@ class TrainResult:
 
 
 class StopFlag:
-    """Set from anywhere (a button, Ctrl-C handler, another thread); the trainer stops at the next step."""
+    """Set from anywhere (a button, Ctrl-C handler, another thread); the trainer stops at the next
+    step. With ``stop_file``, the file's existence also counts: how ``%sft_stop`` reaches a run in
+    another process."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: str | Path | None = None) -> None:
         self._event = threading.Event()
+        self.stop_file = Path(stop_file) if stop_file else None
 
     def set(self) -> None:
         self._event.set()
 
     def is_set(self) -> bool:
+        if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
+            self._event.set()
         return self._event.is_set()
+
+
+def rank() -> int:
+    """This process's rank under torchrun / accelerate (0 when not distributed)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def to_trl_rows(data, tokenizer, *, train_on_all: bool = False):
@@ -310,7 +328,7 @@ def _describe(source: Any) -> str:
     return source if isinstance(source, str) else f"<{type(source).__name__}>"
 
 
-def plan(spec: TrainSpec, *, namespace: Mapping | None = None) -> Plan:
+def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -> Plan:
     """Data (validated first: a bad row fails before any model loads), config and hardware."""
     from .data import load_data, train_val_split
     from .models import choose_device_dtype
@@ -341,7 +359,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None) -> Plan:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
     lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
-    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, planned_steps(len(train_data), sft_args))
+    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, planned_steps(len(train_data), sft_args, world))
 
 
 def _load_for_training(p: Plan):
@@ -390,7 +408,11 @@ def train(
     from ._quiet import quiet_libraries
     from .runs import RunLock
 
-    with quiet_libraries(), RunLock(spec.run_dir):
+    import contextlib
+
+    # Only rank 0 owns the run folder: it locks it, writes events, status and the final model.
+    lock = RunLock(spec.run_dir) if rank() == 0 else contextlib.nullcontext()
+    with quiet_libraries(), lock:
         return _train(spec, sink=sink, stop=stop or StopFlag(), namespace=namespace, resume=resume)
 
 
@@ -401,12 +423,19 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
 
     import yaml
 
-    from .runs import environment, latest_checkpoint, now, write_json
+    from .runs import environment, latest_checkpoint, now
+    from .runs import write_json as _write_json
 
     run_dir = spec.run_dir
-    emit = fan_out(_jsonl_sink(run_dir / "metrics.jsonl"), sink)
+    main = rank() == 0
+
+    def write_json(path, data):
+        if main:
+            _write_json(path, data)
+
+    emit = fan_out(_jsonl_sink(run_dir / "metrics.jsonl") if main else None, sink)
     started = now()
-    status = {"state": "loading", "started": started, "pid": os.getpid(), "step": 0}
+    status = {"state": "loading", "started": started, "pid": os.getpid(), "step": 0, "world_size": world_size()}
     write_json(run_dir / "status.json", status)
     emit(Event("status", {"state": "loading"}))
 
@@ -414,10 +443,11 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         raise ConfigError(f"run '{spec.name}' has no checkpoint to resume from in {run_dir}")
-    p = plan(spec, namespace=namespace)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(p.config(), sort_keys=False))
+    p = plan(spec, namespace=namespace, world=world_size())
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(p.config(), sort_keys=False))
     write_json(run_dir / "environment.json", {
-        **environment(), "device": p.device, "dtype": str(p.dtype).replace("torch.", ""),
+        **environment(), "device": p.device, "dtype": str(p.dtype).replace("torch.", ""), "world_size": world_size(),
         "datasets": {"train": {"source": p.train_data.source, "rows": len(p.train_data), "fingerprint": p.train_data.fingerprint},
                      "eval": None if p.eval_data is None else {"source": p.eval_data.source, "rows": len(p.eval_data),
                                                                 "fingerprint": p.eval_data.fingerprint}},
@@ -476,7 +506,8 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
         trainer._save_checkpoint(trainer.model, trial=None)
     except Exception as err:  # noqa: BLE001 - recorded, then raised as a one-line TrainingFailed
         cause = f"{type(err).__name__}: {' '.join(str(err).split())[:240]}"
-        (run_dir / "error.log").write_text("".join(traceback.format_exception(err)))
+        if main:
+            (run_dir / "error.log").write_text("".join(traceback.format_exception(err)))
         failure = TrainingFailed(spec.name, cause, _failure_hint(err))
         step = trainer.state.global_step
         err.__traceback__ = None  # the traceback's frames hold the model: let it go
@@ -493,8 +524,9 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
 
     final_dir = run_dir / "final"
     emit(Event("status", {"state": "saving", "step": trainer.state.global_step}))
-    trainer.save_model(str(final_dir))
-    tokenizer.save_pretrained(str(final_dir))
+    trainer.save_model(str(final_dir))  # the trainer saves on the main process only
+    if main:
+        tokenizer.save_pretrained(str(final_dir))
     ts = trainer.state
     status.update(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=now())
     write_json(run_dir / "status.json", status)

@@ -37,6 +37,16 @@ def _label(name: str) -> str:
     return f" {name}" if name.startswith("_") else name
 
 
+def _status(r: Mapping[str, Any]) -> str:
+    """The state, with the live process id and the world size when there are any."""
+    text = str(r.get("status") or "–")
+    if r.get("pid"):
+        text += f" (pid {r['pid']})"
+    if (r.get("world_size") or 1) > 1:
+        text += f" ×{r['world_size']} processes"
+    return text
+
+
 class RunsView(_View):
     """Runs side by side: name, model, dataset, steps, status, final train and eval loss."""
 
@@ -51,7 +61,7 @@ class RunsView(_View):
             steps_text = "–" if steps is None else (f"{steps}/{max_steps}" if max_steps else str(steps))
             out.append([
                 str(r.get("name", "?")), str(r.get("model") or "–"), str(r.get("dataset") or "–"), steps_text,
-                str(r.get("status") or "–"), _cell_loss(r.get("train_loss")), _cell_loss(r.get("eval_loss")),
+                _status(r), _cell_loss(r.get("train_loss")), _cell_loss(r.get("eval_loss")),
             ])
         return out
 

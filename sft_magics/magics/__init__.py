@@ -11,7 +11,7 @@ import shlex
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Unicode
 
 from ..display import MODES, detect_mode, show
@@ -41,8 +41,14 @@ def _user_errors(method):
 
 
 def _parse(magic, line: str):
+    """Parse a magic's line with shell quoting rules (``--message "two words"`` is one value,
+    without its quotes; IPython's own parse_argstring keeps the quotes)."""
     try:
-        return parse_argstring(magic, line)
+        argv = shlex.split(line)
+    except ValueError as err:
+        raise UsageError(f"bad arguments: {err} in {line!r}") from None
+    try:
+        return magic.parser.parse_args(argv)
     except UsageError:
         raise
     except SystemExit:  # argparse's --help or error exit
@@ -234,6 +240,10 @@ class SftMagics(Magics):
     @argument("--name", default=None, help="Run name: the run is saved in <output_dir>/<name>.")
     @argument("--resume", metavar="NAME", default=None, help="Continue run NAME from its last checkpoint (the cell may be empty: its saved config is used).")
     @argument("--dry-run", action="store_true", help="Show the resolved config, data summary, device, trainable parameters and planned steps; train nothing.")
+    @argument("--background", action="store_true", help="Train in a detached worker process and return at once (see %%sft_attach, %%sft_wait, %%sft_stop).")
+    @argument("--launcher", choices=["none", "torchrun", "accelerate"], default="none", help="Train in N processes through torchrun or accelerate launch (data parallel).")
+    @argument("--nproc", type=int, default=1, help="Number of processes for --launcher (e.g. one per GPU).")
+    @argument("--accelerate-config", metavar="FILE", default=None, help="An accelerate config file (FSDP, DeepSpeed) for --launcher accelerate.")
     @argument("-o", "--output", metavar="NAME", help="Bind the run result (path, status, history, model, tokenizer) to NAME.")
     @line_cell_magic
     @_user_errors
@@ -295,6 +305,8 @@ class SftMagics(Magics):
         spec = self._train_spec(name, cell, resume=bool(args.resume))
         if args.dry_run:
             return self._dry_run(spec, args.output)
+        if args.background or args.launcher != "none":
+            return self._start_outside(spec, args, line, cell)
         stop = StopFlag()
         reporter = make_reporter(self.mode, title=name, on_stop=stop.set)
         worker = Worker(lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, resume=bool(args.resume)), stop.set)
@@ -313,6 +325,51 @@ class SftMagics(Magics):
             return self._bind(args.output, result) if args.output else None
 
         return worker, finish
+
+    def _start_outside(self, spec, args, line, cell):
+        """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
+        import sys
+
+        from ..core import worker as w
+        from ..core.runs import RunBusy
+        from ._background import attach_dashboard, run_from_disk
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            print("CUDA is already initialised in this kernel, and a CUDA context cannot be forked: "
+                  "the run starts in fresh processes.")
+        try:
+            run = w.launch(spec, namespace=self.shell.user_ns, launcher=args.launcher, nproc=args.nproc,
+                           accelerate_config=args.accelerate_config, resume=bool(args.resume))
+        except RunBusy as err:
+            raise UsageError(str(err)) from None
+        if cell.strip():
+            (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
+        if args.background:
+            print(f"run '{run.name}' started in the background (supervisor pid {run.pid}): "
+                  f"%sft_attach {run.name} to watch, %sft_wait {run.name} to block, %sft_stop {run.name} to stop")
+            if self.mode == "widget":
+                attach_dashboard(run.path, self.mode, follow_live=True)
+            return self._bind(args.output, run) if args.output else None
+        # A launcher run that blocks: the dashboard follows the event stream until the run ends.
+        from ..display import make_reporter
+        from ._runner import Worker
+
+        reporter = make_reporter(self.mode, title=spec.name, on_stop=run.stop)
+        watcher = Worker(lambda: (w.follow(run.path, reporter), w.wait_for(run.path))[1], run.stop)
+
+        def finish(wait):
+            try:
+                record = wait()
+            finally:
+                reporter.close()
+            if record["status"] == "failed":
+                status = w.read_json(run.path / "status.json")
+                raise UsageError(f"run '{spec.name}' failed: {status.get('error')} — {status.get('hint')}")
+            result = run_from_disk(run.path)
+            return self._bind(args.output, result) if args.output else None
+
+        return watcher, finish
 
     def _train_spec(self, name: str, cell: str, *, resume: bool):
         from pathlib import Path
@@ -372,39 +429,238 @@ class SftMagics(Magics):
         show(RunsView(records), self.mode)
         return self._bind(args.output, records) if args.output else None
 
+    # -- runs in other processes: %sft_attach, %sft_wait, %sft_stop ------------------------------
+    def _run_dir(self, name: str):
+        from pathlib import Path
+
+        from ..core.worker import BackgroundRun
+
+        value = self.shell.user_ns.get(name)
+        run_dir = value.path if isinstance(value, BackgroundRun) else Path(self.output_dir) / name
+        if not (run_dir / "status.json").is_file():
+            raise UsageError(f"no run named '{name}' in {self.output_dir}")
+        return run_dir
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @line_magic
+    @_user_errors
+    def sft_attach(self, line):
+        """Show the full dashboard of a running or finished run — its whole history, then live
+        updates while it trains (in a notebook). Works after a kernel restart.
+
+        Example::
+
+            %sft_attach json-lora
+        """
+        from ._background import attach_dashboard
+
+        args = _parse(self.sft_attach, line)
+        attach_dashboard(self._run_dir(args.name), self.mode, follow_live=True)
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @argument("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the finished run's result (model, history) to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_wait(self, line):
+        """Block until a background run ends (so "Run All" works), then show its final state.
+
+        Example::
+
+            %sft_wait json-lora -o run
+        """
+        from ..core.worker import wait_for
+        from ..display._runs_view import RunsView
+        from ._background import run_from_disk
+
+        args = _parse(self.sft_wait, line)
+        run_dir = self._run_dir(args.name)
+        try:
+            record = wait_for(run_dir, timeout=args.timeout)
+        except TimeoutError as err:
+            raise UsageError(str(err)) from None
+        show(RunsView([record]), self.mode)
+        return self._bind(args.output, run_from_disk(run_dir)) if args.output else None
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @argument("--no-wait", action="store_true", help="Ask the run to stop and return at once.")
+    @line_magic
+    @_user_errors
+    def sft_stop(self, line):
+        """Stop a background run gracefully: it saves a checkpoint and ends as ``stopped``.
+
+        Example::
+
+            %sft_stop json-lora
+        """
+        from ..core.worker import request_stop, wait_for
+
+        args = _parse(self.sft_stop, line)
+        run_dir = self._run_dir(args.name)
+        request_stop(run_dir)
+        if not args.no_wait:
+            record = wait_for(run_dir)
+            print(f"run '{args.name}': {record['status']} at step {record['steps']}")
+
     # -- %sft_eval ---------------------------------------------------------------------------
     @magic_arguments()
     @argument("target", help="A run (name or -o variable), a model/adapter folder, or a model id.")
     @argument("--data", required=True, metavar="SOURCE", help="Validation data with reference answers.")
-    @argument("--baseline", choices=["base"], default=None, help="Also evaluate the base model (adapter disabled).")
-    @argument("--max-new-tokens", type=int, default=64)
-    @argument("--batch-size", type=int, default=16)
-    @argument("-o", "--output", metavar="NAME", help="Bind {label: EvalResult} to NAME.")
+    @argument("--baseline", choices=["base"], default=None, help="Also evaluate the base model (a LoRA model with its adapter disabled: no second copy).")
+    @argument("--few-shot", type=int, default=0, metavar="K", help="Also evaluate the base model prompted with K training examples (the prompting baseline).")
+    @argument("--few-shot-data", metavar="SOURCE", default=None, help="Data the few-shot examples come from (default: the run's training dataset).")
+    @argument("--metrics", metavar="M1,M2", default=None, help="Comma-separated metrics (default: all that apply): loss, perplexity, exact_match, token_f1, rouge_l, bleu, chrf, json_valid, json_match, json_fields.")
+    @argument("--metric", action="append", default=[], metavar="NAME", help="A notebook function f(prediction, reference) -> float as an extra metric; repeatable.")
+    @argument("--max-new-tokens", type=int, default=64, help="Longest answer generated, in tokens.")
+    @argument("--temperature", type=float, default=0.0, help="0 (default): greedy decoding; above 0: sampling.")
+    @argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (with --temperature above 0).")
+    @argument("--batch-size", type=int, default=16, help="Prompts generated together (left-padded).")
+    @argument("--limit", type=int, default=None, metavar="N", help="Evaluate only the first N examples.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the report (.summary, .examples DataFrame, ['tuned'] / ['base'] results) to NAME.")
     @line_magic
     @_user_errors
     def sft_eval(self, line):
-        """Generate answers for a validation set and score them (exact match, JSON validity and fields).
+        """Evaluate a model on a validation set: loss and perplexity on the trained tokens, then
+        generated answers (batched, greedy by default) scored with exact match, token F1, ROUGE-L,
+        BLEU, chrF and, for JSON answers, validity and field-by-field match. Compare with the base
+        model (``--baseline base``) and with the base model prompted with K training examples
+        (``--few-shot K``). A summary table, the worst examples, and (notebook) a pager over every
+        example with differences from the reference marked. Saved in ``<run>/eval/<time>/`` for a run.
 
         Example::
 
-            %sft_eval run --data examples/data/val.jsonl --baseline base
+            %sft_eval run --data examples/data/val.jsonl --baseline base --few-shot 3 -o scores
+            scores.summary["json_match"], scores.examples.sort_values("tuned_json_match").head()
         """
-        from ..core.evaluate import EvalReport, adapter_disabled, evaluate_generations, examples_from
+        from ..core import evaluate as ev
+        from ..core.data import load_data
+        from ..core.models import load_model
+        from ..display._eval_view import eval_progress
 
         args = _parse(self.sft_eval, line)
+        ns = self.shell.user_ns
+        gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "temperature": args.temperature, "top_p": args.top_p}
+        try:
+            ev.check_settings(limit=args.limit, few_shot=args.few_shot, **gen)
+            metrics, custom = ev.parse_metric_names(args.metrics), ev.custom_metrics(args.metric, ns)
+            run_dir = ev.run_folder(args.target, ns.get(args.target), self.output_dir)
+            examples = ev.examples_from(self._data(args.data))[: args.limit]
+            shots = []
+            if args.few_shot:  # the prompting baseline's examples, never one of the evaluated questions
+                pool = ev.examples_from(load_data(ev.few_shot_source(args.few_shot_data, run_dir), namespace=ns))
+                shots = ev.choose_shots(pool, args.few_shot, exclude={e.question for e in examples})
+            model, tokenizer = self._target_model(args.target)
+            base_name = ev.run_config(run_dir).get("model")  # a fully fine-tuned run's base loads only if needed
+            load_base = (lambda: load_model(base_name, trust_remote_code=self.trust_remote_code)) if base_name else None
+            progress = eval_progress(self.mode)
+            try:
+                report = ev.run_evaluation(
+                    model, tokenizer, examples, metrics=metrics, custom=custom, baseline=args.baseline == "base", shots=shots,
+                    is_tuned=run_dir is not None or ev.has_adapter(model), load_base=load_base, progress=progress, **gen)
+            finally:
+                progress.close()
+        except ev.EvalError as err:
+            raise UsageError(" ".join(str(err).split())) from None
+        report.settings.update(target=args.target, data=args.data)
+        if run_dir is not None:
+            report.save(ev.new_eval_folder(run_dir))
+        _eval_view(report, self.mode)
+        return self._bind(args.output, report) if args.output else None
+
+    # -- %sft_chat ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("target", help="A run (name or -o variable), a model/adapter folder, or a model id.")
+    @argument("--compare", choices=["base"], default=None, help="Also answer with the base model (adapter disabled), side by side; each side keeps its own history.")
+    @argument("--system", default=None, help="System prompt (default: none, or the template's own default).")
+    @argument("--message", default=None, help="One-shot: send this message, print and return the reply (scripts, tests).")
+    @argument("--max-new-tokens", type=int, default=256, help="Longest reply, in tokens.")
+    @argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples.")
+    @argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (with --temperature > 0).")
+    @argument("-o", "--output", metavar="NAME", help="Bind the reply (--message) or the chat session to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_chat(self, line):
+        """Chat with a model through its own chat template, streamed, optionally side by side with
+        the base model (LoRA adapter disabled: the same weights, no second copy). In a notebook: a
+        chat widget (Send, Stop, Reset, system prompt, sampling controls, "show prompt"); in
+        terminal IPython: a read–reply loop (an empty line or "exit" ends it). ``--message`` asks
+        once and returns the reply (a dict ``{"tuned", "base"}`` with ``--compare base``).
+
+        Example::
+
+            %sft_chat run --compare base
+            %sft_chat runs/json-lora/final --message "Ana is 34 and lives in Lisbon." -o answer
+        """
+        from ..core.chat import ChatSession
+        from ..display._chat_view import ChatWidget, ReplyView, chat_loop
+
+        args = _parse(self.sft_chat, line)
+        if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+            raise UsageError("need --max-new-tokens ≥ 1, --temperature ≥ 0 and 0 < --top-p ≤ 1")
+        mode = self.mode
+        if args.message is None and mode == "plain":
+            raise UsageError("%sft_chat needs --message TEXT here (the chat widget needs a notebook, the chat loop a terminal IPython)")
         model, tokenizer = self._target_model(args.target)
-        examples = examples_from(self._data(args.data))
-        gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
-        results = EvalReport(tuned=evaluate_generations(model, tokenizer, examples, label="tuned", **gen))
-        if args.baseline == "base":
-            with adapter_disabled(model) as base:
-                results["base"] = evaluate_generations(base, tokenizer, examples, label="base", **gen)
-        show(_eval_view(results, len(examples)), self.mode)
-        return self._bind(args.output, results) if args.output else None
+        session = ChatSession(model, tokenizer, system=args.system)
+        compare = args.compare == "base"
+        if compare and not session.has_adapter:
+            raise UsageError(f"--compare base needs a LoRA adapter to switch off; '{args.target}' is a plain model")
+        gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+        if args.message is not None:
+            reply = session.compare(args.message, **gen) if compare else session.reply(args.message, **gen)
+            show(ReplyView(args.message, reply), mode)
+            return self._bind(args.output, reply)
+        if mode == "widget":
+            from IPython.display import display
 
-    # -- %sft_chat (anchor: the %sft_chat magic goes here) --------------------------------------
+            display(ChatWidget(session, compare, gen).widget)
+        else:
+            chat_loop(session, compare, gen)
+        self._bind(args.output, session)  # bound, not returned: no Out[] line under the widget
 
-    # -- %sft_export (anchor: the %sft_export magic goes here) ----------------------------------
+    # -- %sft_export --------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("run", help="A run (name under output_dir, or its -o variable), or an adapter/model folder.")
+    @argument("--to", required=True, metavar="DIR", help="The export folder: new or empty (or --force).")
+    @argument("--merge", action="store_true", help="Merge the LoRA adapter into the base weights: a standalone folder that needs no peft.")
+    @argument("--force", action="store_true", help="Replace DIR when it is not empty.")
+    @argument("--probe", metavar="TEXT", default=None, help="The question the export is verified with (default: 'What is the capital of France?').")
+    @argument("--max-new-tokens", type=int, default=32, help="Greedy tokens compared by the verification.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the ExportResult (path, files, reply, token ids) to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_export(self, line):
+        """Export a run as a folder plain transformers loads: safetensors weights (``--merge``: the
+        LoRA merged into the base weights; without it a LoRA run exports its adapter, which needs the
+        base model), the tokenizer with its chat template, and a generation config that stops at the
+        template's end-of-turn token and the EOS. Verified before success is reported: reloaded with
+        ``AutoModelForCausalLM`` / ``AutoTokenizer`` only, the folder must generate the notebook
+        model's greedy reply to the probe, token for token (else the folder is marked VERIFY_FAILED).
+
+        Example::
+
+            %sft_export json-lora --to exports/json-lora --merge --probe "Ana is 34 and lives in Lisbon." -o exported
+        """
+        from pathlib import Path
+
+        from ..core.export import ExportError, export_model
+        from ..display._views import TableView
+
+        args = _parse(self.sft_export, line)
+        run_dir = Path(self.output_dir) / args.run
+        if args.run not in self.shell.user_ns and run_dir.is_dir() and not (run_dir / "final").is_dir():
+            raise UsageError(f"run '{args.run}' has no final/ folder to export (it did not finish): {run_dir}")
+        model, tokenizer = self._target_model(args.run)
+        try:
+            result = export_model(model, tokenizer, args.to, merge=args.merge, probe=args.probe, force=args.force,
+                                  max_new_tokens=args.max_new_tokens)
+        except ExportError as err:
+            raise UsageError(" ".join(str(err).split())) from None
+        show(TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes), self.mode)
+        return self._bind(args.output, result) if args.output else None
 
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""
@@ -457,9 +713,13 @@ def _stats_view(data, stats, batch_size: int | None = None):
     return DataView(data, stats)
 
 
-def _eval_view(results: dict, n: int):
-    from ..display._views import TableView
+def _eval_view(report, mode: str) -> None:
+    """Show the %sft_eval report: the summary and the worst 5 examples; in a notebook the summary
+    and a pager over every example (sortable worst first by any metric)."""
+    from ..display._eval_view import EvalBrowser, EvalView
 
-    metrics = list(next(iter(results.values())).scores)
-    rows = [[label, *(r.mean(m) for m in metrics), f"{r.seconds:.1f}"] for label, r in results.items()]
-    return TableView(f"evaluation on {n} examples", ["model", *metrics, "seconds"], rows)
+    show(EvalView(report, worst=0 if mode == "widget" else 5), mode)
+    if mode == "widget":
+        from IPython.display import display
+
+        display(EvalBrowser(report).widget)

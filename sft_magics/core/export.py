@@ -1,0 +1,433 @@
+"""Shipping a model: a standalone folder that plain transformers loads, verified before it counts.
+
+:func:`export_model` writes the weights (safetensors), the tokenizer with its chat template
+(``chat_template.jinja``), a generation config whose ``eos_token_id`` holds the token the chat
+template ends assistant turns with (``<|im_end|>`` for ChatML) as well as the EOS, and a short
+README. Then it *verifies* the folder: it reloads it with ``AutoModelForCausalLM.from_pretrained``
+and ``AutoTokenizer.from_pretrained`` only (no sft_magics code in the load path), renders a probe
+prompt through the exported chat template, generates greedily with the reloaded model and with the
+in-notebook model, and requires the same token ids, token for token. Until that passes the folder
+holds an ``EXPORT_INCOMPLETE`` marker; a failed check leaves ``VERIFY_FAILED`` (with the reason).
+
+Three kinds of export:
+
+- ``merged`` (a LoRA model, ``merge=True``): the adapter is merged into the base weights of a
+  *copy* of the model (``merge_and_unload()`` on a deep copy), so the in-notebook model keeps its
+  adapter, bit for bit. Merging in place and unmerging afterwards would leave the notebook's
+  weights off by rounding (``W + BA - BA`` is not ``W`` in floating point). The price is a second
+  copy of the model in memory while exporting.
+- ``adapter`` (a LoRA model, ``merge=False``): the adapter (``adapter_model.safetensors`` +
+  ``adapter_config.json``) with the tokenizer and generation config. ``base_model_name_or_path``
+  is made an absolute path when it is a local folder, so transformers (with peft installed) loads
+  base + adapter from the folder alone — and the verification does exactly that.
+- ``full`` (a model without an adapter, e.g. a ``lora: false`` run): the model's own weights.
+
+Heavy imports (torch, transformers, peft) live inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROBE = "What is the capital of France?"
+DEFAULT_MAX_NEW_TOKENS = 32
+MARK_INCOMPLETE = "EXPORT_INCOMPLETE"
+MARK_FAILED = "VERIFY_FAILED"
+_MARKERS = (MARK_INCOMPLETE, MARK_FAILED)
+_SENTINEL = "sft-magics-end-of-turn-probe"
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be written or did not verify; the message is one line."""
+
+
+@dataclass
+class ExportResult:
+    """What ``%sft_export -o`` binds: the folder, what is in it, and the verification."""
+
+    path: Path
+    kind: str  # "merged" | "adapter" | "full"
+    files: list[str]
+    probe: str
+    prompt: str  # the probe rendered through the exported chat template (with the generation prompt)
+    reply: str  # the decoded generated tokens (special tokens skipped)
+    token_ids: list[int]  # generated ids: identical for the reloaded and the in-notebook model
+    eos_token_id: list[int]
+    pad_token_id: int | None
+    size_mb: float  # bytes / 1e6 of everything in the folder
+    base_model: str | None = None  # what an adapter export loads its base from
+    logits_max_diff: float = 0.0  # largest |reloaded - notebook| over the generated steps' logits
+    seconds: float = 0.0
+    verified: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def merged(self) -> bool:
+        return self.kind == "merged"
+
+    def summary_rows(self) -> list[list[str]]:
+        """Rows for a two-column summary table (plain strings; the view escapes them)."""
+        described = {
+            "merged": "LoRA merged into the base weights (standalone)",
+            "adapter": "LoRA adapter (needs its base model)",
+            "full": "full model weights (standalone)",
+        }[self.kind]
+        rows = [
+            ["folder", str(self.path)],
+            ["contents", described],
+            ["files", ", ".join(self.files)],
+            ["size", f"{self.size_mb:.1f} MB"],
+            ["stop tokens", f"eos_token_id {self.eos_token_id}, pad_token_id {self.pad_token_id}"],
+            ["probe", _visible(self.probe)],
+            ["reply", _visible(self.reply)],
+            ["verified", f"✓ reloaded with transformers; {len(self.token_ids)} greedy tokens identical "
+                         f"to the notebook model's (max logit diff {self.logits_max_diff:.2g})"],
+        ]
+        if self.base_model:
+            rows.insert(2, ["base model", self.base_model])
+        return rows
+
+    def __repr__(self) -> str:
+        return (f"<ExportResult {self.kind} {self.path}: {len(self.files)} files, {self.size_mb:.1f} MB, "
+                f"verified on {len(self.token_ids)} tokens>")
+
+
+def _visible(text: str) -> str:
+    """One line, no raw control characters (a model's reply may hold an ESC or a newline)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# -- the one entry point ----------------------------------------------------------------------------
+
+
+def export_model(
+    model,
+    tokenizer,
+    to: str | os.PathLike,
+    *,
+    merge: bool,
+    probe: str | None = None,
+    force: bool = False,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> ExportResult:
+    """Write ``model`` and ``tokenizer`` to the folder ``to``, reload it with plain transformers and
+    check that it generates exactly what ``model`` generates; return what was written.
+
+    ``merge=True`` merges a LoRA adapter into (a copy of) the base weights; ``merge=False`` on a
+    LoRA model writes the adapter. A model without an adapter is written whole either way.
+    A non-empty ``to`` is refused unless ``force=True`` (then it is replaced)."""
+    start = time.perf_counter()
+    probe = DEFAULT_PROBE if probe is None else probe
+    if not probe.strip():
+        raise ExportError("the probe text is empty: give a question to verify the export with")
+    if max_new_tokens < 1:
+        raise ExportError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not tokenizer.chat_template:
+        raise ExportError("the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)")
+    kind = _kind(model, merge)
+    to = Path(os.path.abspath(Path(to).expanduser()))  # absolute: the README's load snippet must work from anywhere
+    _prepare_folder(to, force, _source_paths(model))
+    (to / MARK_INCOMPLETE).write_text("sft_magics is writing this export; it has not been verified\n")
+
+    eot = end_of_turn_token(tokenizer)
+    base_model = _save_weights(model, to, kind)
+    tokenizer.save_pretrained(str(to))
+    gen_config = _save_generation_config(model, tokenizer, to, eot)
+    try:
+        check = _verify(model, tokenizer, to, probe, max_new_tokens)
+    except ExportError as err:
+        _mark_failed(to, str(err))
+        raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED}") from None
+
+    eos = gen_config.eos_token_id
+    result = ExportResult(
+        path=to, kind=kind, files=[], probe=probe, prompt=check["prompt"], reply=check["reply"],
+        token_ids=check["ids"], eos_token_id=[eos] if isinstance(eos, int) else list(eos),
+        pad_token_id=gen_config.pad_token_id, size_mb=0.0, base_model=base_model,
+        logits_max_diff=check["logits_max_diff"], notes=check["notes"],
+    )
+    (to / "README.md").write_text(_readme(result, tokenizer, eot))
+    (to / MARK_INCOMPLETE).unlink()
+    result.files = _files(to)
+    result.size_mb = round(sum((to / f).stat().st_size for f in result.files) / 1e6, 3)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _kind(model, merge: bool) -> str:
+    if not _is_peft(model):
+        return "full"
+    if merge and getattr(model.get_base_model(), "is_quantized", False):
+        raise ExportError("merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: export the adapter "
+                          "without merge, or load the base model in bf16, attach the adapter and merge there")
+    return "merged" if merge else "adapter"
+
+
+def _source_paths(model) -> list[Path]:
+    """Local folders the model was loaded from (base and adapter): never replaced by an export."""
+    names = [getattr(getattr(model, "config", None), "_name_or_path", None), getattr(model, "name_or_path", None)]
+    for cfg in (getattr(model, "peft_config", None) or {}).values():
+        names.append(getattr(cfg, "base_model_name_or_path", None))
+    return [Path(n).expanduser().resolve() for n in names if n and Path(n).expanduser().exists()]
+
+
+def _prepare_folder(to: Path, force: bool, sources: list[Path]) -> None:
+    if to.exists() and not to.is_dir():
+        raise ExportError(f"the export target {to} is a file, not a folder")
+    if to.is_dir() and any(to.iterdir()):
+        if not force:
+            raise ExportError(f"the export folder {to} is not empty: choose another folder, or pass --force (force=True) to replace it")
+        target = to.resolve()
+        protected = [Path.cwd().resolve(), Path.home().resolve(), Path(target.anchor)]
+        if any(target == p or target in p.parents for p in protected):
+            raise ExportError(f"refusing to replace {to}: it is (or contains) the working directory or the home folder")
+        if any(target == s or target in s.parents for s in sources):
+            raise ExportError(f"refusing to replace {to}: the model being exported was loaded from it")
+        shutil.rmtree(to)
+    to.mkdir(parents=True, exist_ok=True)
+
+
+def _save_weights(model, to: Path, kind: str) -> str | None:
+    """Write the weights (safetensors); returns the base model an adapter export points to."""
+    import copy
+    import gc
+
+    if kind == "adapter":
+        model.save_pretrained(str(to))
+        return _absolute_base(to / "adapter_config.json")
+    if kind == "merged":
+        standalone = copy.deepcopy(model).merge_and_unload()  # a copy: the notebook model keeps its adapter
+        standalone.config.use_cache = True  # training turns the KV cache off; an export is for inference
+        standalone.save_pretrained(str(to))
+        del standalone
+        gc.collect()
+        return None
+    use_cache = model.config.use_cache
+    model.config.use_cache = True
+    try:
+        model.save_pretrained(str(to))
+    finally:
+        model.config.use_cache = use_cache
+    return None
+
+
+def _absolute_base(adapter_config: Path) -> str:
+    """A relative local base path would break once the folder moves: make it absolute."""
+    config = json.loads(adapter_config.read_text())
+    base = config.get("base_model_name_or_path") or ""
+    if base and Path(base).expanduser().is_dir() and not Path(base).is_absolute():
+        config["base_model_name_or_path"] = base = str(Path(base).expanduser().resolve())
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if not base:
+        raise ExportError("the adapter does not name its base model (base_model_name_or_path is empty)")
+    return base
+
+
+def end_of_turn_token(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (``<|im_end|>`` for ChatML,
+    ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma): render a turn with a sentinel answer
+    and take the first token after it when that token is special. Falls back to the known names."""
+    from .template import stop_ids
+
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+        )
+        after = text[text.rindex(_SENTINEL) + len(_SENTINEL):]
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        if ids and ids[0] in special:
+            return int(ids[0])
+    except Exception:  # noqa: BLE001 - an unusual template: use the known names instead
+        pass
+    known = sorted(stop_ids(tokenizer) - {tokenizer.eos_token_id})
+    return known[0] if known else tokenizer.eos_token_id
+
+
+def _save_generation_config(model, tokenizer, to: Path, eot: int | None):
+    """The model's generation config, with the end-of-turn token and the EOS as stop tokens."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    config = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
+    old = config.eos_token_id
+    ids: list[int] = []
+    for i in [eot, *([old] if isinstance(old, int) else list(old or [])), tokenizer.eos_token_id]:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    config.eos_token_id = ids
+    config._from_model_config = False  # a deliberate config now: transformers must not rebuild it from config.json
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.pad_token_id
+    config.pad_token_id = pad if pad is not None else (ids[0] if ids else None)
+    if config.bos_token_id is None and tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    config.save_pretrained(str(to))
+    return config
+
+
+def _mark_failed(to: Path, reason: str) -> None:
+    (to / MARK_FAILED).write_text(f"this export did NOT verify; do not ship it.\n{reason}\n")
+    (to / MARK_INCOMPLETE).unlink(missing_ok=True)
+
+
+def _files(to: Path) -> list[str]:
+    return sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file() and p.name not in _MARKERS)
+
+
+# -- verifying ----------------------------------------------------------------------------------------
+
+
+def _reload(to: Path, dtype, device):
+    """Load the folder the way a user of the export will: plain transformers, nothing of ours.
+    (An adapter folder loads its base model and attaches the adapter through transformers' peft
+    integration.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ._quiet import quiet_libraries
+
+    with quiet_libraries():
+        model = AutoModelForCausalLM.from_pretrained(str(to), dtype=dtype)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(str(to))
+
+
+@contextlib.contextmanager
+def _plain_forward(model, notes: list[str]):
+    """A model straight out of a Trainer still carries accelerate's mixed-precision wrapper on its
+    ``forward`` (autocast + outputs cast to fp32; TRL's SFTConfig defaults to ``bf16=True``, on a
+    CPU too). That is a training-time setting, not part of the weights: verify against what the
+    weights compute, with the wrapper set aside for the duration, then put it back as it was."""
+    # (A PeftModel's own forward does not matter: its generate() runs the wrapped model's forward.)
+    wrapped = [m for m in model.modules() if "_original_forward" in m.__dict__ and not _is_peft(m)]
+    saved = [(m, m.__dict__.get("forward")) for m in wrapped]
+    if wrapped:
+        notes.append("the notebook model still carries the trainer's mixed-precision (autocast) wrapper; "
+                     "verified against its plain forward, which is what the exported weights compute")
+    try:
+        for m in wrapped:
+            m.forward = m.__dict__["_original_forward"]
+        yield
+    finally:
+        for m, forward in saved:
+            m.forward = forward
+
+
+def _greedy(model, inputs, config):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(**inputs, generation_config=config)
+    ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    logits = torch.stack([step[0].float() for step in out.logits]).cpu()
+    return ids, logits
+
+
+def _verify(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -> dict:
+    """Reload ``to``, render the probe through the exported template, and compare greedy token ids
+    of the reloaded and the in-notebook model, token for token."""
+    import gc
+
+    from transformers import GenerationConfig
+
+    param = next(model.parameters())
+    try:
+        reloaded, exported_tok = _reload(to, param.dtype, param.device)
+        exported = GenerationConfig.from_pretrained(str(to))
+    except Exception as err:  # noqa: BLE001 - whatever stops a plain reload is the finding
+        raise ExportError(f"the export in {to} does not reload with transformers: {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:240]}") from None
+    messages = [{"role": "user", "content": probe}]
+    prompt = exported_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if prompt != tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True):
+        raise ExportError("the exported chat template renders the probe differently from the notebook tokenizer's")
+    inputs = exported_tok(prompt, return_tensors="pt", add_special_tokens=False)
+    if inputs["input_ids"][0].tolist() != tokenizer(prompt, add_special_tokens=False)["input_ids"]:
+        raise ExportError("the exported tokenizer encodes the probe differently from the notebook tokenizer")
+    # The same greedy settings for both, stop tokens from the exported generation config.
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_logits=True,
+        eos_token_id=exported.eos_token_id, pad_token_id=exported.pad_token_id, bos_token_id=exported.bos_token_id,
+    )
+    inputs = {k: v.to(param.device) for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()  # dropout off (LoRA dropout too), as in any inference
+    notes: list[str] = []
+    try:
+        with _plain_forward(model, notes):
+            want, want_logits = _greedy(model, inputs, config)
+        got, got_logits = _greedy(reloaded, inputs, config)
+    finally:
+        model.train(was_training)
+        del reloaded
+        gc.collect()
+    if got != want:
+        i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+        def token(ids: list[int]) -> str:
+            return f"{exported_tok.decode([ids[i]])!r} (id {ids[i]})" if i < len(ids) else "the end of the reply"
+
+        raise ExportError(
+            f"export verification failed: the reloaded model's reply differs from the notebook model's at generated "
+            f"token {i}: {token(got)} instead of {token(want)}"
+        )
+    n = min(len(want_logits), len(got_logits))
+    diff = float((got_logits[:n] - want_logits[:n]).abs().max()) if n else 0.0
+    return {"prompt": prompt, "ids": want, "reply": exported_tok.decode(want, skip_special_tokens=True),
+            "logits_max_diff": diff, "notes": notes}
+
+
+# -- the note in the folder ---------------------------------------------------------------------------
+
+
+def _readme(r: ExportResult, tokenizer, eot: int | None) -> str:
+    eot_text = tokenizer.convert_ids_to_tokens(eot) if eot is not None else None
+    load = (
+        "```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{r.path}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{r.path}")\n'
+        'messages = [{"role": "user", "content": "Hello!"}]\n'
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
+        "out = model.generate(**inputs, max_new_tokens=64)  # stops at generation_config.json's eos_token_id\n"
+        "print(tokenizer.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n"
+        "```\n"
+    )
+    what = {
+        "merged": "A standalone model: the LoRA adapter is merged into the base weights. transformers loads it; peft is not needed.",
+        "full": "A standalone model (full fine-tune). transformers loads it; peft is not needed.",
+        "adapter": (
+            "A LoRA **adapter**, not a standalone model: it needs its base model, "
+            f"`{r.base_model}` (`base_model_name_or_path` in `adapter_config.json`), and the `peft` package. "
+            "transformers loads base + adapter from this folder. On another machine, point "
+            "`base_model_name_or_path` at a copy of that base model, or export with `--merge` for a standalone folder."
+        ),
+    }[r.kind]
+    return (
+        f"# Exported with sft_magics (`%sft_export`)\n\n{what}\n\n## Load\n\n{load}\n"
+        "## Chat template and stop tokens\n\n"
+        f"The chat template is in `chat_template.jinja`; it ends assistant turns with `{eot_text}`. "
+        f"`generation_config.json` stops on `eos_token_id` {r.eos_token_id} and pads with `pad_token_id` {r.pad_token_id}.\n\n"
+        "## Verification\n\n"
+        f"Reloaded with `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`; the probe "
+        f"{json.dumps(r.probe)} rendered through this chat template produced the same {len(r.token_ids)} greedy "
+        f"tokens as the model in the notebook (largest logit difference {r.logits_max_diff:.2g}):\n\n"
+        f"> {r.reply!r}\n"
+    )

@@ -1,0 +1,306 @@
+"""Runs outside the kernel: background workers and multi-process (torchrun / accelerate) training.
+
+The run folder is the interface. The kernel writes ``spec.json`` and starts a detached
+*supervisor* (``python -m sft_magics supervise RUN_DIR``), which starts the *worker* command —
+``python -m sft_magics worker RUN_DIR`` directly, or under ``torchrun`` / ``accelerate launch`` —
+and waits for it. The worker runs :func:`core.train.train` exactly as ``%%sft_train`` does in the
+kernel (one code path), so it writes the same ``metrics.jsonl`` / ``status.json`` / checkpoints;
+under a launcher only rank 0 writes. If the worker dies without a final status (an exception
+before training, a signal, the out-of-memory killer), the supervisor records ``failed`` with the
+cause and the tail of ``worker.log``. Dashboards follow a run by tailing ``metrics.jsonl``.
+
+Stopping: ``%sft_stop`` creates ``STOP`` in the run folder; the worker's stop flag sees it at the
+next step, saves a checkpoint and ends as ``stopped``. SIGTERM does the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .events import Event
+from .runs import RunBusy, _pid_alive, read_json, run_record, write_json
+
+SPEC_FILE = "spec.json"
+STOP_FILE = "STOP"
+LOG_FILE = "worker.log"
+FINAL_STATES = ("finished", "stopped", "failed")
+LAUNCHERS = ("none", "torchrun", "accelerate")
+
+
+# -- the spec on disk -------------------------------------------------------------------------------
+
+
+def save_spec(spec, launch: dict) -> Path:
+    path = spec.run_dir / SPEC_FILE
+    data = {**asdict(spec), "launch": launch}
+    data["lora"] = spec.lora if isinstance(spec.lora, bool) else dict(spec.lora)
+    data["sft"] = dict(spec.sft)
+    write_json(path, data)
+    return path
+
+
+def load_spec(run_dir: Path):
+    from .train import TrainSpec
+
+    data = json.loads((Path(run_dir) / SPEC_FILE).read_text())
+    data.pop("launch", None)
+    return TrainSpec(**data)
+
+
+def materialize_data(spec, namespace: Mapping | None):
+    """A worker cannot see the notebook: data given as a notebook variable (or an object) is
+    validated here and written into the run folder as JSONL; file paths become absolute."""
+    import dataclasses
+
+    from .data import load_data
+
+    def resolve(source: Any, label: str):
+        if source is None:
+            return None
+        if isinstance(source, str):
+            path = Path(source).expanduser()
+            if path.exists() or any(ch in source for ch in "*?["):
+                return str(path.resolve()) if path.exists() else os.path.abspath(source)
+            if not (namespace and source in namespace):
+                return source  # a Hub dataset name: the worker loads it itself
+        data = load_data(source, namespace=namespace)
+        out = spec.run_dir / "data" / f"{label}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            for row in data.dataset:
+                f.write(json.dumps(row, default=str) + "\n")
+        return str(out.resolve())
+
+    return dataclasses.replace(
+        spec,
+        dataset=resolve(spec.dataset, "train"),
+        eval_dataset=resolve(spec.eval_dataset, "eval"),
+        output_dir=str(Path(spec.output_dir).resolve()),
+    )
+
+
+# -- starting a run ---------------------------------------------------------------------------------
+
+
+def worker_command(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None,
+                   resume: bool = False) -> list[str]:
+    """The command the supervisor runs: the existing launchers, never a home-made one."""
+    worker = ["-m", "sft_magics", "worker", str(run_dir)] + (["--resume"] if resume else [])
+    if launcher == "none":
+        return [sys.executable, *worker]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *worker]
+    if launcher == "accelerate":
+        config = ["--config_file", str(accelerate_config)] if accelerate_config else []
+        return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *worker]
+    raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
+
+
+def busy_pid(run_dir: Path) -> int | None:
+    """The live process training into this folder, if any: the lock's owner, or a supervisor
+    whose run has no final status yet."""
+    run_dir = Path(run_dir)
+    owner = _lock_pid(run_dir)
+    if owner and owner != os.getpid() and _pid_alive(owner):
+        return owner
+    supervisor = read_json(run_dir / "supervisor.json").get("pid")
+    if supervisor and _pid_alive(int(supervisor)) and read_json(run_dir / "status.json").get("state") not in FINAL_STATES:
+        return int(supervisor)
+    return None
+
+
+def _lock_pid(run_dir: Path) -> int | None:
+    try:
+        return int((Path(run_dir) / "run.lock").read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class BackgroundRun:
+    """A handle on a run in another process (what ``%%sft_train --background -o NAME`` binds)."""
+
+    name: str
+    path: Path
+    pid: int  # the supervisor's pid
+
+    def record(self) -> dict:
+        return run_record(self.path)
+
+    @property
+    def status(self) -> str:
+        return self.record()["status"]
+
+    def alive(self) -> bool:
+        return _pid_alive(self.pid) and read_json(self.path / "status.json").get("state") not in FINAL_STATES
+
+    def stop(self) -> None:
+        request_stop(self.path)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict:
+        return wait_for(self.path, timeout=timeout, poll=poll)
+
+    def __repr__(self) -> str:
+        return f"<BackgroundRun {self.name}: {self.status}, supervisor pid {self.pid}, {self.path}>"
+
+
+def launch(spec, *, namespace: Mapping | None = None, launcher: str = "none", nproc: int = 1,
+           accelerate_config: str | None = None, resume: bool = False) -> BackgroundRun:
+    """Start a run in a detached supervisor process and return at once."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid = busy_pid(run_dir)
+    if pid:
+        raise RunBusy(f"run folder {run_dir} is in use by process {pid}; wait for it, stop it, or choose another --name")
+    spec = materialize_data(spec, namespace)
+    save_spec(spec, {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config})
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    write_json(run_dir / "status.json", {"state": "starting", "started": round(time.time(), 3), "step": 0})
+    cmd = [sys.executable, "-m", "sft_magics", "supervise", str(run_dir.resolve()), "--launcher", launcher, "--nproc", str(nproc)]
+    if accelerate_config:
+        cmd += ["--accelerate-config", str(accelerate_config)]
+    if resume:
+        cmd.append("--resume")
+    # Detached: its own session, so it outlives the kernel (and a kernel restart).
+    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=os.getcwd())
+    write_json(run_dir / "supervisor.json", {"pid": proc.pid, "command": cmd})
+    # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
+    threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
+    return BackgroundRun(spec.name, run_dir, proc.pid)
+
+
+def request_stop(run_dir: Path) -> None:
+    (Path(run_dir) / STOP_FILE).write_text(str(time.time()))
+
+
+def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) -> dict:
+    """Block until the run has a final status (or its processes are gone); return its record."""
+    deadline = None if timeout is None else time.time() + timeout
+    supervisor = read_json(Path(run_dir) / "supervisor.json").get("pid")
+    while True:
+        record = run_record(run_dir)
+        if record["status"] in FINAL_STATES + ("stale",):
+            return record
+        if supervisor and not _pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
+            time.sleep(poll)  # the supervisor writes the final status just before it exits
+            return run_record(run_dir)
+        if deadline is not None and time.time() > deadline:
+            raise TimeoutError(f"run {Path(run_dir).name} still {record['status']} after {timeout} s")
+        time.sleep(poll)
+
+
+# -- following a run's events ----------------------------------------------------------------------
+
+
+def follow(run_dir: Path, sink: Callable[[Event], None], *, stop: threading.Event | None = None,
+           poll: float = 0.25, until_final: bool = True) -> None:
+    """Feed every event of ``metrics.jsonl`` to ``sink`` — the history first, then new lines as they
+    are appended — until a final event (or ``stop``). A half-written last line waits for its end."""
+    path = Path(run_dir) / "metrics.jsonl"
+    offset, pending = 0, b""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue  # a damaged line is skipped, not fatal
+            kind = data.pop("kind", "log")
+            when = data.pop("time", time.time())
+            sink(Event(kind, data, when))
+            if until_final and kind in FINAL_STATES:
+                return
+        if not until_final:
+            return
+        state = read_json(Path(run_dir) / "status.json").get("state")
+        if state in FINAL_STATES and not chunk:
+            return  # final status without a final event (should not happen): stop following
+        time.sleep(poll)
+
+
+# -- the processes ---------------------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def supervise(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None,
+              resume: bool = False) -> int:
+    """Run the worker command, and make sure the run ends with a final status whatever happens."""
+    run_dir = Path(run_dir)
+    cmd = worker_command(run_dir, launcher=launcher, nproc=nproc, accelerate_config=accelerate_config, resume=resume)
+    with (run_dir / LOG_FILE).open("ab") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        write_json(run_dir / "supervisor.json", {"pid": os.getpid(), "worker_pid": child.pid, "command": cmd})
+        # A polite stop for the supervisor is a polite stop for the run.
+        signal.signal(signal.SIGTERM, lambda *_: request_stop(run_dir))
+        code = child.wait()
+    status = read_json(run_dir / "status.json")
+    if status.get("state") not in FINAL_STATES:
+        if code < 0:
+            name = signal.Signals(-code).name
+            cause = f"the worker was killed by {name}" + (" (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
+        else:
+            cause = f"the worker exited with code {code} before the run ended"
+        tail = _tail(run_dir / LOG_FILE)
+        status.update(state="failed", error=cause, hint="see worker.log in the run folder", log_tail=tail,
+                      ended=round(time.time(), 3), exit_code=code)
+        write_json(run_dir / "status.json", status)
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"kind": "failed", "time": round(time.time(), 3), "step": status.get("step", 0),
+                                "error": cause, "hint": status["hint"], "log_tail": tail}) + "\n")
+    return code
+
+
+def worker_main(run_dir: Path, *, resume: bool = False) -> int:
+    """One process of a run: the same train() as the kernel uses."""
+    from .train import StopFlag, TrainingFailed, rank, train
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    stop = StopFlag(stop_file=run_dir / STOP_FILE)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        result = train(spec, stop=stop, resume=resume)
+    except TrainingFailed as err:
+        print(err, file=sys.stderr)
+        return 1  # train() already recorded the failure
+    except BaseException as err:  # noqa: BLE001 - recorded as the run's cause
+        import traceback
+
+        traceback.print_exc()
+        if rank() == 0:
+            status = read_json(run_dir / "status.json")
+            cause = f"{type(err).__name__}: {' '.join(str(err).split())[:240]}"
+            status.update(state="failed", error=cause, hint="see worker.log in the run folder", ended=round(time.time(), 3))
+            write_json(run_dir / "status.json", status)
+            with (run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"kind": "failed", "time": round(time.time(), 3), "error": cause, "hint": status["hint"]}) + "\n")
+        return 1
+    print(f"run {spec.name}: {result.status} at step {result.global_step}", flush=True)
+    return 0
