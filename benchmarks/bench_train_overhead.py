@@ -1,7 +1,7 @@
 """Benchmark: what ``%%sft_train`` (worker thread, event sink, run files, live widget dashboard)
 costs over a plain TRL script doing the same training.
 
-    python benchmarks/bench_train_overhead.py [--rounds 3] [--steps 200] [--rows 300] [--display widget]
+    python benchmarks/bench_train_overhead.py [--rounds 5] [--steps 80] [--rows 300] [--display widget]
 
 Both sides train the same tiny random Llama model (``make_tiny_model``, hidden 64, 2 layers) on the
 same generated conversations, with the same seed and the same ``SFTConfig`` / ``LoraConfig`` values:
@@ -13,7 +13,7 @@ same generated conversations, with the same seed and the same ``SFTConfig`` / ``
     peft_config=LoraConfig(...))``, where ``rows = to_trl_rows(load_data(path), tok)`` are the very
     pre-tokenized rows (input_ids + assistant_masks) our code feeds TRL, so the loss masks match.
     Our defaults (``DEFAULT_SFT``, ``DEFAULT_LORA``, and ``plan()``'s CPU branch: ``use_cpu``, no
-    gradient checkpointing) are written out in full; the script checks them against the
+    gradient checkpointing, ``bf16: false``) are written out in full; the script checks them against the
     ``config.yaml`` that (a) resolved, so the two cannot drift apart silently.
 
 Throughput is the trainer's own ``train_steps_per_second`` (its clock runs around the training loop
@@ -86,8 +86,8 @@ def plain_sft_values(steps: int) -> dict:
         "disable_tqdm": True,
         # the cell
         "max_steps": steps, "use_cpu": True,
-        # plan() on a CPU
-        "gradient_checkpointing": False,
+        # plan() on a CPU: no activation checkpointing, fp32 (TRL's own default is bf16 autocast)
+        "gradient_checkpointing": False, "bf16": False,
     }
 
 
@@ -114,6 +114,19 @@ class CpuClockSink:
 
     def __init__(self, dashboard):
         self.dashboard, self.cpu = dashboard, {}
+        # Time spent drawing (widget traits + chart PNGs) inside the window, on whatever thread
+        # draws (the training thread, or the dashboard's trailing timer).
+        self.draw_seconds, self.window_charts = 0.0, 0
+        draw = getattr(dashboard, "draw", None)
+        if draw is not None and hasattr(dashboard, "charts"):
+            def timed_draw(event):
+                t, charts = time.perf_counter(), dashboard.charts
+                draw(event)
+                if "begin" in self.cpu and "end" not in self.cpu:
+                    self.draw_seconds += time.perf_counter() - t
+                    self.window_charts += dashboard.charts - charts
+
+            dashboard.draw = timed_draw
 
     def __call__(self, event) -> None:
         if event.kind == "status" and (event.data or {}).get("state") == "training":
@@ -186,7 +199,8 @@ class MagicSide:
 
         config = yaml.safe_load((result.path / "config.yaml").read_text())
         return {"summary": _train_summary(result.history), "losses": _losses(result.history), "wall": wall,
-                "cpu": sink.cpu["end"] - sink.cpu["begin"], "config": config, "dashboard": type(dashboard).__name__, "draws": dashboard.draws,
+                "cpu": sink.cpu["end"] - sink.cpu["begin"], "draw_seconds": sink.draw_seconds,
+                "window_charts": sink.window_charts, "config": config, "dashboard": type(dashboard).__name__, "draws": dashboard.draws,
                 "charts": getattr(dashboard, "charts", None), "errors": len(dashboard.errors),
                 "png": len(getattr(dashboard, "png", None) or b""), "captured": len(captured.stdout)}
 
@@ -241,8 +255,8 @@ def first_difference(a: list, b: list) -> str:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> float:
         sa, sb = a["summary"]["train_steps_per_second"], b["summary"]["train_steps_per_second"]
         print(f"  round {i + 1} ({' then '.join(order)}): "
               f"(a) magic {sa:5.2f} steps/s, train {a['summary']['train_runtime']:5.2f} s, cpu {a['cpu'] / args.steps * 1e3:5.1f} ms/step, "
-              f"{a['draws']} draws, {a['charts']} charts, wall {a['wall']:5.2f} s | "
+              f"{a['draws']} draws ({a['draw_seconds']:.2f} s, {a['window_charts']} charts), wall {a['wall']:5.2f} s | "
               f"(b) plain {sb:5.2f} steps/s, train {b['summary']['train_runtime']:5.2f} s, cpu {b['cpu'] / args.steps * 1e3:5.1f} ms/step, "
               f"wall {b['wall']:5.2f} s | a/b: steps/s {sa / sb:.3f}, cpu {b['cpu'] / a['cpu']:.3f} "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
@@ -311,8 +325,11 @@ def main(argv: list[str] | None = None) -> float:
     print(f"median end-to-end wall (load + train + save): (a) {med(a_runs, lambda r: r['wall']):.2f} s, "
           f"(b) {med(b_runs, lambda r: r['wall']):.2f} s")
     last = a_runs[-1]
-    print(f"dashboard (last run): {last['dashboard']}, {last['draws']} draws, {last['charts']} chart PNGs "
-          f"(last {last['png']:,} bytes), {last['errors']} draw errors")
+    share = statistics.median(r["draw_seconds"] / r["summary"]["train_runtime"] for r in a_runs)
+    per_chart = sum(r["draw_seconds"] for r in a_runs) / max(1, sum(r["window_charts"] for r in a_runs))
+    print(f"dashboard: {last['dashboard']}; drawing took a median {share:.1%} of (a)'s train_runtime "
+          f"(~{per_chart * 1e3:.0f} ms of drawing per chart PNG, the PNGs being most of it); last run: "
+          f"{last['draws']} draws, {last['charts']} chart PNGs (last {last['png']:,} bytes), {last['errors']} draw errors")
     same = all(a["losses"] == b["losses"] for a, b in zip(a_runs, b_runs))
     repeatable = all(r["losses"] == a_runs[0]["losses"] for r in a_runs + b_runs)
     n = len(a_runs[0]["losses"])

@@ -8,9 +8,9 @@ ends it as ``stopped`` with a checkpoint.
 
 Training runs on the magic's own worker thread (``magics._runner.Worker``), as in a notebook: the
 dashboard is fed from that thread while the test's main thread, standing in for the kernel, waits
-or clicks. (It also keeps the tests quick on a busy machine: on the main thread, libgomp's idle
-OpenMP threads spin-wait, and with other processes on the cores that made this 40-step run take
-96 s instead of a few.)
+or clicks. Torch runs one intra-op thread here: with two, libgomp's idle OpenMP threads spin-wait,
+and on a 2-core machine that other processes also use, this 40-step run took 74-96 s instead of
+about 2 (the tiny model gains nothing from a second thread anyway).
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ def shown(monkeypatch):
     calls = []
     monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: calls.extend(objs))
     return calls
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _spec(tmp_path, tiny_model, qa_jsonl, name, **extra):

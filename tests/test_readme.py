@@ -20,13 +20,14 @@ def test_ci_runs_the_readmes_test_command():
 
 
 def test_every_magic_and_flag_is_in_the_reference():
-    for name in ("sft_template", "sft_data", "sft_train", "sft_eval", "sft_runs"):
-        method = getattr(SftMagics, name)
-        assert f"### `%{name}`" in README or f"### `%%{name}`" in README or f"`%{name}` / `%%{name}`" in README
-        parser = method.parser
-        for action in parser._actions:
-            flags = [f for f in action.option_strings if f not in ("-h", "--help")]
-            if flags:
-                assert any(f"{f}{end}" in README for f in flags for end in " ]`"), f"{name} {flags} not in README.md"
+    headings = [line for line in README.splitlines() if line.startswith("### ")]
+    for kind in SftMagics.magics.values():
+        for name in kind:
+            method = getattr(SftMagics, name)
+            assert any(f"%{name}`" in h for h in headings), f"no README heading for %{name}"
+            for action in method.parser._actions:
+                flags = [f for f in action.option_strings if f not in ("-h", "--help")]
+                if flags:
+                    assert any(f"{f}{end}" in README for f in flags for end in " ]`"), f"{name} {flags} not in README.md"
     for trait in SftMagics.class_own_traits(config=True):
         assert f"SftMagics.{trait}" in README

@@ -39,6 +39,7 @@ def test_run_writes_events_matching_the_trainers_log_history(tmp_path, tiny_mode
     assert status["state"] == "finished" and status["step"] == 4
     config = yaml.safe_load((result.path / "config.yaml").read_text())
     assert config["lora"]["r"] == 16 and config["max_steps"] == 4 and config["use_cpu"] is True
+    assert config["bf16"] is False and config["gradient_checkpointing"] is False  # fp32 on the CPU
     assert (result.path / "final" / "adapter_config.json").is_file()
     assert (result.path / "final" / "tokenizer_config.json").is_file()
     started = next(e for e in events if e["kind"] == "started")

@@ -351,6 +351,10 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -
         # only recomputes activations (measured ~2x slower per step on SmolLM2-135M).
         if "gradient_checkpointing" not in spec.sft and "activation_checkpointing" not in spec.sft:
             sft_args["gradient_checkpointing"] = False
+        # TRL defaults to bf16 autocast even on a CPU; we train in fp32 there unless asked
+        # (bf16: true is ~25% faster on CPUs with avx512_bf16, at bf16's precision).
+        if "bf16" not in spec.sft:
+            sft_args["bf16"] = False
     elif "bf16" not in spec.sft and "fp16" not in spec.sft:
         import torch
 
@@ -531,7 +535,8 @@ def _train(spec: TrainSpec, *, sink: Sink | None, stop: StopFlag, namespace: Map
     status.update(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=now())
     write_json(run_dir / "status.json", status)
     emit(Event(state, {"step": ts.global_step, "max_steps": ts.max_steps, "seconds": round(status["ended"] - started, 2)}))
-    trained = trainer.model
+    # Without accelerate's autocast wrapper on forward(): the model behaves as it will once saved.
+    trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     trained.eval()
     return TrainResult(
         name=spec.name,
