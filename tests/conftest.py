@@ -9,6 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads spin by default; on a busy 2-core machine that made main-thread training up
+# to 10x slower (measured by benchmarks/bench_train_overhead.py). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import pytest
 

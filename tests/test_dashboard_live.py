@@ -10,7 +10,7 @@ Training runs on the magic's own worker thread (``magics._runner.Worker``), as i
 dashboard is fed from that thread while the test's main thread, standing in for the kernel, waits
 or clicks. Torch runs one intra-op thread here: with two, libgomp's idle OpenMP threads spin-wait,
 and on a 2-core machine that other processes also use, this 40-step run took 74-96 s instead of
-about 2 (the tiny model gains nothing from a second thread anyway).
+6-11 s (model loading included; the tiny model gains nothing from a second thread anyway).
 """
 
 from __future__ import annotations
