@@ -9,6 +9,10 @@ timed interleaved (one-by-one, batched, one-by-one, batched, ...) so that a busy
 alike; the medians and their ratio are printed, and whether the answers are identical (left padding
 with an attention mask should not change a greedy answer; where it does, it is float rounding of
 padded batches, and the number of differing answers is printed). Goal: speedup >= 3x.
+
+OpenMP: the script sets ``OMP_WAIT_POLICY=passive`` (``--omp-default`` keeps libgomp's default),
+as ``bench_train_overhead.py`` does: on this shared 2-core machine idle OpenMP threads spinning
+measure the neighbours, not the two ways of generating.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "--omp-default" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch loads libgomp
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--omp-default", action="store_true", help="keep libgomp's default (active) wait policy")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     from sft_magics.core.data import load_data
@@ -46,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model)
     prompts = [e.prompt for e in examples_from(load_data(args.data))]
     tokens = prompt_token_counts(loaded.tokenizer, prompts)
-    print(f"{args.model} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), {torch.get_num_threads()} threads; "
+    print(f"{args.model} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, load average {os.getloadavg()[0]:.1f}; "
           f"{len(prompts)} prompts ({min(tokens)}-{max(tokens)} tokens), max_new_tokens {args.max_new_tokens}", flush=True)
 
     def one_by_one():
@@ -70,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one by one: {single:.2f} s ({single / len(prompts) * 1000:.0f} ms/prompt)")
     print(f"batched ({args.batch_size}): {batch:.2f} s ({batch / len(prompts) * 1000:.0f} ms/prompt)")
     ratio = single / batch
+    rounds = ", ".join(f"{a / b:.2f}x" for a, b in zip(times["one_by_one"], times["batched"]))
+    print(f"per round: {rounds}")
     print(f"speedup: {ratio:.2f}x (goal >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
     print(f"answers identical: {'yes' if not differ else f'no, {len(differ)} of {len(prompts)} differ (rows {differ[:10]})'}")
     for i in differ[:3]:

@@ -5,7 +5,8 @@
 1. render one training example through SmolLM2's chat template (trained tokens in «…»);
 2. report the dataset's statistics;
 3. fine-tune briefly with LoRA;
-4. compare the base and the tuned model on the held-out validation split; print the numbers.
+4. compare the base model, the base model prompted with 3 examples (few-shot) and the tuned model
+   on the held-out validation split; print the numbers.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _cells(train: Path, val: Path, steps: int) -> list[tuple[str, str]]:
             f"model: smollm2-135m\ndataset: {train}\nmax_steps: {steps}\nlearning_rate: 1.0e-3\n"
             f"per_device_train_batch_size: 8\nlogging_steps: 5\nsave_steps: {max(steps, 1)}\n",
         ),
-        ("Base vs tuned on the validation split", f"%sft_eval run --data {val} --baseline base --max-new-tokens 48 -o scores"),
+        ("Base vs tuned vs few-shot prompting on the validation split",
+         f"%sft_eval run --data {val} --baseline base --few-shot 3 --few-shot-data {train} --max-new-tokens 48 -o scores"),
     ]
 
 
@@ -64,14 +66,16 @@ def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLE
         "steps": run.global_step,
         "final_train_loss": run.losses()[-1][1] if run.losses() else None,
         "base": scores["base"].summary(),
+        "few_shot": scores["few_shot"].summary(),
         "tuned": scores["tuned"].summary(),
+        "prompt_tokens": dict(scores.prompt_tokens),
         "general_reply": {"prompt": probe, "tuned": reply},
         "timings_s": timings,
         "wall_s": round(time.perf_counter() - wall, 1),
     }
     (Path(output_dir) / "demo" / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== Summary ===")
-    print(f"base  json_match {summary['base']['json_match']:.1%}   tuned json_match {summary['tuned']['json_match']:.1%}")
+    print("json_match: " + "   ".join(f"{k} {summary[k]['json_match']:.1%}" for k in ("base", "few_shot", "tuned")))
     print(f"tuned reply to {probe!r}: {reply!r}")
     print(f"steps {run.global_step}, wall time {summary['wall_s']} s; details in {output_dir}/demo/demo_summary.json")
     return summary

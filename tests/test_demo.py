@@ -14,12 +14,13 @@ def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
     summary = run_demo(steps=4, output_dir=str(tmp_path / "runs"))
     out = capsys.readouterr().out
     for title in ("Render one example through the chat template", "Dataset statistics",
-                  "Fine-tune with LoRA for 4 steps", "Base vs tuned on the validation split", "Summary"):
+                  "Fine-tune with LoRA for 4 steps", "Base vs tuned vs few-shot prompting on the validation split", "Summary"):
         assert f"=== {title} ===" in out
-    assert "<|im_start|>assistant\n«{" in out  # the answer (and only it) is marked as trained
+    assert "<|im_start|>assistant\n«" in out and "<|im_end|>\n»" in out  # the answer (and only it) is trained
     assert "format: messages → messages · 500 rows" in out
     assert summary["steps"] == 4
     assert summary["base"]["json_match"] <= 0.10  # the task is one the base model fails
+    assert summary["prompt_tokens"]["few_shot"] > summary["prompt_tokens"]["base"]  # few-shot costs prompt tokens
     saved = json.loads((tmp_path / "runs" / "demo" / "demo_summary.json").read_text())
     assert saved["tuned"] == summary["tuned"]
     assert (tmp_path / "runs" / "demo" / "final" / "adapter_config.json").is_file()

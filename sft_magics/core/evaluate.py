@@ -328,25 +328,30 @@ def generate(
 
     texts = render_prompts(tokenizer, prompts)
     stops = stop_token_ids(model, tokenizer)
+    # Batches of similar length waste less on padding; answers go back in the prompts' order.
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
-    answers: list[str] = []
+    answers: list[str] = [""] * len(texts)
     device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-            with torch.no_grad():
+            chunk = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
                 out = model.generate(
                     **batch, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling
                 )
             new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = text.strip()
             if on_batch:
                 on_batch(min(start + batch_size, len(texts)), len(texts))
     finally:
         tokenizer.padding_side = old_side
-    return [a.strip() for a in answers]
+    return answers
 
 
 # -- loss on the trained tokens --------------------------------------------------------------------
@@ -397,7 +402,7 @@ def trained_token_loss(
             ids[row, : len(seq)] = torch.tensor(seq)
             attention[row, : len(seq)] = 1
             labels[row, : len(seq)] = torch.tensor([t if m else -100 for t, m in zip(seq, mask)], dtype=torch.long)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
         targets = labels[:, 1:].to(device)
         ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
