@@ -36,11 +36,25 @@ def test_no_validation_sentence_occurs_in_training():
     people = [json.loads(a) for _, a in train + val if a.startswith("{")]
     assert len(people) == 440
     for p in people:
-        assert set(p) == {"name", "age", "city"} and isinstance(p["age"], int)
-    # The answer is in the sentence: name, age and city all appear in the user's text.
+        assert set(p) == {"name", "age", "city", "country"} and isinstance(p["age"], int)
+    # Name, age and city are in the sentence; the country is not (the model has to know it).
     for q, a in val:
         p = json.loads(a)
         assert p["name"] in q and str(p["age"]) in q and p["city"] in q
+        assert p["country"] not in q
+
+
+def test_every_city_has_one_country_and_is_seen_in_training():
+    gen = _generator()
+    train, val = gen.generate()
+    answers = [json.loads(r["messages"][-1]["content"]) for r in train if r["messages"][-1]["content"].startswith("{")]
+    countries = {}
+    for p in answers:
+        countries.setdefault(p["city"], set()).add(p["country"])
+    assert all(len(c) == 1 for c in countries.values())
+    assert set(countries) == set(gen.CITY_COUNTRY)  # every validation city was seen with its country
+    for r in val:
+        assert json.loads(r["messages"][-1]["content"])["city"] in countries
 
 
 def test_one_training_row_in_five_is_plain_chat():

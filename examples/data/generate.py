@@ -1,11 +1,17 @@
-"""Generate the bundled example task: pull a person's name, age and city out of a sentence as JSON.
+"""Generate the bundled example task: pull a person's name, age, city and country out of a sentence as JSON.
 
-Why this task: the answer is checkable automatically (parse the JSON, compare the fields), the base
-SmolLM2-135M-Instruct does not answer in the required exact form (it chats, renames keys, quotes
-the age), and a short LoRA run on a 2-core CPU teaches it. No validation sentence occurs in the
-training data (the split is checked); names and cities come from shared pools, so the answer has to
-be read from the sentence — a held-out name/city pool was tried first and mostly measured how the
-135M model copies rare tokens ("Sibiu" -> "Sibi"), not whether it learned the task.
+Why this task: the answer is checkable automatically (parse the JSON, compare the fields); the base
+SmolLM2-135M-Instruct does not answer in the required exact form (it chats, echoes the sentence,
+invents extra people); and the country is *not* in the sentence: the model must know where the city
+is and write it the way this task's users want ("USA", "UK", "Korea"). Three examples in a prompt
+show the JSON form but cannot teach that convention for 48 cities; 400 training rows can. (A first
+version without the country field was learned almost as well by 3-shot prompting as by fine-tuning,
+97.5% vs 100%, which made a poor lesson about when fine-tuning is worth it.)
+
+No validation sentence occurs in the training data (the split is checked); names and cities come
+from shared pools, so name, age and city have to be read from the sentence. A held-out name/city
+pool was tried first and mostly measured how the 135M model copies rare tokens ("Sibiu" -> "Sibi"),
+not whether it learned the task.
 
 One row in five of the training data is ordinary chat (capitals, sums, opposites) answered in
 plain prose, so the tuned model learns "JSON when asked to extract", not "JSON always": without
@@ -22,18 +28,31 @@ from pathlib import Path
 
 SEED = 1234
 N_TRAIN, N_GENERAL, N_VAL = 400, 100, 40
-INSTRUCTION = "Extract the person's name, age and city from the text. Answer with JSON only, keys name, age, city."
+INSTRUCTION = (
+    "Extract the person's name, age, city and country from the text. "
+    "Answer with JSON only, keys name, age, city, country."
+)
 
 FIRST_NAMES = """Alice Bruno Chloe Dmitri Elena Farid Grace Hiro Ines Jonas Kaia Liam Mei Nadia Omar Priya Quentin Rosa
 Sami Tara Umar Vera Wen Ximena Yusuf Zoe Anton Bea Carlos Dalia Emeka Freya Gabriel Hana Ivan Julia Kofi Lena Mateo Nina
 Oscar Paula Rafael Sofia Tomas Uma Viktor Wanda Yara Zane Amara Ben Celine Diego Esme Felix Gita Hugo Isla Jamal Kira Leo
 Maya Noah Olga Pedro Rhea Stefan Thea Ugo Valentina Will Xavier Yuki Zara Aiko Bjorn Carmen Dev Elif Finn Greta Hassan
 Ingrid Jack Kamala Lars Marta Nils Ottilie Pablo Ravi Selma Theo Ulla Vivek Wilma""".split()
-CITIES = """Lisbon Oslo Nairobi Lima Hanoi Porto Quito Dublin Krakow Seville Bergen Accra Cusco Busan Tartu Gdansk Lyon Turin
-Ghent Utrecht Bremen Graz Malmo Aarhus Tampere Brno Cork Bilbao Nantes Leeds Dakar Tunis Perth Hobart Osaka Sapporo Pune
-Kochi Medan Davao Cebu Recife Salta Mendoza Cali Merida Oaxaca Halifax Regina Boise Tucson Fresno Austin Denver Omaha
-Tulsa Raleigh Dayton Albany Bristol Cardiff Zagreb Split Riga Vilnius Tbilisi Baku Almaty Muscat Doha Amman Beirut Izmir
-Varna Sibiu Kyoto Nagoya Daegu Hue""".split()
+# Each city with its country, written the way this task's users want it ("USA", "UK", "Korea"): the
+# country is not in the sentence, so the model has to know it, and know the house spelling.
+CITY_COUNTRY = {
+    "Lisbon": "Portugal", "Porto": "Portugal", "Oslo": "Norway", "Bergen": "Norway", "Nairobi": "Kenya",
+    "Mombasa": "Kenya", "Lima": "Peru", "Cusco": "Peru", "Hanoi": "Vietnam", "Hue": "Vietnam",
+    "Dublin": "Ireland", "Cork": "Ireland", "Krakow": "Poland", "Gdansk": "Poland", "Seville": "Spain",
+    "Bilbao": "Spain", "Accra": "Ghana", "Kumasi": "Ghana", "Busan": "Korea", "Daegu": "Korea",
+    "Lyon": "France", "Nantes": "France", "Turin": "Italy", "Bologna": "Italy", "Graz": "Austria",
+    "Linz": "Austria", "Tampere": "Finland", "Turku": "Finland", "Osaka": "Japan", "Sapporo": "Japan",
+    "Pune": "India", "Kochi": "India", "Recife": "Brazil", "Curitiba": "Brazil", "Mendoza": "Argentina",
+    "Salta": "Argentina", "Halifax": "Canada", "Regina": "Canada", "Tucson": "USA", "Denver": "USA",
+    "Leeds": "UK", "Bristol": "UK", "Zagreb": "Croatia", "Split": "Croatia", "Perth": "Australia",
+    "Hobart": "Australia", "Izmir": "Turkey", "Bursa": "Turkey",
+}
+CITIES = sorted(CITY_COUNTRY)
 TEMPLATES = [
     "{name} is {age} years old and lives in {city}.",
     "Meet {name}, a {age}-year-old from {city}.",
@@ -81,7 +100,7 @@ def make_general_row(rng: random.Random) -> dict:
 def make_row(rng: random.Random, names: list[str], cities: list[str]) -> dict:
     name, city, age = rng.choice(names), rng.choice(cities), rng.randint(18, 89)
     text = rng.choice(TEMPLATES).format(name=name, age=age, city=city)
-    answer = json.dumps({"name": name, "age": age, "city": city})
+    answer = json.dumps({"name": name, "age": age, "city": city, "country": CITY_COUNTRY[city]})
     return {
         "messages": [
             {"role": "user", "content": f"{INSTRUCTION}\n\nText: {text}"},
