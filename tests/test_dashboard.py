@@ -267,6 +267,34 @@ def test_no_stop_button_without_on_stop(shown):
     assert dash.stop_button not in dash.box.children
 
 
+def test_close_replaces_the_live_widget_by_its_summary_in_place(monkeypatch):
+    """In a notebook the widget is displayed with a display id; close() updates that same output to
+    the static summary, so the cell keeps one record of the run (and a saved notebook keeps it)."""
+    from IPython.display import HTML
+
+    class Handle:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    handle, shown = Handle(), []
+
+    def display(*objs, display_id=None, **kw):
+        shown.extend(objs)
+        return handle if display_id else None
+
+    monkeypatch.setattr("IPython.display.display", display)
+    dash = WidgetDashboard("in-place")
+    for e in run_events(4):
+        dash(e)
+    dash.close()
+    assert shown == [dash.box]  # nothing displayed a second time
+    (summary,) = handle.updates
+    assert isinstance(summary, HTML) and "in-place" in summary.data and "step 4/4" in summary.data
+
+
 def test_close_leaves_a_static_summary(shown):
     from IPython.display import HTML
 

@@ -97,3 +97,6 @@ def test_stop_button_comm_message_stops_the_run(tiny_model, qa_jsonl, tmp_path):
     # The static summary stays in the saved notebook (widget state is not saved with it).
     html = "".join(o.get("data", {}).get("text/html", "") for o in nb.cells[1].outputs if o.get("output_type") == "display_data")
     assert "stopped" in html and "data:image/png;base64," in html
+    # ...in place of the live widget: one record of the run, not the widget plus a copy.
+    views = [o for o in nb.cells[1].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views == [] and html.count("sft-train-summary") == 1

@@ -31,3 +31,21 @@ def test_every_magic_and_flag_is_in_the_reference():
                     assert any(f"{f}{end}" in README for f in flags for end in " ]`"), f"{name} {flags} not in README.md"
     for trait in SftMagics.class_own_traits(config=True):
         assert f"SftMagics.{trait}" in README
+
+
+def test_training_defaults_table_is_the_codes():
+    from sft_magics.core.train import defaults_markdown
+
+    assert defaults_markdown() in README, "README's defaults table drifted; paste:\n" + defaults_markdown()
+
+
+def test_screenshots_the_readme_shows_exist():
+    shots = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[^)]+)\)", README)
+    assert len(shots) >= 3
+    for shot in shots:
+        assert (ROOT / shot).is_file() and (ROOT / shot).stat().st_size > 5000, shot
+
+
+def test_readme_lists_every_example_notebook():
+    for nb in (ROOT / "examples").glob("*.ipynb"):
+        assert f"`{nb.name}`" in README, nb.name

@@ -39,6 +39,15 @@ DEFAULT_SFT = {
 SPEC_KEYS = ("model", "dataset", "eval_dataset", "eval_split", "lora", "load_in_4bit")
 
 
+def defaults_markdown() -> str:
+    """The README's table of our defaults, made from DEFAULT_SFT / DEFAULT_LORA (tests/test_readme.py
+    checks the README holds exactly this, so the documented defaults cannot drift from the code)."""
+    rows = ["| key | our default |", "|---|---|"]
+    rows += [f"| `{k}` | `{v}` |" for k, v in DEFAULT_SFT.items()]
+    rows += [f"| `lora.{k}` | `{v}` |" for k, v in DEFAULT_LORA.items()]
+    return "\n".join(rows)
+
+
 class ConfigError(ValueError):
     """A bad key or value in a training spec; one line naming the key."""
 

@@ -261,11 +261,15 @@ class WidgetDashboard(_Dashboard):
         self._chart: LossChart | None = None
         self._chart_version = 0
         self._chart_last: float | None = None
+        self._final_chart = False
         self._stop_requested = False
+        self._handle = None
         if show:
             from IPython.display import display
 
-            display(self.box)  # on the main thread, when the run starts
+            # On the main thread, when the run starts; with a display id, so that close() can
+            # replace the live widget by its static summary in the same output.
+            self._handle = display(self.box, display_id=True)
 
     def _stop_clicked(self, _button=None) -> None:
         if self._stop_requested or self.on_stop is None:
@@ -301,15 +305,19 @@ class WidgetDashboard(_Dashboard):
         return super()._pending() or self._chart_stale()
 
     def _draw_chart(self, force: bool = False) -> None:
-        if not self._chart_stale():
+        # The end redraws once (over the steps run), if there is anything to draw.
+        final_pending = force and not self._final_chart and bool(self.state.losses or self.state.eval_losses)
+        if not self._chart_stale() and not final_pending:
             return
         now = self.clock()
         if force or self._chart_last is None or now - self._chart_last >= self.chart_interval:
             s = self.state
             if self._chart is None:
                 self._chart = LossChart()
-            self.png = self._chart.render(s.losses, s.eval_losses, s.max_steps)
+            # A stopped or failed run is drawn over the steps it ran, not the ones it never reached.
+            self.png = self._chart.render(s.losses, s.eval_losses, s.step if s.final else s.max_steps)
             self._chart_version, self._chart_last = s.version, now
+            self._final_chart = self._final_chart or force
             self.charts += 1
             self.image.value = self.png
         elif self.trailing and not self._closed:
@@ -329,7 +337,12 @@ class WidgetDashboard(_Dashboard):
             summary = self.summary_html()
         from IPython.display import HTML, display
 
-        display(HTML(summary))
+        if self._handle is not None:
+            # One record per run: the widget's output becomes the static summary (what a saved or
+            # exported notebook keeps, since widget state is not saved) instead of a second copy.
+            self._handle.update(HTML(summary))
+        else:
+            display(HTML(summary))
         self._warn_errors()
 
 

@@ -1,0 +1,245 @@
+"""The product in a real frontend: JupyterLab on localhost, driven in headless Chromium by Playwright.
+
+What only a browser shows: the template view's token spans, the training dashboard's progress bar,
+label and loss chart updating while the kernel trains, and the Stop button's click travelling
+frontend → comm → kernel → trainer, ending the run as ``stopped``.
+
+The browser is Debian's ``chromium`` (Playwright's own browser download needs a CDN this machine
+cannot reach); when it is missing the test installs it with tests/browser/install_browser.sh and
+skips, saying why, only where that is impossible. jupyterlab and playwright come from the
+package's ``test`` extra.
+
+Screenshots of each stage are saved under the test's tmp folder; with
+``SFT_MAGICS_SCREENSHOTS=docs/screenshots`` they are also copied there (that is how the README's
+pictures are made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "examples" / "data" / "train.jsonl"
+INSTALL = Path(__file__).resolve().parent / "browser" / "install_browser.sh"
+# Chromium as root in a closed network: no sandbox, no GPU, no calls home (they fail by the dozen).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+MAX_STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (pip install -e '.[test]')")
+    path = shutil.which("chromium")
+    if path is None:
+        done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=900)
+        print(done.stdout, done.stderr)
+        path = shutil.which("chromium")
+    if path is None:
+        last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"no chromium and it cannot be installed here: {last}")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _notebook(runs: Path) -> dict:
+    cells = [
+        f"%load_ext sft_magics\n%config SftMagics.output_dir = {str(runs)!r}",
+        'conversation = [\n    {"role": "user", "content": "What is the capital of France?"},\n'
+        '    {"role": "assistant", "content": "The capital of France is Paris."},\n]\n'
+        "%sft_template smollm2-135m --messages conversation",
+        f"%%sft_train --name browser -o run\nmodel: smollm2-135m\ndataset: {TRAIN}\nmax_steps: {MAX_STEPS}\n"
+        f"per_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nlogging_steps: 1\nsave_steps: {MAX_STEPS}\n",
+        'print(f"final status: {run.status} at step {run.global_step}")',
+    ]
+    return {
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [], "source": s}
+            for i, s in enumerate(cells)
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, chromium):
+    """A JupyterLab server on localhost serving a folder with browser.ipynb; yields (url, folder)."""
+    root = tmp_path_factory.mktemp("lab")
+    (root / "browser.ipynb").write_text(json.dumps(_notebook(root / "runs")))
+    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # No "get notified about Jupyter news?" toast over the screenshots, no update checks.
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port, token = _free_port(), os.urandom(16).hex()
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "passive", "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+    }
+    log = open(root / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--expose-app-in-browser",
+         "--LabApp.news_url=None", "--ServerApp.allow_root=True"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield f"{base}/lab/tree/browser.ipynb?token={token}", root
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _save(shot: Path, name: str) -> None:
+    target = os.environ.get("SFT_MAGICS_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / name)
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    def shoot(locator, name):
+        locator.screenshot(path=str(shots / name))
+        _save(shots / name, name)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(url)
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.content"
+                                   " && window.jupyterapp.shell.currentWidget.content.widgets.length === 4",
+                                   timeout=120_000)
+            page.evaluate("""async () => {
+                const panel = window.jupyterapp.shell.currentWidget;
+                await panel.context.ready;
+                await panel.sessionContext.ready;
+                // Not awaited: the command's promise settles only when every cell has run.
+                window.jupyterapp.commands.execute('notebook:run-all-cells');
+            }""")
+            cells = page.locator(".jp-Notebook .jp-Cell")
+
+            # 1. %sft_template: the rendered tokens, special tokens marked, the answer's tokens trained.
+            template = cells.nth(1).locator(".jp-OutputArea-output")
+            template.locator(".sft-t.sft-trained").first.wait_for(timeout=240_000)
+            text = template.locator("pre.sft-text").inner_text()
+            assert "<|im_start|>user" in text and "<|im_start|>assistant" in text, text
+            trained = "".join(template.locator(".sft-t.sft-trained").all_inner_texts())
+            assert trained.startswith("The capital of France is Paris.") and "<|im_end|>" in trained, trained
+            assert template.locator(".sft-t.sft-special").count() >= 4  # <|im_start|> / <|im_end|> per turn
+            assert "user" not in trained  # the prompt is not trained on
+            shoot(cells.nth(1), "template.png")
+
+            # 2. %%sft_train: the live dashboard. The label and the bar advance, the chart appears and
+            # is redrawn with the new losses.
+            dash = cells.nth(2).locator(".jp-OutputArea-output")
+            label = dash.locator(".widget-label", has_text=re.compile(r"^step \d+/"))
+
+            def step() -> int:
+                if not label.count():
+                    return 0
+                m = re.match(r"step (\d+)/(\d+|\?)", label.first.inner_text())
+                assert m, label.first.inner_text()
+                if m.group(2) == "?":  # still loading: the total is not known yet
+                    return 0
+                assert int(m.group(2)) == MAX_STEPS, label.first.inner_text()
+                return int(m.group(1))
+
+            def bar_width() -> float:
+                style = dash.locator(".widget-hprogress .progress-bar").first.get_attribute("style") or ""
+                m = re.search(r"width:\s*([\d.]+)%", style)
+                return float(m.group(1)) if m else 0.0
+
+            first = _wait(step, 300, "the first training step in the progress label")
+            first_width = bar_width()
+            chart = dash.locator("img.widget-image")
+            _wait(lambda: chart.count() and (chart.first.get_attribute("src") or "").startswith("blob:")
+                  and chart.first.evaluate("img => img.naturalWidth") > 0, 120, "the loss chart")
+            first_src = chart.first.get_attribute("src")
+            later = _wait(lambda: step() >= first + 3 and step(), 240, "the progress label to advance 3 steps")
+            assert bar_width() > first_width, (first_width, bar_width())
+            _wait(lambda: chart.first.get_attribute("src") != first_src, 60, "the loss chart to be redrawn")
+            assert "loss" in dash.locator("table.sft-metrics").inner_text()
+            header = dash.locator(".widget-html").first.inner_text()
+            assert "training" in header and "smollm2-135m on cpu" in header, header
+            shoot(cells.nth(2), "training.png")
+
+            # 3. Stop: the click reaches the kernel while it trains; the run ends as "stopped".
+            stop = dash.locator("button", has_text="Stop")
+            assert stop.is_enabled()
+            stop.click()
+            final = cells.nth(3).locator(".jp-OutputArea-output")
+            final.filter(has_text="final status:").wait_for(timeout=180_000)
+            m = re.search(r"final status: (\w+) at step (\d+)", final.inner_text())
+            assert m and m.group(1) == "stopped", final.inner_text()
+            stopped_at = int(m.group(2))
+            assert later <= stopped_at < MAX_STEPS
+            # The live widget has become its static summary (what a saved notebook keeps), in place.
+            summary = dash.locator(".sft-train-summary")
+            summary.wait_for(timeout=30_000)
+            assert dash.locator(".widget-hprogress").count() == 0 and summary.count() == 1
+            record = summary.inner_text()
+            assert "stopped" in record and f"step {stopped_at}/{MAX_STEPS}" in record, record
+            assert summary.locator("img").evaluate("img => img.naturalWidth") > 0  # the loss chart, as a PNG
+            shoot(cells.nth(2), "stopped.png")
+        finally:
+            browser.close()
+
+    status = json.loads((root / "runs" / "browser" / "status.json").read_text())
+    assert status["state"] == "stopped" and status["step"] == stopped_at
+    assert (root / "runs" / "browser" / f"checkpoint-{stopped_at}" / "adapter_model.safetensors").is_file()
+    for name in ("template.png", "training.png", "stopped.png"):
+        assert (shots / name).stat().st_size > 5000, name
