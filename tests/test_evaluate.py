@@ -212,6 +212,23 @@ def test_few_shot_prompts_hold_k_examples_before_the_question():
         choose_shots(pool, 9, exclude={"q0", "q1"})
 
 
+def test_few_shot_examples_come_from_the_task_being_measured():
+    """A training set mixing tasks: the shots are drawn from the examples like the evaluated
+    questions (the extraction rows), not from the plain-chat rows."""
+    extract = [Example([{"role": "user", "content": f"Extract the name and city as JSON. Text: P{i} lives in C{i}."}], f"{{{i}}}")
+               for i in range(30)]
+    chat = [Example([{"role": "user", "content": f"What is {i} plus {i}?"}], f"{2 * i}.") for i in range(70)]
+    pool = [x for pair in zip(chat, extract) for x in pair] + chat[30:]
+    evaluated = ["Extract the name and city as JSON. Text: Ana lives in Lima.", "Extract the name and city as JSON. Text: Bo lives in Oslo."]
+    for seed in range(5):
+        shots = choose_shots(pool, 3, like=evaluated, seed=seed)
+        assert len(set(shots)) == 3 and all(q.startswith("Extract") for q, _ in shots), shots
+    unguided = [choose_shots(pool, 3, seed=seed) for seed in range(5)]
+    assert any(not q.startswith("Extract") for shots in unguided for q, _ in shots)  # the plain sample mixes them in
+    # Only the most similar tenth (at least 4·K) is kept: with K=9 that is 36 candidates, so some chat rows.
+    assert len(choose_shots(pool, 9, like=evaluated)) == 9
+
+
 def test_few_shot_loss_scores_only_the_question_s_answer(tiny_model):
     from sft_magics.core.evaluate import loss_inputs
     from sft_magics.core.models import load_model

@@ -250,9 +250,19 @@ def _row_of(example: Example) -> tuple[dict, str]:
 # -- few-shot prompting ----------------------------------------------------------------------------
 
 
-def choose_shots(pool: Sequence[Example], k: int, *, exclude: Iterable[str] = (), seed: int = 0) -> list[tuple[str, str]]:
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\w+", text.lower()))
+
+
+def choose_shots(pool: Sequence[Example], k: int, *, exclude: Iterable[str] = (), like: Sequence[str] = (),
+                 seed: int = 0) -> list[tuple[str, str]]:
     """K (question, answer) pairs from ``pool``, a fixed seeded sample (the same shots for every
-    question), leaving out any whose question is one of the evaluated ones (no answer leaks)."""
+    question), leaving out any whose question is one of the evaluated ones (no answer leaks).
+
+    ``like``: the evaluated questions. The shots are then drawn from the training examples most
+    like them (mean word overlap; the top tenth of the pool, at least 4·K), so that a dataset that
+    mixes tasks — the bundled one keeps a fifth of plain chat — gives the prompting baseline
+    examples of the task being measured, not an unrelated "What is 46 plus 44?"."""
     import random
 
     if k < 1:
@@ -266,6 +276,14 @@ def choose_shots(pool: Sequence[Example], k: int, *, exclude: Iterable[str] = ()
             candidates.append(pair)
     if len(candidates) < k:
         raise EvalError(f"--few-shot {k}: the few-shot data has only {len(candidates)} usable examples")
+    targets = [_words(q) for q in like if q]
+    if targets:
+        def likeness(question: str) -> float:
+            words = _words(question)
+            return sum(len(words & t) / max(1, len(words | t)) for t in targets) / len(targets)
+
+        keep = max(4 * k, math.ceil(len(candidates) / 10))
+        candidates = sorted(candidates, key=lambda pair: -likeness(pair[0]))[:keep]  # stable: ties keep file order
     return random.Random(seed).sample(candidates, k)
 
 
