@@ -346,29 +346,28 @@ def generate(
 
     texts = render_prompts(tokenizer, prompts)
     stops = stop_token_ids(model, tokenizer)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # tokenized once
     # Batches of similar length waste less on padding; answers go back in the prompts' order.
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
-    answers: list[str] = [""] * len(texts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    try:
-        for start in range(0, len(texts), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling
-                )
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                answers[i] = text.strip()
-            if on_batch:
-                on_batch(min(start + batch_size, len(texts)), len(texts))
-    finally:
-        tokenizer.padding_side = old_side
+    for start in range(0, len(encoded), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        # Left padding, so every prompt ends right where generation starts.
+        ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in chunk], device=device)
+        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk], device=device)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+        for i, text in zip(chunk, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+            answers[i] = text.strip()
+        if on_batch:
+            on_batch(min(start + batch_size, len(encoded)), len(encoded))
     return answers
 
 

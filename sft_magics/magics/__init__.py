@@ -552,7 +552,7 @@ class SftMagics(Magics):
             if args.few_shot:  # the prompting baseline's examples, never one of the evaluated questions
                 pool = ev.examples_from(load_data(ev.few_shot_source(args.few_shot_data, run_dir), namespace=ns))
                 shots = ev.choose_shots(pool, args.few_shot, exclude={e.question for e in examples},
-                                            like=[e.question for e in examples])
+                                        like=[e.question for e in examples])
             model, tokenizer = self._target_model(args.target)
             base_name = ev.run_config(run_dir).get("model")  # a fully fine-tuned run's base loads only if needed
             load_base = (lambda: load_model(base_name, trust_remote_code=self.trust_remote_code)) if base_name else None
