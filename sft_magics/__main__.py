@@ -31,15 +31,16 @@ def _run_process(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m sft_magics {argv[0]}")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume-anyway", action="store_true")
     if argv[0] == "supervise":
         parser.add_argument("--launcher", default="none", choices=worker.LAUNCHERS)
         parser.add_argument("--nproc", type=int, default=1)
         parser.add_argument("--accelerate-config", default=None)
     args = parser.parse_args(argv[1:])
     if argv[0] == "worker":
-        return worker.worker_main(args.run_dir, resume=args.resume)
+        return worker.worker_main(args.run_dir, resume=args.resume, resume_anyway=args.resume_anyway)
     return worker.supervise(args.run_dir, launcher=args.launcher, nproc=args.nproc,
-                            accelerate_config=args.accelerate_config, resume=args.resume)
+                            accelerate_config=args.accelerate_config, resume=args.resume, resume_anyway=args.resume_anyway)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_a_second_run_on_a_live_folder_is_refused_and_stop_is_graceful(shell, ti
     cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 100000\nper_device_train_batch_size: 4\nsave_steps: 100000\n"
     shell.run_cell_magic("sft_train", "--background --name live -o h", cell)
     run_dir = tmp_path / "runs" / "live"
-    with pytest.raises(UsageError, match=r"run folder .*live is in use by process \d+"):
+    with pytest.raises(UsageError, match=r"a run named 'live' already exists .*in use by process \d+"):
         shell.run_cell_magic("sft_train", "--background --name live", cell)
     _wait_state(run_dir, ("training",))
     shell.run_line_magic("sft_stop", "live")

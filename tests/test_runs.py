@@ -12,7 +12,7 @@ import weakref
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.runs import RunBusy, RunLock, list_runs, read_events, run_record
+from sft_magics.core.runs import RunBusy, RunError, RunLock, list_runs, read_events, run_record
 from sft_magics.core.train import ConfigError, StopFlag, TrainingFailed, TrainSpec, train
 
 
@@ -52,6 +52,9 @@ def test_resume_after_a_stop_continues_at_the_saved_step_with_the_same_losses(tm
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path, tiny_model, qa_jsonl):
+    with pytest.raises(RunError, match="no run named 'fresh'"):
+        train(_spec(tmp_path, tiny_model, qa_jsonl, name="fresh"), resume=True)
+    (tmp_path / "runs" / "fresh").mkdir(parents=True)
     with pytest.raises(ConfigError, match="has no checkpoint to resume from"):
         train(_spec(tmp_path, tiny_model, qa_jsonl, name="fresh"), resume=True)
 
@@ -126,7 +129,9 @@ def test_stale_status_and_tolerant_event_reading(tmp_path):
 def test_run_folder_contents(tmp_path, tiny_model, qa_jsonl):
     result = train(_spec(tmp_path, tiny_model, qa_jsonl, name="full", max_steps=2, hub_token="hf_secret123"))
     config_text = (result.path / "config.yaml").read_text()
-    assert "hf_secret123" not in config_text and "hub_token: <redacted>" in config_text
+    # The secret key is left out (resume must not train with "<redacted>" as a value), and said so.
+    assert "hf_secret123" not in config_text and "hub_token" not in config_text.split("\n", 1)[1]
+    assert config_text.startswith("# left out (secrets): hub_token\n")
     env = json.loads((result.path / "environment.json").read_text())
     assert env["packages"]["trl"] and env["device"] == "cpu"
     assert len(env["datasets"]["train"]["fingerprint"]) == 64 and env["datasets"]["train"]["rows"] == 24
@@ -171,6 +176,9 @@ def test_resume_through_the_magic_and_sft_runs(shell, tiny_model, qa_jsonl, tmp_
     import shutil
 
     shutil.rmtree(run_dir / "checkpoint-4")
+    shutil.rmtree(run_dir / "final")
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "training", "step": 3}))
     result = shell.run_line_magic("sft_train", "--resume m -o again")
     assert result.global_step == 4 and result.status == "finished"
     records = shell.run_line_magic("sft_runs", "-o runs")

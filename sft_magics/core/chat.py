@@ -173,14 +173,11 @@ class ChatSession:
         return out
 
     def _render(self, messages: list[dict]) -> str:
-        from .template import TemplateError
+        from .template import TemplateError, apply_chat_template
 
         if not getattr(self.tokenizer, "chat_template", None):
             raise TemplateError("this model's tokenizer has no chat template, so it cannot be chatted with")
-        try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as err:  # jinja errors, the template's own raise_exception(...)
-            raise TemplateError(f"the chat template failed to render the conversation: {' '.join(str(err).split())}") from None
+        return apply_chat_template(self.tokenizer, messages, tokenize=False, add_generation_prompt=True)
 
     def _generate(self, prompt: str, *, max_new_tokens, temperature, top_p, on_token, stop, use_base) -> tuple[str, int, int, bool]:
         """Generate on a worker thread, stream the pieces on this one; (answer, prompt tokens, new

@@ -10,6 +10,8 @@ importing this module stays instant.
 
 from __future__ import annotations
 
+from .errors import SftError
+
 import glob
 import hashlib
 import json
@@ -97,7 +99,7 @@ class RowProblem:
         return f"row {self.row} {self.field}: {self.reason}"
 
 
-class DataError(ValueError):
+class DataError(SftError, ValueError):
     """One-line message; ``.problems`` holds every RowProblem (empty for source errors)."""
 
     def __init__(self, message: str, problems: list[RowProblem] | None = None) -> None:

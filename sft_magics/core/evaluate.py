@@ -16,6 +16,8 @@ Nothing here draws anything: progress goes to a callback ``progress(stage, done,
 
 from __future__ import annotations
 
+from .errors import SftError
+
 import contextlib
 import difflib
 import json
@@ -34,7 +36,7 @@ Progress = Callable[[str, int, int], None]
 TUNED, BASE, FEW_SHOT, MODEL = "tuned", "base", "few_shot", "model"
 
 
-class EvalError(ValueError):
+class EvalError(SftError, ValueError):
     """A user-facing evaluation problem (bad metric name, no few-shot data, ...); one line."""
 
 
@@ -310,8 +312,10 @@ def with_shots(example: Example, shots: Sequence[tuple[str, str]]) -> Example:
 
 def render_prompts(tokenizer, prompts: Sequence[Any]) -> list[str]:
     """The exact text the model is asked to continue: its own chat template plus the generation prompt."""
+    from .template import apply_chat_template
+
     return [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
+        apply_chat_template(tokenizer, p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
         for p in prompts
     ]
 
@@ -738,9 +742,13 @@ def run_evaluation(
 def run_folder(target: str, value: Any, output_dir: str | Path) -> Path | None:
     """The run folder behind ``%sft_eval TARGET`` (a run result variable, a run name, or a run's
     ``final/`` folder), or None when the target is not a run."""
+    from .runs import model_location
+
     path = getattr(value, "path", None)
     if path is not None and type(value).__name__ == "TrainResult":
         return Path(path)
+    if value is None:
+        model_location(target, output_dir)  # a run that has no final model says so here
     named = Path(output_dir) / target
     if (named / "final").is_dir():
         return named

@@ -27,6 +27,8 @@ Heavy imports (torch, transformers, peft) live inside functions.
 
 from __future__ import annotations
 
+from .errors import SftError
+
 import contextlib
 import json
 import os
@@ -34,7 +36,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Sequence, Any
 
 DEFAULT_PROBE = "What is the capital of France?"
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -44,7 +46,7 @@ _MARKERS = (MARK_INCOMPLETE, MARK_FAILED)
 _SENTINEL = "sft-magics-end-of-turn-probe"
 
 
-class ExportError(RuntimeError):
+class ExportError(SftError, RuntimeError):
     """An export that cannot be written or did not verify; the message is one line."""
 
 
@@ -116,13 +118,16 @@ def export_model(
     probe: str | None = None,
     force: bool = False,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    protected: Sequence[str | os.PathLike] = (),
 ) -> ExportResult:
     """Write ``model`` and ``tokenizer`` to the folder ``to``, reload it with plain transformers and
     check that it generates exactly what ``model`` generates; return what was written.
 
     ``merge=True`` merges a LoRA adapter into (a copy of) the base weights; ``merge=False`` on a
     LoRA model writes the adapter. A model without an adapter is written whole either way.
-    A non-empty ``to`` is refused unless ``force=True`` (then it is replaced)."""
+    A non-empty ``to`` is refused unless ``force=True`` (then it is replaced), and ``force`` never
+    replaces a folder that is, contains or lies inside a ``protected`` folder (the runs'
+    ``output_dir``), the model's source, the working directory or the home folder."""
     start = time.perf_counter()
     probe = DEFAULT_PROBE if probe is None else probe
     if not probe.strip():
@@ -133,13 +138,21 @@ def export_model(
         raise ExportError("the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)")
     kind = _kind(model, merge)
     to = Path(os.path.abspath(Path(to).expanduser()))  # absolute: the README's load snippet must work from anywhere
-    _prepare_folder(to, force, _source_paths(model))
-    (to / MARK_INCOMPLETE).write_text("sft_magics is writing this export; it has not been verified\n")
-
-    eot = end_of_turn_token(tokenizer)
-    base_model = _save_weights(model, to, kind)
-    tokenizer.save_pretrained(str(to))
-    gen_config = _save_generation_config(model, tokenizer, to, eot)
+    try:
+        _prepare_folder(to, force, _source_paths(model), [Path(p) for p in protected])
+        (to / MARK_INCOMPLETE).write_text("sft_magics is writing this export; it has not been verified\n")
+        eot = end_of_turn_token(tokenizer)
+        base_model = _save_weights(model, to, kind)
+        tokenizer.save_pretrained(str(to))
+        gen_config = _save_generation_config(model, tokenizer, to, eot)
+    except OSError as err:
+        raise ExportError(f"could not write the export to {to}: {err.strerror or err}") from None
+    except SftError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        if "No space left" in str(err) or "StorageFull" in str(err):
+            raise ExportError(f"could not write the export to {to}: no space left on the device") from None
+        raise
     try:
         check = _verify(model, tokenizer, to, probe, max_new_tokens)
     except ExportError as err:
@@ -189,18 +202,28 @@ def _source_paths(model) -> list[Path]:
     return [Path(n).expanduser().resolve() for n in names if n and Path(n).expanduser().exists()]
 
 
-def _prepare_folder(to: Path, force: bool, sources: list[Path]) -> None:
+def _prepare_folder(to: Path, force: bool, sources: list[Path], protected: list[Path]) -> None:
     if to.exists() and not to.is_dir():
         raise ExportError(f"the export target {to} is a file, not a folder")
     if to.is_dir() and any(to.iterdir()):
         if not force:
             raise ExportError(f"the export folder {to} is not empty: choose another folder, or pass --force (force=True) to replace it")
         target = to.resolve()
-        protected = [Path.cwd().resolve(), Path.home().resolve(), Path(target.anchor)]
-        if any(target == p or target in p.parents for p in protected):
-            raise ExportError(f"refusing to replace {to}: it is (or contains) the working directory or the home folder")
-        if any(target == s or target in s.parents for s in sources):
-            raise ExportError(f"refusing to replace {to}: the model being exported was loaded from it")
+        guarded = [("the working directory", Path.cwd()), ("the home folder", Path.home()), ("the file system root", Path(target.anchor))]
+        guarded += [("the runs folder (output_dir)", p) for p in protected]
+        guarded += [("the model being exported was loaded from it", s) for s in sources]
+        for what, path in guarded:
+            path = path.expanduser().resolve()
+            if target == path or target in path.parents:
+                raise ExportError(f"refusing to replace {to}: it is (or contains) {what}" if "loaded" not in what
+                                  else f"refusing to replace {to}: {what}")
+        for what, path in guarded[3:]:  # inside a run folder or the model's own folder: its files, not an export's
+            path = path.expanduser().resolve()
+            if path in target.parents:
+                raise ExportError(f"refusing to replace {to}: it lies inside {path} "
+                                  f"({'the runs folder' if 'output_dir' in what else 'the model source'}); export somewhere else")
+        if (target / "config.yaml").is_file() and (target / "status.json").is_file():
+            raise ExportError(f"refusing to replace {to}: it is a training run folder")
         shutil.rmtree(to)
     to.mkdir(parents=True, exist_ok=True)
 
@@ -245,12 +268,12 @@ def end_of_turn_token(tokenizer) -> int | None:
     """The token the chat template closes an assistant turn with (``<|im_end|>`` for ChatML,
     ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma): render a turn with a sentinel answer
     and take the first token after it when that token is special. Falls back to the known names."""
-    from .template import stop_ids
+    from .template import apply_chat_template, stop_ids
 
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+        text = apply_chat_template(
+            tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
         )
         after = text[text.rindex(_SENTINEL) + len(_SENTINEL):]
         ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
@@ -355,8 +378,14 @@ def _verify(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -> dict
         raise ExportError(f"the export in {to} does not reload with transformers: {type(err).__name__}: "
                           f"{' '.join(str(err).split())[:240]}") from None
     messages = [{"role": "user", "content": probe}]
-    prompt = exported_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if prompt != tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True):
+    from .template import apply_chat_template
+
+    try:
+        prompt = apply_chat_template(exported_tok, messages, tokenize=False, add_generation_prompt=True)
+        notebook_prompt = apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+    except SftError as err:
+        raise ExportError(f"the chat template does not render the probe: {err}") from None
+    if prompt != notebook_prompt:
         raise ExportError("the exported chat template renders the probe differently from the notebook tokenizer's")
     inputs = exported_tok(prompt, return_tensors="pt", add_special_tokens=False)
     if inputs["input_ids"][0].tolist() != tokenizer(prompt, add_special_tokens=False)["input_ids"]:

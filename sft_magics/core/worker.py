@@ -27,31 +27,37 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .events import Event
-from .runs import RunBusy, _pid_alive, read_json, run_record, write_json
+from .runs import FINAL_STATES, RunFolder, _pid_alive, read_json, run_record, write_json
 
 SPEC_FILE = "spec.json"
 STOP_FILE = "STOP"
 LOG_FILE = "worker.log"
-FINAL_STATES = ("finished", "stopped", "failed")
 LAUNCHERS = ("none", "torchrun", "accelerate")
+SECRETS_ENV = "SFT_MAGICS_SECRETS"  # secret keys reach the worker in its environment, never on disk
 
 
 # -- the spec on disk -------------------------------------------------------------------------------
 
 
-def save_spec(spec, launch: dict) -> Path:
-    path = spec.run_dir / SPEC_FILE
+def save_spec(spec, launch: dict) -> dict[str, str]:
+    """Write spec.json without secret keys; returns the environment that carries them to the worker."""
+    from .secrets import split_secrets
+
     data = {**asdict(spec), "launch": launch}
     data["lora"] = spec.lora if isinstance(spec.lora, bool) else dict(spec.lora)
     data["sft"] = dict(spec.sft)
-    write_json(path, data)
-    return path
+    clean, secrets = split_secrets(data)
+    write_json(spec.run_dir / SPEC_FILE, clean)
+    return {SECRETS_ENV: json.dumps([[list(k), v] for k, v in secrets.items()])} if secrets else {}
 
 
 def load_spec(run_dir: Path):
+    from .secrets import merge_secrets
     from .train import TrainSpec
 
     data = json.loads((Path(run_dir) / SPEC_FILE).read_text())
+    secrets = {tuple(k): v for k, v in json.loads(os.environ.get(SECRETS_ENV) or "[]")}
+    data = merge_secrets(data, secrets)
     data.pop("launch", None)
     return TrainSpec(**data)
 
@@ -105,26 +111,6 @@ def worker_command(run_dir: Path, *, launcher: str = "none", nproc: int = 1, acc
     raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
 
 
-def busy_pid(run_dir: Path) -> int | None:
-    """The live process training into this folder, if any: the lock's owner, or a supervisor
-    whose run has no final status yet."""
-    run_dir = Path(run_dir)
-    owner = _lock_pid(run_dir)
-    if owner and owner != os.getpid() and _pid_alive(owner):
-        return owner
-    supervisor = read_json(run_dir / "supervisor.json").get("pid")
-    if supervisor and _pid_alive(int(supervisor)) and read_json(run_dir / "status.json").get("state") not in FINAL_STATES:
-        return int(supervisor)
-    return None
-
-
-def _lock_pid(run_dir: Path) -> int | None:
-    try:
-        return int((Path(run_dir) / "run.lock").read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
 @dataclass
 class BackgroundRun:
     """A handle on a run in another process (what ``%%sft_train --background -o NAME`` binds)."""
@@ -154,28 +140,53 @@ class BackgroundRun:
 
 
 def launch(spec, *, namespace: Mapping | None = None, launcher: str = "none", nproc: int = 1,
-           accelerate_config: str | None = None, resume: bool = False) -> BackgroundRun:
-    """Start a run in a detached supervisor process and return at once."""
+           accelerate_config: str | None = None, resume: bool = False, overwrite: bool = False,
+           resume_anyway: bool = False, files: Mapping[str, str] | None = None) -> BackgroundRun:
+    """Start a run in a detached supervisor process and return at once. The data and config are
+    checked here first, and the folder is claimed (or, to resume, locked) by this process and
+    handed to the worker: a second start under the same name is refused at once."""
+    from .secrets import scrub_text
+    from .train import _resume_point, plan
+
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pid = busy_pid(run_dir)
-    if pid:
-        raise RunBusy(f"run folder {run_dir} is in use by process {pid}; wait for it, stop it, or choose another --name")
-    spec = materialize_data(spec, namespace)
-    save_spec(spec, {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config})
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    write_json(run_dir / "status.json", {"state": "starting", "started": round(time.time(), 3), "step": 0})
+    p = plan(spec, namespace=namespace)  # a bad key or row fails here, before any folder exists
+    if resume:
+        folder = RunFolder.existing(spec.output_dir, spec.name)
+        folder.lock.acquire()
+        try:
+            _resume_point(p, folder, resume_anyway)  # refused here, in the notebook, not in a worker
+        except BaseException:
+            folder.lock.release()
+            raise
+    else:
+        folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
+    run_dir = folder.path
+    try:
+        spec = materialize_data(spec, namespace)
+        env = save_spec(spec, {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config})
+        for name, text in (files or {}).items():
+            folder.write_text(name, scrub_text(text))
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        folder.update_status(state="starting", started=round(time.time(), 3), **({} if resume else {"step": 0}))
+    except BaseException:
+        if resume:
+            folder.lock.release()
+        else:
+            folder.remove()
+        raise
     cmd = [sys.executable, "-m", "sft_magics", "supervise", str(run_dir.resolve()), "--launcher", launcher, "--nproc", str(nproc)]
     if accelerate_config:
         cmd += ["--accelerate-config", str(accelerate_config)]
     if resume:
         cmd.append("--resume")
+    if resume_anyway:
+        cmd.append("--resume-anyway")
     # Detached: its own session, so it outlives the kernel (and a kernel restart).
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=os.getcwd())
+                            stderr=subprocess.DEVNULL, cwd=os.getcwd(), env={**os.environ, **env})
     write_json(run_dir / "supervisor.json", {"pid": proc.pid, "command": cmd})
+    folder.lock.release()  # handed over: the worker takes the lock (it waits for this)
     # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
     threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
     return BackgroundRun(spec.name, run_dir, proc.pid)
@@ -250,57 +261,52 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def supervise(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None,
-              resume: bool = False) -> int:
+              resume: bool = False, resume_anyway: bool = False) -> int:
     """Run the worker command, and make sure the run ends with a final status whatever happens."""
     run_dir = Path(run_dir)
+    folder = RunFolder.existing(run_dir.parent, run_dir.name)
     cmd = worker_command(run_dir, launcher=launcher, nproc=nproc, accelerate_config=accelerate_config, resume=resume)
+    if resume_anyway:
+        cmd.append("--resume-anyway")
     with (run_dir / LOG_FILE).open("ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         write_json(run_dir / "supervisor.json", {"pid": os.getpid(), "worker_pid": child.pid, "command": cmd})
         # A polite stop for the supervisor is a polite stop for the run.
         signal.signal(signal.SIGTERM, lambda *_: request_stop(run_dir))
         code = child.wait()
-    status = read_json(run_dir / "status.json")
-    if status.get("state") not in FINAL_STATES:
+    if folder.status().get("state") not in FINAL_STATES:
         if code < 0:
             name = signal.Signals(-code).name
             cause = f"the worker was killed by {name}" + (" (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
         else:
             cause = f"the worker exited with code {code} before the run ended"
-        tail = _tail(run_dir / LOG_FILE)
-        status.update(state="failed", error=cause, hint="see worker.log in the run folder", log_tail=tail,
-                      ended=round(time.time(), 3), exit_code=code)
-        write_json(run_dir / "status.json", status)
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps({"kind": "failed", "time": round(time.time(), 3), "step": status.get("step", 0),
-                                "error": cause, "hint": status["hint"], "log_tail": tail}) + "\n")
+        folder.record_failure(cause, "see worker.log in the run folder; resume from the last whole checkpoint",
+                              log_tail=_tail(run_dir / LOG_FILE), exit_code=code)
     return code
 
 
-def worker_main(run_dir: Path, *, resume: bool = False) -> int:
+def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = False) -> int:
     """One process of a run: the same train() as the kernel uses."""
-    from .train import StopFlag, TrainingFailed, rank, train
+    from .errors import SftError
+    from .train import StopFlag, rank, train
 
     run_dir = Path(run_dir)
     spec = load_spec(run_dir)
     stop = StopFlag(stop_file=run_dir / STOP_FILE)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        result = train(spec, stop=stop, resume=resume)
-    except TrainingFailed as err:
-        print(err, file=sys.stderr)
-        return 1  # train() already recorded the failure
+        result = train(spec, stop=stop, resume=resume, resume_anyway=resume_anyway, claimed=True)
     except BaseException as err:  # noqa: BLE001 - recorded as the run's cause
         import traceback
 
-        traceback.print_exc()
-        if rank() == 0:
-            status = read_json(run_dir / "status.json")
-            cause = f"{type(err).__name__}: {' '.join(str(err).split())[:240]}"
-            status.update(state="failed", error=cause, hint="see worker.log in the run folder", ended=round(time.time(), 3))
-            write_json(run_dir / "status.json", status)
-            with (run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"kind": "failed", "time": round(time.time(), 3), "error": cause, "hint": status["hint"]}) + "\n")
+        from .secrets import scrub_text
+
+        if not isinstance(err, SftError):
+            traceback.print_exc()
+        cause = scrub_text(f"{type(err).__name__}: {' '.join(str(err).split())[:240]}")
+        print(cause, file=sys.stderr)
+        if rank() == 0 and RunFolder.existing(run_dir.parent, run_dir.name).status().get("state") not in FINAL_STATES:
+            RunFolder.existing(run_dir.parent, run_dir.name).record_failure(cause, "see worker.log in the run folder")
         return 1
     print(f"run {spec.name}: {result.status} at step {result.global_step}", flush=True)
     return 0

@@ -17,27 +17,25 @@ from traitlets import Bool, Enum, Unicode
 from ..display import MODES, detect_mode, show
 
 
-def _core_errors() -> tuple[type[Exception], ...]:
-    """The core's user-facing errors: each becomes a one-line UsageError."""
-    from ..core.data import DataError
-    from ..core.models import ModelError
-    from ..core.template import TemplateError
-    from ..core.train import ConfigError
-
-    return (DataError, ModelError, ConfigError, TemplateError)
-
-
 def _user_errors(method):
-    """Turn our core's user-facing errors (and argparse's) into a one-line UsageError."""
+    """Turn the core's user-facing errors (every ``SftError``) into a one-line UsageError: the one
+    place where that conversion happens. Credentials in the message are scrubbed."""
+    from ..core.errors import SftError
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except _core_errors() as err:
-            raise UsageError(" ".join(str(err).split())) from None
+        except SftError as err:
+            raise _usage_error(err) from None
 
     return wrapper
+
+
+def _usage_error(err: BaseException) -> UsageError:
+    from ..core.secrets import scrub_text
+
+    return UsageError(scrub_text(" ".join(str(err).split())))
 
 
 def _parse(magic, line: str):
@@ -239,6 +237,8 @@ class SftMagics(Magics):
     @magic_arguments()
     @argument("--name", default=None, help="Run name: the run is saved in <output_dir>/<name>.")
     @argument("--resume", metavar="NAME", default=None, help="Continue run NAME from its last checkpoint (the cell may be empty: its saved config is used).")
+    @argument("--overwrite", action="store_true", help="Remove an existing (not running) run of the same --name first, and say so.")
+    @argument("--resume-anyway", action="store_true", help="With --resume: continue even without optimizer/scheduler state or with changed data (recorded in the run).")
     @argument("--dry-run", action="store_true", help="Show the resolved config, data summary, device, trainable parameters and planned steps; train nothing.")
     @argument("--background", action="store_true", help="Train in a detached worker process and return at once (see %%sft_attach, %%sft_wait, %%sft_stop).")
     @argument("--launcher", choices=["none", "torchrun", "accelerate"], default="none", help="Train in N processes through torchrun or accelerate launch (data parallel).")
@@ -273,10 +273,12 @@ class SftMagics(Magics):
     async def sft_train_async(self, line, cell=None):
         """``%%sft_train`` for an async cell in ipykernel >= 7: the same run, but the wait awaits,
         so the kernel keeps handling the Stop button while training (see magics/_runner.py)."""
+        from ..core.errors import SftError
+
         try:
             started = self._start_training(line, cell)
-        except (UsageError, *_core_errors()) as err:
-            raise UsageError(" ".join(str(err).split())) from None
+        except (UsageError, SftError) as err:
+            raise _usage_error(err) from None
         if not isinstance(started, tuple):
             return started
         worker, finish = started
@@ -292,59 +294,62 @@ class SftMagics(Magics):
         """Parse, validate, start the worker thread; returns (worker, finish) or a dry-run summary."""
         import time
 
-        from ..core.runs import RunBusy
-        from ..core.train import StopFlag, TrainingFailed, train
+        from ..core.errors import SftError
+        from ..core.runs import validate_name
+        from ..core.train import StopFlag, train
         from ..display import make_reporter
         from ._runner import Worker
 
         args = _parse(self.sft_train, line)
         cell = cell or ""
-        if not cell.strip() and not args.resume:
+        if not cell.strip() and args.resume is None:
             raise UsageError("%%sft_train needs its config in the cell body (or use %sft_train --resume NAME)")
-        name = args.resume or args.name or time.strftime("run-%Y%m%d-%H%M%S")
+        if args.resume and args.overwrite:
+            raise UsageError("--resume continues a run and --overwrite removes it: choose one")
+        if args.resume_anyway and not args.resume:
+            raise UsageError("--resume-anyway goes with --resume NAME")
+        given = args.resume if args.resume is not None else args.name  # an explicit "" is a mistake, not "no name"
+        name = validate_name(time.strftime("run-%Y%m%d-%H%M%S") if given is None else given)
         spec = self._train_spec(name, cell, resume=bool(args.resume))
         if args.dry_run:
             return self._dry_run(spec, args.output)
+        files = {"cell.txt": f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
         if args.background or args.launcher != "none":
-            return self._start_outside(spec, args, line, cell)
+            return self._start_outside(spec, args, files)
+        if args.overwrite and (spec.run_dir).exists():
+            print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
         stop = StopFlag()
         reporter = make_reporter(self.mode, title=name, on_stop=stop.set)
-        worker = Worker(lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, resume=bool(args.resume)), stop.set)
+        worker = Worker(lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, resume=bool(args.resume),
+                                      overwrite=args.overwrite, resume_anyway=args.resume_anyway, files=files), stop.set)
 
         def finish(wait):
             try:
                 result = wait()
-            except (TrainingFailed, RunBusy) as err:
-                raise UsageError(str(err)) from None
-            except _core_errors() as err:
-                raise UsageError(" ".join(str(err).split())) from None
+            except SftError as err:
+                raise _usage_error(err) from None
             finally:
                 reporter.close()
-            if cell.strip():
-                (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
             return self._bind(args.output, result) if args.output else None
 
         return worker, finish
 
-    def _start_outside(self, spec, args, line, cell):
+    def _start_outside(self, spec, args, files):
         """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
         import sys
 
         from ..core import worker as w
-        from ..core.runs import RunBusy
         from ._background import attach_dashboard, run_from_disk
 
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             print("CUDA is already initialised in this kernel, and a CUDA context cannot be forked: "
                   "the run starts in fresh processes.")
-        try:
-            run = w.launch(spec, namespace=self.shell.user_ns, launcher=args.launcher, nproc=args.nproc,
-                           accelerate_config=args.accelerate_config, resume=bool(args.resume))
-        except RunBusy as err:
-            raise UsageError(str(err)) from None
-        if cell.strip():
-            (spec.run_dir / "cell.txt").write_text(f"%%sft_train {line}\n{cell}")
+        if args.overwrite and spec.run_dir.exists():
+            print(f"--overwrite: the existing run '{spec.name}' in {self.output_dir} is removed first")
+        run = w.launch(spec, namespace=self.shell.user_ns, launcher=args.launcher, nproc=args.nproc,
+                       accelerate_config=args.accelerate_config, resume=bool(args.resume), overwrite=args.overwrite,
+                       resume_anyway=args.resume_anyway, files=files)
         if args.background:
             print(f"run '{run.name}' started in the background (supervisor pid {run.pid}): "
                   f"%sft_attach {run.name} to watch, %sft_wait {run.name} to block, %sft_stop {run.name} to stop")
@@ -363,9 +368,8 @@ class SftMagics(Magics):
                 record = wait()
             finally:
                 reporter.close()
-            if record["status"] == "failed":
-                status = w.read_json(run.path / "status.json")
-                raise UsageError(f"run '{spec.name}' failed: {status.get('error')} — {status.get('hint')}")
+            if record["status"] in ("failed", "stale"):
+                raise UsageError(_failure_line(record))
             result = run_from_disk(run.path)
             return self._bind(args.output, result) if args.output else None
 
@@ -377,10 +381,10 @@ class SftMagics(Magics):
         from ..core.train import TrainSpec
 
         if not cell.strip() and resume:
-            saved = Path(self.output_dir) / name / "config.yaml"
+            saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
             if not saved.is_file():
                 raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
-            cell = saved.read_text()
+            cell = saved.read_text()  # secret keys were left out of it; every other key is as trained
         config = _yaml_body(cell, "the %%sft_train cell")
         if not isinstance(config, dict):
             raise UsageError("the %%sft_train cell must be a YAML mapping of keys (model, dataset, ...)")
@@ -391,9 +395,12 @@ class SftMagics(Magics):
         from ..core.train import count_parameters, plan
         from ..display._views import TableView
 
+        from ..core.secrets import redact
+
         p = plan(spec, namespace=self.shell.user_ns)
         trainable, total = count_parameters(p)
-        rows = [[k, v] for k, v in p.config().items()]
+        shown = redact(p.config())  # secrets: the key is shown as read, its value never
+        rows = [[k, v] for k, v in shown.items()]
         notes = [
             f"data: {p.train_data.source} · {len(p.train_data)} rows ({p.train_data.source_format} → {p.train_data.format})"
             + (f" · eval {len(p.eval_data)} rows" if p.eval_data is not None else ""),
@@ -403,7 +410,7 @@ class SftMagics(Magics):
             "dry run: nothing was trained",
         ]
         show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
-        summary = {"config": p.config(), "device": p.device, "dtype": str(p.dtype), "trainable_params": trainable,
+        summary = {"config": shown, "device": p.device, "dtype": str(p.dtype), "trainable_params": trainable,
                    "total_params": total, "steps": p.steps, "train_rows": len(p.train_data)}
         return self._bind(output, summary) if output else None
 
@@ -435,8 +442,10 @@ class SftMagics(Magics):
 
         from ..core.worker import BackgroundRun
 
+        from ..core.runs import validate_name
+
         value = self.shell.user_ns.get(name)
-        run_dir = value.path if isinstance(value, BackgroundRun) else Path(self.output_dir) / name
+        run_dir = value.path if isinstance(value, BackgroundRun) else Path(self.output_dir) / validate_name(name)
         if not (run_dir / "status.json").is_file():
             raise UsageError(f"no run named '{name}' in {self.output_dir}")
         return run_dir
@@ -482,6 +491,8 @@ class SftMagics(Magics):
         except TimeoutError as err:
             raise UsageError(str(err)) from None
         show(RunsView([record]), self.mode)
+        if record["status"] in ("failed", "stale"):
+            raise UsageError(_failure_line(record))  # "Run All" stops here, with the cause
         return self._bind(args.output, run_from_disk(run_dir)) if args.output else None
 
     @magic_arguments()
@@ -543,28 +554,25 @@ class SftMagics(Magics):
         args = _parse(self.sft_eval, line)
         ns = self.shell.user_ns
         gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "temperature": args.temperature, "top_p": args.top_p}
+        ev.check_settings(limit=args.limit, few_shot=args.few_shot, **gen)
+        metrics, custom = ev.parse_metric_names(args.metrics), ev.custom_metrics(args.metric, ns)
+        run_dir = ev.run_folder(args.target, ns.get(args.target), self.output_dir)
+        examples = ev.examples_from(self._data(args.data))[: args.limit]
+        shots = []
+        if args.few_shot:  # the prompting baseline's examples, never one of the evaluated questions
+            pool = ev.examples_from(load_data(ev.few_shot_source(args.few_shot_data, run_dir), namespace=ns))
+            shots = ev.choose_shots(pool, args.few_shot, exclude={e.question for e in examples},
+                                    like=[e.question for e in examples])
+        model, tokenizer = self._target_model(args.target)
+        base_name = ev.run_config(run_dir).get("model")  # a fully fine-tuned run's base loads only if needed
+        load_base = (lambda: load_model(base_name, trust_remote_code=self.trust_remote_code)) if base_name else None
+        progress = eval_progress(self.mode)
         try:
-            ev.check_settings(limit=args.limit, few_shot=args.few_shot, **gen)
-            metrics, custom = ev.parse_metric_names(args.metrics), ev.custom_metrics(args.metric, ns)
-            run_dir = ev.run_folder(args.target, ns.get(args.target), self.output_dir)
-            examples = ev.examples_from(self._data(args.data))[: args.limit]
-            shots = []
-            if args.few_shot:  # the prompting baseline's examples, never one of the evaluated questions
-                pool = ev.examples_from(load_data(ev.few_shot_source(args.few_shot_data, run_dir), namespace=ns))
-                shots = ev.choose_shots(pool, args.few_shot, exclude={e.question for e in examples},
-                                        like=[e.question for e in examples])
-            model, tokenizer = self._target_model(args.target)
-            base_name = ev.run_config(run_dir).get("model")  # a fully fine-tuned run's base loads only if needed
-            load_base = (lambda: load_model(base_name, trust_remote_code=self.trust_remote_code)) if base_name else None
-            progress = eval_progress(self.mode)
-            try:
-                report = ev.run_evaluation(
-                    model, tokenizer, examples, metrics=metrics, custom=custom, baseline=args.baseline == "base", shots=shots,
-                    is_tuned=run_dir is not None or ev.has_adapter(model), load_base=load_base, progress=progress, **gen)
-            finally:
-                progress.close()
-        except ev.EvalError as err:
-            raise UsageError(" ".join(str(err).split())) from None
+            report = ev.run_evaluation(
+                model, tokenizer, examples, metrics=metrics, custom=custom, baseline=args.baseline == "base", shots=shots,
+                is_tuned=run_dir is not None or ev.has_adapter(model), load_base=load_base, progress=progress, **gen)
+        finally:
+            progress.close()
         report.settings.update(target=args.target, data=args.data)
         if run_dir is not None:
             report.save(ev.new_eval_folder(run_dir))
@@ -647,19 +655,13 @@ class SftMagics(Magics):
         """
         from pathlib import Path
 
-        from ..core.export import ExportError, export_model
+        from ..core.export import export_model
         from ..display._views import TableView
 
         args = _parse(self.sft_export, line)
-        run_dir = Path(self.output_dir) / args.run
-        if args.run not in self.shell.user_ns and run_dir.is_dir() and not (run_dir / "final").is_dir():
-            raise UsageError(f"run '{args.run}' has no final/ folder to export (it did not finish): {run_dir}")
         model, tokenizer = self._target_model(args.run)
-        try:
-            result = export_model(model, tokenizer, args.to, merge=args.merge, probe=args.probe, force=args.force,
-                                  max_new_tokens=args.max_new_tokens)
-        except ExportError as err:
-            raise UsageError(" ".join(str(err).split())) from None
+        result = export_model(model, tokenizer, args.to, merge=args.merge, probe=args.probe, force=args.force,
+                              max_new_tokens=args.max_new_tokens, protected=[self.output_dir])
         show(TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes), self.mode)
         return self._bind(args.output, result) if args.output else None
 
@@ -668,15 +670,22 @@ class SftMagics(Magics):
         from pathlib import Path
 
         from ..core.models import load_model
+        from ..core.runs import model_location
         from ..core.train import TrainResult
 
         value = self.shell.user_ns.get(target)
         if isinstance(value, TrainResult) and value.model is not None:
             return value.model, value.tokenizer
-        run_final = Path(self.output_dir) / target / "final"
-        location = str(run_final) if run_final.is_dir() else target
+        location = model_location(target, self.output_dir)
         loaded = load_model(location, trust_remote_code=self.trust_remote_code)
         return loaded.model, loaded.tokenizer
+
+
+def _failure_line(record: dict) -> str:
+    """One line for a run that failed (or whose process vanished): what, where it got to, why."""
+    cause = record.get("error") or "its process ended without a final status"
+    hint = f" — {record['hint']}" if record.get("hint") else ""
+    return f"run '{record['name']}' {record['status']} at step {record.get('steps') or 0}: {cause}{hint}"
 
 
 def _conversation(value, where: str) -> list[dict]:

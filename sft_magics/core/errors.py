@@ -1,0 +1,17 @@
+"""The one base class of the core's user-facing errors.
+
+Every error a user can cause (a bad key, row, file, name or template) derives from
+:class:`SftError`; its message is one line that names what is wrong and where. The magics turn
+``SftError`` into IPython's ``UsageError`` in one place (``magics/_common.py``); a script sees the
+``SftError`` itself. Each subclass also keeps the builtin base it had (``ValueError``,
+``RuntimeError``) so ``except ValueError`` in user code still works.
+"""
+
+from __future__ import annotations
+
+
+class SftError(Exception):
+    """A problem the user can fix: one line naming the key, row, file or rule."""
+
+    def __str__(self) -> str:  # one line, always: newlines in a cause would break the promise
+        return " ".join(super().__str__().split())
