@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sft_magics.core.data import load_data
-    from sft_magics.core.evaluate import examples_from, generate, prompt_token_counts
+    from sft_magics.core.evaluate import examples_from
+    from sft_magics.core.generation import generate, prompt_token_counts
     from sft_magics.core.models import load_model
 
     if args.threads:
@@ -54,15 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model)
     prompts = [e.prompt for e in examples_from(load_data(args.data))]
     tokens = prompt_token_counts(loaded.tokenizer, prompts)
-    print(f"{args.model} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, load average {os.getloadavg()[0]:.1f}; "
-          f"{len(prompts)} prompts ({min(tokens)}-{max(tokens)} tokens), max_new_tokens {args.max_new_tokens}", flush=True)
+    print(
+        f"{args.model} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, load average {os.getloadavg()[0]:.1f}; "
+        f"{len(prompts)} prompts ({min(tokens)}-{max(tokens)} tokens), max_new_tokens {args.max_new_tokens}",
+        flush=True,
+    )
 
     def one_by_one():
-        return [generate(loaded.model, loaded.tokenizer, [p], max_new_tokens=args.max_new_tokens, batch_size=1)[0] for p in prompts]
+        return [
+            generate(loaded.model, loaded.tokenizer, [p], max_new_tokens=args.max_new_tokens, batch_size=1)[0]
+            for p in prompts
+        ]
 
     def batched():
-        return generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        return generate(
+            loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
 
     batched()  # warm-up (first-call allocations, lazy imports)
     times: dict[str, list[float]] = {"one_by_one": [], "batched": []}
@@ -82,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = ", ".join(f"{a / b:.2f}x" for a, b in zip(times["one_by_one"], times["batched"]))
     print(f"per round: {rounds}")
     print(f"speedup: {ratio:.2f}x (goal >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
-    print(f"answers identical: {'yes' if not differ else f'no, {len(differ)} of {len(prompts)} differ (rows {differ[:10]})'}")
+    print(
+        f"answers identical: {'yes' if not differ else f'no, {len(differ)} of {len(prompts)} differ (rows {differ[:10]})'}"
+    )
     for i in differ[:3]:
         print(f"  row {i}: one-by-one {answers['one_by_one'][i]!r}\n         batched    {answers['batched'][i]!r}")
     return 0 if ratio >= 3 else 1

@@ -18,13 +18,125 @@ import statistics
 import sys
 import time
 
-WORDS = (
-    "the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
-    "but not what all were we when your can said there use an each which she do how their if will up other about "
-    "out many then them these so some her would make like him into time has look two more write go see number no "
-    "way could people my than first water been call who oil its now find long down day did get come made may part "
-    "json name age city Lisbon Paris Accra Hiro 42 63 2024 model token data train answer question extract person"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "at",
+    "be",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "had",
+    "by",
+    "word",
+    "but",
+    "not",
+    "what",
+    "all",
+    "were",
+    "we",
+    "when",
+    "your",
+    "can",
+    "said",
+    "there",
+    "use",
+    "an",
+    "each",
+    "which",
+    "she",
+    "do",
+    "how",
+    "their",
+    "if",
+    "will",
+    "up",
+    "other",
+    "about",
+    "out",
+    "many",
+    "then",
+    "them",
+    "these",
+    "so",
+    "some",
+    "her",
+    "would",
+    "make",
+    "like",
+    "him",
+    "into",
+    "time",
+    "has",
+    "look",
+    "two",
+    "more",
+    "write",
+    "go",
+    "see",
+    "number",
+    "no",
+    "way",
+    "could",
+    "people",
+    "my",
+    "than",
+    "first",
+    "water",
+    "been",
+    "call",
+    "who",
+    "oil",
+    "its",
+    "now",
+    "find",
+    "long",
+    "down",
+    "day",
+    "did",
+    "get",
+    "come",
+    "made",
+    "may",
+    "part",
+    "json",
+    "name",
+    "age",
+    "city",
+    "Lisbon",
+    "Paris",
+    "Accra",
+    "Hiro",
+    "42",
+    "63",
+    "2024",
+    "model",
+    "token",
+    "data",
+    "train",
+    "answer",
+    "question",
+    "extract",
+    "person",
+]
 
 
 def _sentence(rng: random.Random, lo: int, hi: int) -> str:
@@ -53,7 +165,9 @@ def naive(tokenizer, rows: list[dict]) -> tuple[list[int], list[int]]:
     for row in rows:
         messages = row["messages"]
         ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         totals.append(len(ids))
         trained.append(len(ids) - len(prompt))
     return totals, trained
@@ -71,7 +185,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--per-row-sample", type=int, default=300, help="rows timed with the old tokenize_row loop (0: skip)")
+    parser.add_argument(
+        "--per-row-sample", type=int, default=300, help="rows timed with the old tokenize_row loop (0: skip)"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -85,8 +201,11 @@ def main(argv: list[str] | None = None) -> float:
     data = load_data(rows)  # validation + Dataset: not timed, both sides start from the same rows
     data_stats(load_data(rows[:50]), tokenizer)  # warm-up: first-call imports (TRL's template check) are not timed
     naive(tokenizer, rows[:50])
-    print(f"{args.rows} conversations, model {args.model}, {os.cpu_count()} CPU cores, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"{args.rows} conversations, model {args.model}, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     wall: dict[str, list[float]] = {"naive": [], "batched": []}
     cpu: dict[str, list[float]] = {"naive": [], "batched": []}
@@ -97,15 +216,20 @@ def main(argv: list[str] | None = None) -> float:
         stats, w, c = _timed(data_stats, data, tokenizer, max_length=args.max_length)
         wall["batched"].append(w)
         cpu["batched"].append(c)
-        print(f"  run {rep + 1}: naive {wall['naive'][-1]:.2f} s (cpu {cpu['naive'][-1]:.2f}), "
-              f"batched {wall['batched'][-1]:.2f} s (cpu {cpu['batched'][-1]:.2f})", flush=True)
+        print(
+            f"  run {rep + 1}: naive {wall['naive'][-1]:.2f} s (cpu {cpu['naive'][-1]:.2f}), "
+            f"batched {wall['batched'][-1]:.2f} s (cpu {cpu['batched'][-1]:.2f})",
+            flush=True,
+        )
 
     # Same totals as the naive loop (both tokenize the whole conversation the same way).
     assert stats.total_tokens == totals, "batched and naive token counts differ"
     naive_s, batched_s = statistics.median(wall["naive"]), statistics.median(wall["batched"])
     ratio = naive_s / batched_s
-    print(f"tokens: {sum(totals):,} total; trained: {sum(stats.trained_tokens_full):,} (every assistant turn), "
-          f"{sum(trained):,} (naive: last answer only)")
+    print(
+        f"tokens: {sum(totals):,} total; trained: {sum(stats.trained_tokens_full):,} (every assistant turn), "
+        f"{sum(trained):,} (naive: last answer only)"
+    )
 
     # Where the batched time goes: the one tokenizer call alone is the floor of any exact method.
     texts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False)
@@ -115,10 +239,14 @@ def main(argv: list[str] | None = None) -> float:
         sample = data.dataset.select(range(min(args.per_row_sample, len(data))))
         method = choose_mask_method(tokenizer)
         _, w, _ = _timed(lambda: [tokenize_row(tokenizer, r, "messages", method=method) for r in sample])
-        print(f"  the previous per-row tokenize_row loop: {w / len(sample) * 1e6:.0f} us/row "
-              f"(~{w / len(sample) * args.rows:.0f} s for {args.rows} rows, {w / len(sample) * args.rows / batched_s:.0f}x the batched time)")
-    print(f"median naive {naive_s:.2f} s ({naive_s / args.rows * 1e6:.0f} us/row, cpu {statistics.median(cpu['naive']):.2f} s), "
-          f"batched {batched_s:.2f} s ({batched_s / args.rows * 1e6:.0f} us/row, cpu {statistics.median(cpu['batched']):.2f} s)")
+        print(
+            f"  the previous per-row tokenize_row loop: {w / len(sample) * 1e6:.0f} us/row "
+            f"(~{w / len(sample) * args.rows:.0f} s for {args.rows} rows, {w / len(sample) * args.rows / batched_s:.0f}x the batched time)"
+        )
+    print(
+        f"median naive {naive_s:.2f} s ({naive_s / args.rows * 1e6:.0f} us/row, cpu {statistics.median(cpu['naive']):.2f} s), "
+        f"batched {batched_s:.2f} s ({batched_s / args.rows * 1e6:.0f} us/row, cpu {statistics.median(cpu['batched']):.2f} s)"
+    )
     print(f"speedup: {ratio:.1f}×")
     return ratio
 

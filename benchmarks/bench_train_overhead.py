@@ -85,14 +85,25 @@ def plain_sft_values(steps: int) -> dict:
     """The SFTConfig values (a) resolves to on a CPU: DEFAULT_SFT, the cell's keys, plan()'s CPU branch."""
     return {
         # DEFAULT_SFT
-        "num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 2.0e-4,
-        "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 1, "save_strategy": "steps",
-        "save_steps": 50, "save_total_limit": 2, "max_length": 1024, "seed": 42, "report_to": "none",
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 2.0e-4,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 2,
+        "max_length": 1024,
+        "seed": 42,
+        "report_to": "none",
         "disable_tqdm": True,
         # the cell
-        "max_steps": steps, "use_cpu": True,
+        "max_steps": steps,
+        "use_cpu": True,
         # plan() on a CPU: no activation checkpointing, fp32 (TRL's own default is bf16 autocast)
-        "gradient_checkpointing": False, "bf16": False,
+        "gradient_checkpointing": False,
+        "bf16": False,
     }
 
 
@@ -124,6 +135,7 @@ class CpuClockSink:
         self.draw_seconds, self.window_charts = 0.0, 0
         draw = getattr(dashboard, "draw", None)
         if draw is not None and hasattr(dashboard, "charts"):
+
             def timed_draw(event):
                 t, charts = time.perf_counter(), dashboard.charts
                 draw(event)
@@ -189,8 +201,10 @@ class MagicSide:
     def run(self, name: str, steps: int) -> dict:
         from IPython.utils.capture import capture_output
 
-        cell = (f"%%sft_train --name {name} -o bench_run\n"
-                f"model: {self.model}\ndataset: {self.data}\nmax_steps: {steps}\nuse_cpu: true\n")
+        cell = (
+            f"%%sft_train --name {name} -o bench_run\n"
+            f"model: {self.model}\ndataset: {self.data}\nmax_steps: {steps}\nuse_cpu: true\n"
+        )
         t0 = time.perf_counter()
         with capture_output() as captured:  # the widget's text/plain repr and the HTML summary object
             outcome = self.shell.run_cell(cell)
@@ -203,11 +217,21 @@ class MagicSide:
         import yaml
 
         config = yaml.safe_load((result.path / "config.yaml").read_text())
-        return {"summary": _train_summary(result.history), "losses": _losses(result.history), "wall": wall,
-                "cpu": sink.cpu["end"] - sink.cpu["begin"], "draw_seconds": sink.draw_seconds,
-                "window_charts": sink.window_charts, "config": config, "dashboard": type(dashboard).__name__, "draws": dashboard.draws,
-                "charts": getattr(dashboard, "charts", None), "errors": len(dashboard.errors),
-                "png": len(getattr(dashboard, "png", None) or b""), "captured": len(captured.stdout)}
+        return {
+            "summary": _train_summary(result.history),
+            "losses": _losses(result.history),
+            "wall": wall,
+            "cpu": sink.cpu["end"] - sink.cpu["begin"],
+            "draw_seconds": sink.draw_seconds,
+            "window_charts": sink.window_charts,
+            "config": config,
+            "dashboard": type(dashboard).__name__,
+            "draws": dashboard.draws,
+            "charts": getattr(dashboard, "charts", None),
+            "errors": len(dashboard.errors),
+            "png": len(getattr(dashboard, "png", None) or b""),
+            "captured": len(captured.stdout),
+        }
 
 
 def plain_run(work: Path, model_dir: Path, data: Path, name: str, steps: int) -> dict:
@@ -226,26 +250,42 @@ def plain_run(work: Path, model_dir: Path, data: Path, name: str, steps: int) ->
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     rows = to_trl_rows(load_data(str(data)), tokenizer)
     args = SFTConfig(output_dir=str(work / "plain-runs" / name), **plain_sft_values(steps))
-    trainer = SFTTrainer(model, args=args, train_dataset=rows, processing_class=tokenizer,
-                         peft_config=LoraConfig(task_type="CAUSAL_LM", **PLAIN_LORA), callbacks=[clock])
+    trainer = SFTTrainer(
+        model,
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **PLAIN_LORA),
+        callbacks=[clock],
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # transformers' PrinterCallback: one dict a step
         trainer.train()
     trainer.save_model(str(work / "plain-runs" / name / "final"))
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
-    return {"summary": _train_summary(history), "losses": _losses(history), "wall": wall,
-            "cpu": clock.cpu["end"] - clock.cpu["begin"]}
+    return {
+        "summary": _train_summary(history),
+        "losses": _losses(history),
+        "wall": wall,
+        "cpu": clock.cpu["end"] - clock.cpu["begin"],
+    }
 
 
 def check_same_config(config: dict, steps: int) -> list[str]:
     """Keys where (a)'s resolved config.yaml and the plain script's values differ."""
     ours = {k: v for k, v in config.items() if k not in ("model", "dataset", "eval_dataset", "eval_split", "lora")}
     plain = plain_sft_values(steps)
-    diffs = [f"{k}: magic {ours.get(k)!r} vs plain {plain.get(k)!r}" for k in sorted(set(ours) | set(plain))
-             if ours.get(k) != plain.get(k)]
+    diffs = [
+        f"{k}: magic {ours.get(k)!r} vs plain {plain.get(k)!r}"
+        for k in sorted(set(ours) | set(plain))
+        if ours.get(k) != plain.get(k)
+    ]
     lora = config.get("lora") or {}
-    diffs += [f"lora.{k}: magic {lora.get(k)!r} vs plain {PLAIN_LORA.get(k)!r}" for k in sorted(set(lora) | set(PLAIN_LORA))
-              if lora.get(k) != PLAIN_LORA.get(k)]
+    diffs += [
+        f"lora.{k}: magic {lora.get(k)!r} vs plain {PLAIN_LORA.get(k)!r}"
+        for k in sorted(set(lora) | set(PLAIN_LORA))
+        if lora.get(k) != PLAIN_LORA.get(k)
+    ]
     return diffs
 
 
@@ -266,8 +306,11 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--display", default="widget", choices=["widget", "rich", "plain"])
-    parser.add_argument("--omp-default", action="store_true",
-                        help="keep libgomp's default (active) wait policy instead of OMP_WAIT_POLICY=passive")
+    parser.add_argument(
+        "--omp-default",
+        action="store_true",
+        help="keep libgomp's default (active) wait policy instead of OMP_WAIT_POLICY=passive",
+    )
     args = parser.parse_args(argv)
 
     import datasets
@@ -301,10 +344,13 @@ def _run(args, work: Path) -> float:
     diffs = check_same_config(warm_a["config"], 10)
     if diffs:
         print("WARNING: the plain script's config differs from the magic's resolved config:\n  " + "\n  ".join(diffs))
-    print(f"tiny Llama hidden {args.hidden_size} x {args.layers} layers, {args.rows} rows, {args.steps} steps a run, "
-          f"batch 8, LoRA r=16, logging every step; {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, load average {os.getloadavg()[0]:.1f}; "
-          f"(a) dashboard: {warm_a['dashboard']}; config (a) == (b): {not diffs}", flush=True)
+    print(
+        f"tiny Llama hidden {args.hidden_size} x {args.layers} layers, {args.rows} rows, {args.steps} steps a run, "
+        f"batch 8, LoRA r=16, logging every step; {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, load average {os.getloadavg()[0]:.1f}; "
+        f"(a) dashboard: {warm_a['dashboard']}; config (a) == (b): {not diffs}",
+        flush=True,
+    )
 
     a_runs, b_runs = [], []
     for i in range(args.rounds):
@@ -316,41 +362,56 @@ def _run(args, work: Path) -> float:
                 b_runs.append(plain_run(work, model_dir, data, f"round-{i + 1}", args.steps))
         a, b = a_runs[-1], b_runs[-1]
         sa, sb = a["summary"]["train_steps_per_second"], b["summary"]["train_steps_per_second"]
-        print(f"  round {i + 1} ({' then '.join(order)}): "
-              f"(a) magic {sa:5.2f} steps/s, train {a['summary']['train_runtime']:5.2f} s, cpu {a['cpu'] / args.steps * 1e3:5.1f} ms/step, "
-              f"{a['draws']} draws ({a['draw_seconds']:.2f} s, {a['window_charts']} charts), wall {a['wall']:5.2f} s | "
-              f"(b) plain {sb:5.2f} steps/s, train {b['summary']['train_runtime']:5.2f} s, cpu {b['cpu'] / args.steps * 1e3:5.1f} ms/step, "
-              f"wall {b['wall']:5.2f} s | a/b: steps/s {sa / sb:.3f}, cpu {b['cpu'] / a['cpu']:.3f} "
-              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"  round {i + 1} ({' then '.join(order)}): "
+            f"(a) magic {sa:5.2f} steps/s, train {a['summary']['train_runtime']:5.2f} s, cpu {a['cpu'] / args.steps * 1e3:5.1f} ms/step, "
+            f"{a['draws']} draws ({a['draw_seconds']:.2f} s, {a['window_charts']} charts), wall {a['wall']:5.2f} s | "
+            f"(b) plain {sb:5.2f} steps/s, train {b['summary']['train_runtime']:5.2f} s, cpu {b['cpu'] / args.steps * 1e3:5.1f} ms/step, "
+            f"wall {b['wall']:5.2f} s | a/b: steps/s {sa / sb:.3f}, cpu {b['cpu'] / a['cpu']:.3f} "
+            f"(load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
     def med(runs, key):
         return statistics.median(key(r) for r in runs)
 
-    ratios = [a["summary"]["train_steps_per_second"] / b["summary"]["train_steps_per_second"] for a, b in zip(a_runs, b_runs)]
+    ratios = [
+        a["summary"]["train_steps_per_second"] / b["summary"]["train_steps_per_second"] for a, b in zip(a_runs, b_runs)
+    ]
     ratio = statistics.median(ratios)
     cpu_ratio = statistics.median(b["cpu"] / a["cpu"] for a, b in zip(a_runs, b_runs))
-    steps_s = lambda r: r["summary"]["train_steps_per_second"]  # noqa: E731
-    print(f"median throughput: (a) {med(a_runs, steps_s):.2f} steps/s, (b) {med(b_runs, steps_s):.2f} steps/s; "
-          f"median ratio a/b {ratio:.3f} (goal >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'}; "
-          f"rounds ranged {min(ratios):.3f}-{max(ratios):.3f})")
-    print(f"median CPU per step: (a) {med(a_runs, lambda r: r['cpu']) / args.steps * 1e3:.1f} ms, "
-          f"(b) {med(b_runs, lambda r: r['cpu']) / args.steps * 1e3:.1f} ms; median ratio b/a {cpu_ratio:.3f} "
-          f"(the same goal in CPU terms, less sensitive to the neighbours' load)")
-    print(f"median end-to-end wall (load + train + save): (a) {med(a_runs, lambda r: r['wall']):.2f} s, "
-          f"(b) {med(b_runs, lambda r: r['wall']):.2f} s")
+    steps_s = lambda r: r["summary"]["train_steps_per_second"]
+    print(
+        f"median throughput: (a) {med(a_runs, steps_s):.2f} steps/s, (b) {med(b_runs, steps_s):.2f} steps/s; "
+        f"median ratio a/b {ratio:.3f} (goal >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'}; "
+        f"rounds ranged {min(ratios):.3f}-{max(ratios):.3f})"
+    )
+    print(
+        f"median CPU per step: (a) {med(a_runs, lambda r: r['cpu']) / args.steps * 1e3:.1f} ms, "
+        f"(b) {med(b_runs, lambda r: r['cpu']) / args.steps * 1e3:.1f} ms; median ratio b/a {cpu_ratio:.3f} "
+        f"(the same goal in CPU terms, less sensitive to the neighbours' load)"
+    )
+    print(
+        f"median end-to-end wall (load + train + save): (a) {med(a_runs, lambda r: r['wall']):.2f} s, "
+        f"(b) {med(b_runs, lambda r: r['wall']):.2f} s"
+    )
     last = a_runs[-1]
     share = statistics.median(r["draw_seconds"] / r["summary"]["train_runtime"] for r in a_runs)
     per_chart = sum(r["draw_seconds"] for r in a_runs) / max(1, sum(r["window_charts"] for r in a_runs))
-    print(f"dashboard: {last['dashboard']}; drawing took a median {share:.1%} of (a)'s train_runtime "
-          f"(~{per_chart * 1e3:.0f} ms of drawing per chart PNG, the PNGs being most of it); last run: "
-          f"{last['draws']} draws, {last['charts']} chart PNGs (last {last['png']:,} bytes), {last['errors']} draw errors")
+    print(
+        f"dashboard: {last['dashboard']}; drawing took a median {share:.1%} of (a)'s train_runtime "
+        f"(~{per_chart * 1e3:.0f} ms of drawing per chart PNG, the PNGs being most of it); last run: "
+        f"{last['draws']} draws, {last['charts']} chart PNGs (last {last['png']:,} bytes), {last['errors']} draw errors"
+    )
     same = all(a["losses"] == b["losses"] for a, b in zip(a_runs, b_runs))
     repeatable = all(r["losses"] == a_runs[0]["losses"] for r in a_runs + b_runs)
     n = len(a_runs[0]["losses"])
-    print(f"per-step losses ({n} logged a run): (a) == (b) in every round: {same}"
-          + ("" if same else f" ({first_difference(a_runs[0]['losses'], b_runs[0]['losses'])})")
-          + f"; identical across all {len(a_runs) + len(b_runs)} runs: {repeatable}; "
-          f"first {a_runs[0]['losses'][0][1]!r}, last (a) {a_runs[0]['losses'][-1][1]!r}, (b) {b_runs[0]['losses'][-1][1]!r}")
+    print(
+        f"per-step losses ({n} logged a run): (a) == (b) in every round: {same}"
+        + ("" if same else f" ({first_difference(a_runs[0]['losses'], b_runs[0]['losses'])})")
+        + f"; identical across all {len(a_runs) + len(b_runs)} runs: {repeatable}; "
+        f"first {a_runs[0]['losses'][0][1]!r}, last (a) {a_runs[0]['losses'][-1][1]!r}, (b) {b_runs[0]['losses'][-1][1]!r}"
+    )
     return ratio
 
 

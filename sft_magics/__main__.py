@@ -8,8 +8,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m sft_magics demo [--steps N] [--output-dir DIR]\n"
-              "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/worker.py)")
+        print(
+            "usage: python -m sft_magics demo [--steps N] [--output-dir DIR]\n"
+            "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/worker.py)"
+        )
         return 0 if argv else 2
     if argv[0] == "demo":
         from .demo import main as demo_main
@@ -39,8 +41,14 @@ def _run_process(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     if argv[0] == "worker":
         return worker.worker_main(args.run_dir, resume=args.resume, resume_anyway=args.resume_anyway)
-    return worker.supervise(args.run_dir, launcher=args.launcher, nproc=args.nproc,
-                            accelerate_config=args.accelerate_config, resume=args.resume, resume_anyway=args.resume_anyway)
+    return worker.supervise(
+        args.run_dir,
+        launcher=args.launcher,
+        nproc=args.nproc,
+        accelerate_config=args.accelerate_config,
+        resume=args.resume,
+        resume_anyway=args.resume_anyway,
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def _cells(train: Path, val: Path, steps: int) -> list[tuple[str, str]]:
             f"model: smollm2-135m\ndataset: {train}\nmax_steps: {steps}\nlearning_rate: 1.0e-3\n"
             f"per_device_train_batch_size: 8\nlogging_steps: 5\nsave_steps: {max(steps, 1)}\n",
         ),
-        ("Base vs tuned vs few-shot prompting on the validation split",
-         f"%sft_eval run --data {val} --baseline base --few-shot 3 --few-shot-data {train} --max-new-tokens 48 -o scores"),
+        (
+            "Base vs tuned vs few-shot prompting on the validation split",
+            f"%sft_eval run --data {val} --baseline base --few-shot 3 --few-shot-data {train} --max-new-tokens 48 -o scores",
+        ),
     ]
 
 
@@ -58,7 +60,7 @@ def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLE
         timings[title] = round(time.perf_counter() - t, 1)
 
     run, scores = shell.user_ns["run"], shell.user_ns["scores"]
-    from .core.evaluate import generate
+    from .core.generation import generate
 
     probe = "What is the capital of France?"
     reply = generate(run.model, run.tokenizer, [[{"role": "user", "content": probe}]], max_new_tokens=32)[0]

@@ -28,7 +28,9 @@ _CORPUS = [
 ]
 
 
-def make_tiny_model(folder: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, vocab_size: int = 320) -> Path:
+def make_tiny_model(
+    folder: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, vocab_size: int = 320
+) -> Path:
     """Write a tiny random Llama model and tokenizer to ``folder`` and return its path."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -45,10 +45,14 @@ def qa_jsonl(tmp_path) -> str:
     rows = []
     for i in range(24):
         answer = json.dumps({"name": f"N{i}", "age": 20 + i})
-        rows.append({"messages": [
-            {"role": "user", "content": f"Person {i} is {20 + i}."},
-            {"role": "assistant", "content": answer},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Person {i} is {20 + i}."},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)

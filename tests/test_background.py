@@ -15,9 +15,9 @@ from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
 from sft_magics.core import worker as w
+from sft_magics.core.config import TrainSpec
 from sft_magics.core.events import Event
-from sft_magics.core.runs import read_events, read_json
-from sft_magics.core.train import TrainSpec
+from sft_magics.core.files import read_events, read_json
 
 
 def _spec(tmp_path, tiny_model, data, name, **extra):
@@ -42,30 +42,36 @@ def _run_notebook(cells: list[str], timeout=300) -> nbformat.NotebookNode:
 
 
 def _text(cell) -> str:
-    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    return "".join(
+        o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
 
 
 def test_background_run_survives_a_kernel_restart_and_attaches(tiny_model, qa_jsonl, tmp_path):
     runs = tmp_path / "runs"
     setup = f"%load_ext sft_magics\n%config SftMagics.output_dir = {str(runs)!r}"
-    first = _run_notebook([
-        setup,
-        f"%%sft_train --background --name bg -o handle\nmodel: {tiny_model}\ndataset: {qa_jsonl}\n"
-        "max_steps: 60\nper_device_train_batch_size: 4\nlogging_steps: 1\n",
-        # Other cells run while it trains.
-        "import time\nt = time.time()\nprint('other cell ran', round(time.time() - t, 3), handle.status)",
-    ])
+    first = _run_notebook(
+        [
+            setup,
+            f"%%sft_train --background --name bg -o handle\nmodel: {tiny_model}\ndataset: {qa_jsonl}\n"
+            "max_steps: 60\nper_device_train_batch_size: 4\nlogging_steps: 1\n",
+            # Other cells run while it trains.
+            "import time\nt = time.time()\nprint('other cell ran', round(time.time() - t, 3), handle.status)",
+        ]
+    )
     assert "started in the background" in _text(first.cells[1])
     assert _text(first.cells[2]).startswith("other cell ran")
     assert _text(first.cells[2]).split()[-1] in ("starting", "loading", "training")
     # The first kernel is gone; the run goes on. A new kernel attaches and waits.
-    second = _run_notebook([
-        setup,
-        "%sft_attach bg",
-        "%sft_wait bg -o result\n"
-        "losses = [h['step'] for h in result.history if 'loss' in h]\n"
-        "print(result.status, result.global_step, losses == list(range(1, 61)), result.model is not None)",
-    ])
+    second = _run_notebook(
+        [
+            setup,
+            "%sft_attach bg",
+            "%sft_wait bg -o result\n"
+            "losses = [h['step'] for h in result.history if 'loss' in h]\n"
+            "print(result.status, result.global_step, losses == list(range(1, 61)), result.model is not None)",
+        ]
+    )
     assert _text(second.cells[2]).strip().splitlines()[-1] == "finished 60 True True"
     events = list(read_events(runs / "bg" / "metrics.jsonl"))
     assert [e["step"] for e in events if e["kind"] == "log" and "loss" in e] == list(range(1, 61))
@@ -155,8 +161,28 @@ def test_worker_commands_use_the_existing_launchers(tmp_path):
     import sys
 
     assert w.worker_command(tmp_path, launcher="torchrun", nproc=4) == [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
-        "-m", "sft_magics", "worker", str(tmp_path)]
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "sft_magics",
+        "worker",
+        str(tmp_path),
+    ]
     assert w.worker_command(tmp_path, launcher="accelerate", nproc=2, accelerate_config="fsdp.yaml", resume=True) == [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "fsdp.yaml", "--num_processes", "2",
-        "-m", "sft_magics", "worker", str(tmp_path), "--resume"]
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "fsdp.yaml",
+        "--num_processes",
+        "2",
+        "-m",
+        "sft_magics",
+        "worker",
+        str(tmp_path),
+        "--resume",
+    ]

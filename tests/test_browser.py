@@ -36,8 +36,14 @@ TRAIN = ROOT / "examples" / "data" / "train.jsonl"
 INSTALL = Path(__file__).resolve().parent / "browser" / "install_browser.sh"
 # Chromium as root in a closed network: no sandbox, no GPU, no calls home (they fail by the dozen).
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 MAX_STEPS = 300
 
@@ -74,7 +80,8 @@ def _notebook(runs: Path) -> dict:
         'print(f"final status: {run.status} at step {run.global_step}")',
     ]
     return {
-        "nbformat": 4, "nbformat_minor": 5,
+        "nbformat": 4,
+        "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
         "cells": [
             {"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [], "source": s}
@@ -91,19 +98,39 @@ def lab(tmp_path_factory, chromium):
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # No "get notified about Jupyter news?" toast over the screenshots, no update checks.
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     port, token = _free_port(), os.urandom(16).hex()
     env = {
-        **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "OMP_WAIT_POLICY": "passive", "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "passive",
+        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
     }
-    log = open(root / "lab.log", "w")
+    log = open(root / "lab.log", "w")  # noqa: SIM115 - the server writes to it until the fixture ends
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--expose-app-in-browser",
-         "--LabApp.news_url=None", "--ServerApp.allow_root=True"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--expose-app-in-browser",
+            "--LabApp.news_url=None",
+            "--ServerApp.allow_root=True",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -159,10 +186,12 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.goto(url)
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.content"
-                                   " && window.jupyterapp.shell.currentWidget.content.widgets.length === 4",
-                                   timeout=120_000)
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.content"
+                " && window.jupyterapp.shell.currentWidget.content.widgets.length === 4",
+                timeout=120_000,
+            )
             page.evaluate("""async () => {
                 const panel = window.jupyterapp.shell.currentWidget;
                 await panel.context.ready;
@@ -206,8 +235,15 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
             first = _wait(step, 300, "the first training step in the progress label")
             first_width = bar_width()
             chart = dash.locator("img.widget-image")
-            _wait(lambda: chart.count() and (chart.first.get_attribute("src") or "").startswith("blob:")
-                  and chart.first.evaluate("img => img.naturalWidth") > 0, 120, "the loss chart")
+            _wait(
+                lambda: (
+                    chart.count()
+                    and (chart.first.get_attribute("src") or "").startswith("blob:")
+                    and chart.first.evaluate("img => img.naturalWidth") > 0
+                ),
+                120,
+                "the loss chart",
+            )
             first_src = chart.first.get_attribute("src")
             later = _wait(lambda: step() >= first + 3 and step(), 240, "the progress label to advance 3 steps")
             assert bar_width() > first_width, (first_width, bar_width())

@@ -22,7 +22,9 @@ def lora(tiny_model, tmp_path_factory):
 
     loaded = load_model(tiny_model)
     torch.manual_seed(2)
-    model = get_peft_model(loaded.model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        loaded.model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    )
     model.eval()
     folder = tmp_path_factory.mktemp("chat-adapter")
     model.save_pretrained(folder)
@@ -46,7 +48,7 @@ def _session(lora, **kw):
 
 def _reference(model, tokenizer, messages, **kw):
     """The non-streamed answer from core.evaluate.generate for the same conversation."""
-    from sft_magics.core.evaluate import generate
+    from sft_magics.core.generation import generate
 
     return generate(model, tokenizer, [messages], max_new_tokens=kw.pop("max_new_tokens", MAX), batch_size=1, **kw)[0]
 
@@ -62,7 +64,9 @@ def test_streamed_reply_equals_non_streamed_generate(lora):
         threads.add(threading.current_thread().name)
 
     reply = chat.reply("hi", max_new_tokens=MAX, on_token=on_token)
-    expected = _reference(model, tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    expected = _reference(
+        model, tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    )
     assert reply == expected and reply.strip()
     assert "".join(pieces) == reply
     assert len(pieces) > 1  # really streamed, not handed over at the end
@@ -79,7 +83,11 @@ def test_history_grows_and_the_next_prompt_contains_the_first_answer(lora):
     assert [m["role"] for m in chat.history] == ["user", "assistant", "user", "assistant"]
     assert chat.history[1]["content"] == first and chat.history[3]["content"] == second
     prompt = chat.rendered_prompt()
-    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": first}, {"role": "user", "content": "and again?"}]
+    conversation = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "and again?"},
+    ]
     assert prompt == tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     assert f"<|im_start|>assistant\n{first}<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>user\nand again?<|im_end|>\n<|im_start|>assistant\n")
@@ -92,7 +100,7 @@ def test_history_grows_and_the_next_prompt_contains_the_first_answer(lora):
 def test_use_base_is_the_model_with_its_adapter_disabled(lora, base):
     import torch
 
-    from sft_magics.core.evaluate import adapter_disabled
+    from sft_magics.core.generation import adapter_disabled
 
     model, tokenizer, _ = lora
     msgs = [{"role": "user", "content": "hi"}]
@@ -110,7 +118,9 @@ def test_use_base_is_the_model_with_its_adapter_disabled(lora, base):
     torch.manual_seed(0)
     sampled_tuned = chat.reply("hi", max_new_tokens=MAX, temperature=1.0)
     torch.manual_seed(0)
-    reference = _reference(base[0], tokenizer, [*msgs, {"role": "assistant", "content": base_reply}, *msgs], temperature=1.0)
+    reference = _reference(
+        base[0], tokenizer, [*msgs, {"role": "assistant", "content": base_reply}, *msgs], temperature=1.0
+    )
     assert sampled_base == reference and sampled_base.strip()
     assert sampled_tuned != sampled_base
     # Each side kept its own history.
@@ -175,7 +185,7 @@ def test_a_tokenizer_without_a_chat_template_is_a_template_error(base):
     import copy
 
     from sft_magics.core.chat import ChatSession
-    from sft_magics.core.template import TemplateError
+    from sft_magics.core.render import TemplateError
 
     tokenizer = copy.deepcopy(base[1])
     tokenizer.chat_template = None
@@ -196,8 +206,12 @@ def test_one_shot_magic_returns_prints_and_binds_the_reply(shell, lora, capsys):
 
 def test_one_shot_magic_with_a_system_prompt(shell, lora):
     model, tokenizer, adapter = lora
-    result = shell.run_line_magic("sft_chat", f'{adapter} --system "Answer in JSON." --message "hi there" --max-new-tokens {MAX}')
-    assert result == _reference(model, tokenizer, [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "hi there"}])
+    result = shell.run_line_magic(
+        "sft_chat", f'{adapter} --system "Answer in JSON." --message "hi there" --max-new-tokens {MAX}'
+    )
+    assert result == _reference(
+        model, tokenizer, [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "hi there"}]
+    )
 
 
 def test_one_shot_magic_compare_returns_both(shell, lora, base, capsys):
@@ -216,8 +230,16 @@ def test_magic_accepts_a_run_result_variable(shell, lora):
     from sft_magics.core.train import TrainResult
 
     model, tokenizer, _ = lora
-    shell.user_ns["run"] = TrainResult(name="x", path=Path("."), status="finished", global_step=1, max_steps=1,
-                                       history=[], model=model, tokenizer=tokenizer)
+    shell.user_ns["run"] = TrainResult(
+        name="x",
+        path=Path("."),
+        status="finished",
+        global_step=1,
+        max_steps=1,
+        history=[],
+        model=model,
+        tokenizer=tokenizer,
+    )
     result = shell.run_line_magic("sft_chat", f'run --message "hi" --max-new-tokens {MAX}')
     assert result == _reference(model, tokenizer, [{"role": "user", "content": "hi"}])
 
@@ -248,7 +270,10 @@ def test_magic_in_a_notebook_displays_the_chat_widget(shell, lora, monkeypatch):
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
     shell.run_line_magic("config", "SftMagics.display = 'widget'")
-    assert shell.run_line_magic("sft_chat", f'{lora[2]} --compare base --system "Be brief." --max-new-tokens 7 -o chat') is None
+    assert (
+        shell.run_line_magic("sft_chat", f'{lora[2]} --compare base --system "Be brief." --max-new-tokens 7 -o chat')
+        is None
+    )
     session = shell.user_ns["chat"]
     assert isinstance(session, ChatSession) and session.system == "Be brief."
     (box,) = shown
@@ -460,8 +485,11 @@ def test_widget_in_a_real_kernel_answers_a_click_and_streams_to_the_frontend(lor
         client.kc.shell_channel.send(client.kc.session.msg("comm_msg", {"comm_id": cid, "data": data}))
 
     def find(client, model, **state):
-        ids = [cid for cid, w in client.widget_state.items()
-               if w.get("_model_name") == model and all(w.get(k) == v for k, v in state.items())]
+        ids = [
+            cid
+            for cid, w in client.widget_state.items()
+            if w.get("_model_name") == model and all(w.get(k) == v for k, v in state.items())
+        ]
         assert len(ids) == 1, (model, state)
         return ids[0]
 
@@ -470,12 +498,22 @@ def test_widget_in_a_real_kernel_answers_a_click_and_streams_to_the_frontend(lor
         async with client.async_setup_kernel():
             await client.async_execute_cell(nb.cells[0], 0)
             await client.async_execute_cell(nb.cells[1], 1)
-            comm(client, find(client, "TextareaModel"), {"method": "update", "state": {"value": "hi <b>"}, "buffer_paths": []})
-            comm(client, find(client, "ButtonModel", description="Send"), {"method": "custom", "content": {"event": "click"}})
+            comm(
+                client,
+                find(client, "TextareaModel"),
+                {"method": "update", "state": {"value": "hi <b>"}, "buffer_paths": []},
+            )
+            comm(
+                client,
+                find(client, "ButtonModel", description="Send"),
+                {"method": "custom", "content": {"event": "click"}},
+            )
             await client.async_execute_cell(nb.cells[2], 2)
             deadline = time.time() + 30  # the last widget updates may trail the cell's output a little
             while time.time() < deadline:
-                htmls = [w.get("value", "") for w in client.widget_state.values() if w.get("_model_name") == "HTMLModel"]
+                htmls = [
+                    w.get("value", "") for w in client.widget_state.values() if w.get("_model_name") == "HTMLModel"
+                ]
                 if sum("you</b>: hi &lt;b&gt;" in h and "▌" not in h for h in htmls) == 2:
                     break
                 await asyncio.sleep(0.2)
@@ -483,10 +521,14 @@ def test_widget_in_a_real_kernel_answers_a_click_and_streams_to_the_frontend(lor
 
     state = asyncio.run(run())
     printed = "".join(o.get("text", "") for o in nb.cells[2].outputs).splitlines()
-    tuned, base_reply = (eval(line) for line in printed)  # noqa: S307 - our own repr() output
+    tuned, base_reply = (eval(line) for line in printed)
     model, tokenizer, _ = lora
     msgs = [{"role": "user", "content": "hi <b>"}]
     assert tuned == _reference(model, tokenizer, msgs) and tuned != base_reply
-    columns = [w["value"] for w in state.values() if w.get("_model_name") == "HTMLModel" and "you</b>: hi &lt;b&gt;" in w.get("value", "")]
+    columns = [
+        w["value"]
+        for w in state.values()
+        if w.get("_model_name") == "HTMLModel" and "you</b>: hi &lt;b&gt;" in w.get("value", "")
+    ]
     assert len(columns) == 2
     assert any(html.escape(tuned) in c for c in columns) and any(html.escape(base_reply) in c for c in columns)

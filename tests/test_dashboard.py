@@ -16,9 +16,9 @@ import time
 import pytest
 
 from sft_magics.core.events import Event
+from sft_magics.core.progress import ProgressState
 from sft_magics.display import make_reporter
 from sft_magics.display._dashboard import PlainDashboard, RichDashboard, WidgetDashboard
-from sft_magics.display._progress import ProgressState
 from sft_magics.display._runs_view import RunsView
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,21 +42,49 @@ def shown(monkeypatch):
     return calls
 
 
-def run_events(n=10, t0=None, *, dt=1.0, evals=(), name="demo", max_steps=None, tokens_per_step=100, final="finished", **final_data):
+def run_events(
+    n=10, t0=None, *, dt=1.0, evals=(), name="demo", max_steps=None, tokens_per_step=100, final="finished", **final_data
+):
     """A plausible training run's events: loading, started, training, n logs (loss 2/step), evals, final."""
     t0 = time.time() - n * dt - 5 if t0 is None else t0
     evs = [
         Event("status", {"state": "loading"}, t0),
-        Event("started", {"name": name, "model": "tiny", "device": "cpu", "dtype": "float32", "train_rows": 24,
-                          "eval_rows": 4, "trainable_params": 1_000, "total_params": 100_000, "num_train_epochs": 1,
-                          "max_steps": -1}, t0 + 1),
+        Event(
+            "started",
+            {
+                "name": name,
+                "model": "tiny",
+                "device": "cpu",
+                "dtype": "float32",
+                "train_rows": 24,
+                "eval_rows": 4,
+                "trainable_params": 1_000,
+                "total_params": 100_000,
+                "num_train_epochs": 1,
+                "max_steps": -1,
+            },
+            t0 + 1,
+        ),
         Event("status", {"state": "training", "step": 0, "max_steps": max_steps or n}, t0 + 2),
     ]
     t = t0 + 2
     for i in range(1, n + 1):
         t += dt
-        evs.append(Event("log", {"step": i, "epoch": i / n, "loss": 2.0 / i, "grad_norm": 0.5, "learning_rate": 1e-3,
-                                 "mean_token_accuracy": 0.25 + i / (4 * n), "num_tokens": tokens_per_step * i}, t))
+        evs.append(
+            Event(
+                "log",
+                {
+                    "step": i,
+                    "epoch": i / n,
+                    "loss": 2.0 / i,
+                    "grad_norm": 0.5,
+                    "learning_rate": 1e-3,
+                    "mean_token_accuracy": 0.25 + i / (4 * n),
+                    "num_tokens": tokens_per_step * i,
+                },
+                t,
+            )
+        )
         if i in evals:
             evs.append(Event("eval", {"step": i, "epoch": i / n, "eval_loss": evals[i]}, t))
     evs.append(Event(final, {"step": n, "max_steps": max_steps or n, **final_data}, t + 1))
@@ -322,8 +350,13 @@ def test_close_without_a_final_event_marks_the_run_ended(shown):
 
 def test_event_text_is_escaped(shown):
     dash = WidgetDashboard("<b>run</b>")
-    evs = run_events(2, name="<i>x</i>", final="failed", error="ValueError: <script>alert(1)</script>",
-                     hint="try <img src=x onerror=alert(2)>")
+    evs = run_events(
+        2,
+        name="<i>x</i>",
+        final="failed",
+        error="ValueError: <script>alert(1)</script>",
+        hint="try <img src=x onerror=alert(2)>",
+    )
     evs[1] = Event("started", {**evs[1].data, "model": "<script>m</script>"}, evs[1].time)
     for e in evs:
         dash(e)
@@ -410,23 +443,35 @@ def test_plain_dashboard_alerts_and_failure(capsys):
     assert "[p2] alert: loss is exactly 0 (step 1)" in out
     assert out.count("alert:") == 1
     last = out.splitlines()[-1]
-    assert last.startswith("[p2] status failed") and "error: ValueError: boom" in last and "hint: check the data" in last
-
-
-def test_old_reporter_names_are_the_dashboards():
-    from sft_magics.display import _progress
-
-    assert _progress.PlainReporter is PlainDashboard
-    assert _progress.RichReporter is RichDashboard
-    assert _progress.WidgetReporter is WidgetDashboard
+    assert (
+        last.startswith("[p2] status failed") and "error: ValueError: boom" in last and "hint: check the data" in last
+    )
 
 
 # -- the runs view --------------------------------------------------------------------------------------
 RECORDS = [
-    {"name": "lora-r16", "model": "smollm2-135m", "dataset": "train.jsonl", "steps": 60, "max_steps": 60,
-     "status": "finished", "train_loss": 0.4123, "eval_loss": 0.38, "history": [(i, 2.0 / i) for i in range(1, 61)]},
-    {"name": "<script>x</script>", "model": "m", "dataset": "d", "steps": 12, "max_steps": 60, "status": "stopped",
-     "train_loss": None, "eval_loss": None, "history": [[1, 3.0], [2, float("nan")], [3, 2.0]]},
+    {
+        "name": "lora-r16",
+        "model": "smollm2-135m",
+        "dataset": "train.jsonl",
+        "steps": 60,
+        "max_steps": 60,
+        "status": "finished",
+        "train_loss": 0.4123,
+        "eval_loss": 0.38,
+        "history": [(i, 2.0 / i) for i in range(1, 61)],
+    },
+    {
+        "name": "<script>x</script>",
+        "model": "m",
+        "dataset": "d",
+        "steps": 12,
+        "max_steps": 60,
+        "status": "stopped",
+        "train_loss": None,
+        "eval_loss": None,
+        "history": [[1, 3.0], [2, float("nan")], [3, 2.0]],
+    },
     {"name": "$x$_empty", "status": "failed", "history": []},
 ]
 
@@ -434,7 +479,17 @@ RECORDS = [
 def test_runs_view_text_table():
     text = RunsView(RECORDS).to_text()
     lines = text.splitlines()
-    assert lines[0] == "runs" and lines[1].split() == ["run", "model", "dataset", "steps", "status", "train", "loss", "eval", "loss"]
+    assert lines[0] == "runs" and lines[1].split() == [
+        "run",
+        "model",
+        "dataset",
+        "steps",
+        "status",
+        "train",
+        "loss",
+        "eval",
+        "loss",
+    ]
     assert lines[2].split() == ["lora-r16", "smollm2-135m", "train.jsonl", "60/60", "finished", "0.4123", "0.3800"]
     assert lines[3].split()[3:] == ["12/60", "stopped", "–", "–"]
     assert RunsView([]).to_text() == "runs: no runs"

@@ -6,7 +6,7 @@ at the last step, the chart moves during the run, the metrics show the last logg
 draws respect the throttle. The Stop button, clicked from another thread while the run trains,
 ends it as ``stopped`` with a checkpoint.
 
-Training runs on the magic's own worker thread (``magics._runner.Worker``), as in a notebook: the
+Training runs on the magic's own worker thread (``magics._runner.TrainingThread``), as in a notebook: the
 dashboard is fed from that thread while the test's main thread, standing in for the kernel, waits
 or clicks. Torch runs one intra-op thread here: with two, libgomp's idle OpenMP threads spin-wait,
 and on a 2-core machine that other processes also use, this 40-step run took 74-96 s instead of
@@ -22,9 +22,11 @@ import time
 
 import pytest
 
-from sft_magics.core.train import StopFlag, TrainSpec, train
+from sft_magics.core.callbacks import StopFlag
+from sft_magics.core.config import TrainSpec
+from sft_magics.core.train import train
 from sft_magics.display._dashboard import WidgetDashboard
-from sft_magics.magics._runner import Worker
+from sft_magics.magics._runner import TrainingThread
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -48,8 +50,14 @@ def one_torch_thread():
 
 
 def _spec(tmp_path, tiny_model, qa_jsonl, name, **extra):
-    config = {"model": tiny_model, "dataset": qa_jsonl, "per_device_train_batch_size": 4,
-              "learning_rate": 1e-3, "logging_steps": 1, **extra}
+    config = {
+        "model": tiny_model,
+        "dataset": qa_jsonl,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        **extra,
+    }
     return TrainSpec.from_mapping(name, config, output_dir=str(tmp_path / "runs"))
 
 
@@ -63,8 +71,16 @@ class Sampler:
     def __call__(self, event) -> None:
         self.dashboard(event)
         d = self.dashboard
-        self.samples.append({"kind": event.kind, "step": (event.data or {}).get("step"), "bar": d.bar.value,
-                             "max": d.bar.max, "label": d.label.value, "png": bytes(d.image.value)})
+        self.samples.append(
+            {
+                "kind": event.kind,
+                "step": (event.data or {}).get("step"),
+                "bar": d.bar.value,
+                "max": d.bar.max,
+                "label": d.label.value,
+                "png": bytes(d.image.value),
+            }
+        )
         if self.on_sample:
             self.on_sample(self.samples[-1])
 
@@ -83,7 +99,7 @@ def test_widget_dashboard_follows_a_real_run(tmp_path, tiny_model, qa_jsonl, sho
     sampler = Sampler(dash)
     start = time.monotonic()
     spec = _spec(tmp_path, tiny_model, qa_jsonl, "live", max_steps=steps)
-    result = Worker(lambda: train(spec, sink=sampler), request_stop=lambda: None).wait()
+    result = TrainingThread(lambda: train(spec, sink=sampler), request_stop=lambda: None).wait()
     dash.close()
     elapsed = time.monotonic() - start
 
@@ -127,8 +143,10 @@ def test_widget_dashboard_follows_a_real_run(tmp_path, tiny_model, qa_jsonl, sho
     assert dash.draws <= 4 * elapsed + always, (dash.draws, elapsed, always)
     assert dash.charts <= elapsed / dash.chart_interval + always, (dash.charts, elapsed)
     assert dash.errors == []
-    print(f"\n{steps} steps in {elapsed:.2f} s: {len(samples)} events, {dash.draws} draws, {dash.charts} charts "
-          f"({len(set(during))} distinct during the run), always-draw events {always}")
+    print(
+        f"\n{steps} steps in {elapsed:.2f} s: {len(samples)} events, {dash.draws} draws, {dash.charts} charts "
+        f"({len(set(during))} distinct during the run), always-draw events {always}"
+    )
 
     # close() left a static summary with the final chart for a saved notebook.
     (summary,) = shown
@@ -143,7 +161,7 @@ def test_stop_button_clicked_from_another_thread_stops_a_real_run(tmp_path, tiny
     sampler = Sampler(dash, on_sample=lambda s: s["kind"] == "log" and (s["step"] or 0) >= 3 and reached.set())
     max_steps = 400
     spec = _spec(tmp_path, tiny_model, qa_jsonl, "stopme", max_steps=max_steps)
-    worker = Worker(lambda: train(spec, sink=sampler, stop=stop), request_stop=stop.set)
+    worker = TrainingThread(lambda: train(spec, sink=sampler, stop=stop), request_stop=stop.set)
     # The main thread (the kernel's, in a notebook) clicks while the worker trains.
     clicked_at, mid_run = [], False
     if reached.wait(120):

@@ -18,10 +18,10 @@ from sft_magics.core.data import (
     RowProblem,
     detect_format,
     load_data,
-    normalize,
-    read_source,
     train_val_split,
 )
+from sft_magics.core.formats import normalize
+from sft_magics.core.sources import read_source
 
 CHAT = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
@@ -91,7 +91,9 @@ def test_json_list_and_data_object(tmp_path):
 def test_json_object_without_rows_is_an_error(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"foo": 1, "bar": []}), encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.json: expected a list of rows or an object with a 'data'.*keys foo, bar"):
+    with pytest.raises(
+        DataError, match=r"bad\.json: expected a list of rows or an object with a 'data'.*keys foo, bar"
+    ):
         read_source(str(path))
 
 
@@ -214,7 +216,12 @@ def test_plain_folder_does_not_hide_a_variable(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "obj",
-    [list(PC), pd.DataFrame(PC), datasets.Dataset.from_list(PC), datasets.DatasetDict({"train": datasets.Dataset.from_list(PC)})],
+    [
+        list(PC),
+        pd.DataFrame(PC),
+        datasets.Dataset.from_list(PC),
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(PC)}),
+    ],
     ids=["list", "dataframe", "dataset", "datasetdict"],
 )
 def test_object_passed_directly(obj):
@@ -257,14 +264,18 @@ def test_hub_dataset_passes_name_config_split(monkeypatch):
 
 def test_hub_failure_is_one_line_and_mentions_the_hub(monkeypatch):
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'org/missing' on the Hub (LocalEntryNotFoundError)\nTraceback details\nmore")
+        raise ConnectionError(
+            "Couldn't reach 'org/missing' on the Hub (LocalEntryNotFoundError)\nTraceback details\nmore"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError) as info:
         load_data("org/missing", namespace={})
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("could not load dataset 'org/missing' from the Hugging Face Hub (ConnectionError: Couldn't reach")
+    assert message.startswith(
+        "could not load dataset 'org/missing' from the Hugging Face Hub (ConnectionError: Couldn't reach"
+    )
     assert "Traceback" not in message
     assert "work offline" in message
     assert info.value.problems == []
@@ -292,7 +303,9 @@ def test_missing_pathlib_path(tmp_path):
 def test_unsupported_file_type(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello", encoding="utf-8")
-    with pytest.raises(DataError, match=r"unsupported file type '\.txt' \(expected \.jsonl, \.json, \.csv, \.parquet\)"):
+    with pytest.raises(
+        DataError, match=r"unsupported file type '\.txt' \(expected \.jsonl, \.json, \.csv, \.parquet\)"
+    ):
         read_source(str(path))
 
 
@@ -383,8 +396,12 @@ def test_sharegpt():
     assert out == [
         {
             "messages": msgs(
-                ("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello"),
-                ("user", "Weather?"), ("tool", "sunny"), ("assistant", "Sunny."),
+                ("system", "Be kind."),
+                ("user", "Hi"),
+                ("assistant", "Hello"),
+                ("user", "Weather?"),
+                ("tool", "sunny"),
+                ("assistant", "Sunny."),
             )
         },
         {"messages": msgs(("system", "Short answers."), ("user", "Q"), ("assistant", "A"))},
@@ -402,7 +419,8 @@ def test_sharegpt_unknown_role():
     _, _, _, problems = normalize(rows, "sharegpt")
     assert problems == [
         RowProblem(
-            0, "conversations[1].from",
+            0,
+            "conversations[1].from",
             "unknown role 'robot' (expected human, user, gpt, assistant, model, bot, system, tool, function, observation)",
         )
     ]
@@ -515,21 +533,21 @@ def make_bad_file(path: Path) -> dict[int, list[tuple[str, str]]]:
     """A JSONL file mixing good rows with every kind of bad row; returns the expected problems."""
     good = json.dumps(CHAT[0])
     lines = [
-        good,                                                                                      # 0
-        json.dumps({"messages": msgs(("user", "Hi"), ("robot", "Beep"))}),                         # 1
-        json.dumps({"messages": msgs(("user", "   "), ("assistant", "Hello"))}),                   # 2
+        good,  # 0
+        json.dumps({"messages": msgs(("user", "Hi"), ("robot", "Beep"))}),  # 1
+        json.dumps({"messages": msgs(("user", "   "), ("assistant", "Hello"))}),  # 2
         json.dumps({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}),  # 3
-        json.dumps({"messages": msgs(("system", "s"), ("user", "Hi"))}),                           # 4
-        json.dumps({"messages": msgs(("user", "Hi"), ("assistant", "Hey"), ("user", "Bye"))}),     # 5
-        "",                                                                                         # blank, skipped
+        json.dumps({"messages": msgs(("system", "s"), ("user", "Hi"))}),  # 4
+        json.dumps({"messages": msgs(("user", "Hi"), ("assistant", "Hey"), ("user", "Bye"))}),  # 5
+        "",  # blank, skipped
         json.dumps({"messages": msgs(("user", "Hi"), ("system", "late"), ("assistant", "Hey"))}),  # 6
-        json.dumps({"text": "wrong format"}),                                                       # 7
-        '{"messages": [oops',                                                                       # 8
-        json.dumps({"messages": "user: hi"}),                                                       # 9
-        good,                                                                                       # 10
-        json.dumps(["a", "list"]),                                                                  # 11
-        json.dumps({"messages": []}),                                                               # 12
-        json.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "ok"}]}),       # 13
+        json.dumps({"text": "wrong format"}),  # 7
+        '{"messages": [oops',  # 8
+        json.dumps({"messages": "user: hi"}),  # 9
+        good,  # 10
+        json.dumps(["a", "list"]),  # 11
+        json.dumps({"messages": []}),  # 12
+        json.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "ok"}]}),  # 13
         json.dumps({"messages": msgs(("user", "Call it"), ("assistant", "Calling"), ("tool", "42"))}),  # 14
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -598,16 +616,25 @@ def test_one_row_may_have_several_problems():
 
 
 def test_tool_call_only_assistant_may_have_no_content():
-    rows = [{"messages": [
-        {"role": "user", "content": "Add 2 and 2"},
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": "{}"}}]},
-        {"role": "tool", "content": "4"},
-        {"role": "assistant", "content": "4"},
-    ]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Add 2 and 2"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": "{}"}}],
+                },
+                {"role": "tool", "content": "4"},
+                {"role": "assistant", "content": "4"},
+            ]
+        }
+    ]
     out, _, _, problems = normalize(rows, "messages")
     assert problems == []
     assert out[0]["messages"][1]["content"] == ""
-    bad = [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": "add()"}]}]
+    bad = [
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": "add()"}]}
+    ]
     assert normalize(bad, "messages")[3] == [
         RowProblem(0, "messages[1].tool_calls", "must be a list, got str"),
         RowProblem(0, "messages[1].content", "is empty"),

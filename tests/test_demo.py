@@ -13,8 +13,13 @@ def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
 
     summary = run_demo(steps=4, output_dir=str(tmp_path / "runs"))
     out = capsys.readouterr().out
-    for title in ("Render one example through the chat template", "Dataset statistics",
-                  "Fine-tune with LoRA for 4 steps", "Base vs tuned vs few-shot prompting on the validation split", "Summary"):
+    for title in (
+        "Render one example through the chat template",
+        "Dataset statistics",
+        "Fine-tune with LoRA for 4 steps",
+        "Base vs tuned vs few-shot prompting on the validation split",
+        "Summary",
+    ):
         assert f"=== {title} ===" in out
     assert "<|im_start|>assistant\n«" in out and "<|im_end|>\n»" in out  # the answer (and only it) is trained
     assert "format: messages → messages · 500 rows" in out

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sft_magics.core.evaluate import (
-    adapter_disabled, exact_match, generate, json_fields, json_match, json_valid, render_prompts, stop_token_ids,
-)
+from sft_magics.core.generation import adapter_disabled, generate, render_prompts, stop_token_ids
+from sft_magics.core.metrics import exact_match, json_fields, json_match, json_valid
 
 REF = '{"name": "Ana", "age": 34, "city": "Lisbon"}'
 
@@ -20,7 +19,7 @@ REF = '{"name": "Ana", "age": 34, "city": "Lisbon"}'
         ('{"name": "Ana", "age": "34", "city": "Lisbon"}', 0.0, 1.0, 0.0, 2 / 3),  # age as a string
         ('{"name": "Bo"}', 0.0, 1.0, 0.0, 0.0),
         ("Ana is 34", 0.0, 0.0, 0.0, 0.0),
-        ('[1, 2]', 0.0, 1.0, 0.0, 0.0),
+        ("[1, 2]", 0.0, 1.0, 0.0, 0.0),
     ],
 )
 def test_metrics_on_hand_computed_values(pred, em, valid, match, fields):
@@ -38,7 +37,6 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     batched = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=6, batch_size=4)
     single = [generate(loaded.model, loaded.tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == single
-    assert loaded.tokenizer.padding_side == "right"  # restored after generating
 
 
 def test_prompt_uses_the_models_template_and_stop_tokens(tiny_model):
@@ -60,7 +58,9 @@ def test_adapter_disabled_gives_the_base_models_outputs(tiny_model):
     ids = base.tokenizer("hello world", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         base_logits = base.model(ids).logits.clone()
-    peft_model = get_peft_model(load_model(tiny_model).model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        load_model(tiny_model).model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     with torch.no_grad():
         tuned_logits = peft_model(ids).logits
         with adapter_disabled(peft_model) as m:
@@ -71,10 +71,10 @@ def test_adapter_disabled_gives_the_base_models_outputs(tiny_model):
 
 # -- text metrics on hand-computed values ------------------------------------------------------------
 
-from sft_magics.core.evaluate import (  # noqa: E402
-    METRICS, EvalError, EvalReport, EvalResult, Example, bleu, choose_shots, chrf, normalize_answer, rouge_l,
-    select_metrics, token_f1, with_shots,
-)
+from sft_magics.core.errors import EvalError  # noqa: E402
+from sft_magics.core.eval_report import EvalReport, EvalResult, Example  # noqa: E402
+from sft_magics.core.evaluate import choose_shots, with_shots  # noqa: E402
+from sft_magics.core.metrics import METRICS, bleu, chrf, normalize_answer, rouge_l, select_metrics, token_f1  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -133,6 +133,7 @@ def test_json_metrics_apply_only_to_json_references():
 
 # -- loss and perplexity on the trained tokens ---------------------------------------------------------
 
+
 def _manual_loss(model, tokenizer, rows):
     """Per row, one unpadded forward pass; cross-entropy summed over the tokens tokenize_row trains."""
     import torch
@@ -160,13 +161,25 @@ def test_loss_and_perplexity_equal_a_manual_forward_pass(tiny_model):
     from sft_magics.core.models import load_model
 
     rows = [
-        {"messages": [{"role": "user", "content": "hi " * n}, {"role": "assistant", "content": "hello world " * (n % 3 + 1)}]}
+        {
+            "messages": [
+                {"role": "user", "content": "hi " * n},
+                {"role": "assistant", "content": "hello world " * (n % 3 + 1)},
+            ]
+        }
         for n in (1, 6, 3, 9, 2)
     ]
-    rows.append({"messages": [  # two assistant turns: both are trained, both are scored
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"},
-        {"role": "user", "content": "d"}, {"role": "assistant", "content": "e f g"},
-    ]})
+    rows.append(
+        {
+            "messages": [  # two assistant turns: both are trained, both are scored
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b c"},
+                {"role": "user", "content": "d"},
+                {"role": "assistant", "content": "e f g"},
+            ]
+        }
+    )
     loaded = load_model(tiny_model)
     examples = examples_from(load_data(rows))
     report = run_evaluation(loaded.model, loaded.tokenizer, examples, metrics=["loss", "perplexity"], batch_size=4)
@@ -195,15 +208,25 @@ def test_batched_loss_equals_one_by_one(tiny_model):
 
 # -- few-shot prompting ---------------------------------------------------------------------------------
 
+
 def test_few_shot_prompts_hold_k_examples_before_the_question():
     pool = [Example([{"role": "user", "content": f"q{i}"}], f"a{i}") for i in range(10)]
     shots = choose_shots(pool, 3, exclude={"q0", "q1"})
     assert len(shots) == 3 and len(set(shots)) == 3
     assert not {"q0", "q1"} & {q for q, _ in shots}  # an evaluated question never becomes a shot
     assert shots == choose_shots(pool, 3, exclude={"q0", "q1"})  # fixed seed: the same shots every time
-    ex = Example([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "A",
-                 row={"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
-                 fmt="messages")
+    ex = Example(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        "A",
+        row={
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+        fmt="messages",
+    )
     shot_ex = with_shots(ex, shots)
     assert [m["role"] for m in shot_ex.prompt] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     assert [(shot_ex.prompt[i]["content"], shot_ex.prompt[i + 1]["content"]) for i in (1, 3, 5)] == shots
@@ -215,11 +238,18 @@ def test_few_shot_prompts_hold_k_examples_before_the_question():
 def test_few_shot_examples_come_from_the_task_being_measured():
     """A training set mixing tasks: the shots are drawn from the examples like the evaluated
     questions (the extraction rows), not from the plain-chat rows."""
-    extract = [Example([{"role": "user", "content": f"Extract the name and city as JSON. Text: P{i} lives in C{i}."}], f"{{{i}}}")
-               for i in range(30)]
+    extract = [
+        Example(
+            [{"role": "user", "content": f"Extract the name and city as JSON. Text: P{i} lives in C{i}."}], f"{{{i}}}"
+        )
+        for i in range(30)
+    ]
     chat = [Example([{"role": "user", "content": f"What is {i} plus {i}?"}], f"{2 * i}.") for i in range(70)]
     pool = [x for pair in zip(chat, extract) for x in pair] + chat[30:]
-    evaluated = ["Extract the name and city as JSON. Text: Ana lives in Lima.", "Extract the name and city as JSON. Text: Bo lives in Oslo."]
+    evaluated = [
+        "Extract the name and city as JSON. Text: Ana lives in Lima.",
+        "Extract the name and city as JSON. Text: Bo lives in Oslo.",
+    ]
     for seed in range(5):
         shots = choose_shots(pool, 3, like=evaluated, seed=seed)
         assert len(set(shots)) == 3 and all(q.startswith("Extract") for q, _ in shots), shots
@@ -246,11 +276,25 @@ def test_few_shot_through_the_magic_costs_more_prompt_tokens(shell, tiny_model, 
     import json
 
     shots_file = tmp_path / "shots.jsonl"
-    shots_file.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"Shot question {i}"}, {"role": "assistant", "content": f"Shot answer {i}"}]}) + "\n" for i in range(5)))
+    shots_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Shot question {i}"},
+                        {"role": "assistant", "content": f"Shot answer {i}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(5)
+        )
+    )
     report = shell.run_line_magic(
-        "sft_eval", f"{tiny_model} --data {qa_jsonl} --few-shot 2 --few-shot-data {shots_file} --limit 3 "
-                    "--metrics exact_match,json_valid --max-new-tokens 2 -o r")
+        "sft_eval",
+        f"{tiny_model} --data {qa_jsonl} --few-shot 2 --few-shot-data {shots_file} --limit 3 "
+        "--metrics exact_match,json_valid --max-new-tokens 2 -o r",
+    )
     assert list(report) == ["model", "few_shot"]  # a plain model is its own base
     assert len(report.shots) == 2 and all(q.startswith("Shot question") for q, _ in report.shots)
     plain, few = report["model"].prompt_tokens, report["few_shot"].prompt_tokens
@@ -263,10 +307,13 @@ def test_few_shot_through_the_magic_costs_more_prompt_tokens(shell, tiny_model, 
 
 # -- the magic: custom metrics, errors ------------------------------------------------------------------
 
+
 def test_custom_metric_through_the_magic(shell, tiny_model, qa_jsonl):
     shell.user_ns["answer_chars"] = lambda prediction, reference: float(len(prediction))
     report = shell.run_line_magic(
-        "sft_eval", f"{tiny_model} --data {qa_jsonl} --metrics exact_match --metric answer_chars --limit 4 --max-new-tokens 3 -o r")
+        "sft_eval",
+        f"{tiny_model} --data {qa_jsonl} --metrics exact_match --metric answer_chars --limit 4 --max-new-tokens 3 -o r",
+    )
     assert shell.user_ns["r"] is report and report.metrics == ["exact_match", "answer_chars"]
     preds = report["model"].predictions
     assert report["model"].scores["answer_chars"] == [float(len(p)) for p in preds]
@@ -279,7 +326,11 @@ def test_custom_metric_through_the_magic(shell, tiny_model, qa_jsonl):
     [
         ({}, "--metric nothing_here", "--metric nothing_here: no notebook variable named 'nothing_here'"),
         ({"n": 3}, "--metric n", "--metric n: 'n' is a int, not a function"),
-        ({"boom": lambda p, r: 1 / 0}, "--metric boom --metrics exact_match", "metric 'boom' raised on example 0: ZeroDivisionError"),
+        (
+            {"boom": lambda p, r: 1 / 0},
+            "--metric boom --metrics exact_match",
+            "metric 'boom' raised on example 0: ZeroDivisionError",
+        ),
         ({}, "--metrics json_mach", "unknown metric 'json_mach'; did you mean 'json_match'?"),
         ({}, "--baseline base", "--baseline base: the target is a plain model"),
         ({}, "--few-shot 2", "--few-shot needs --few-shot-data SOURCE"),
@@ -298,21 +349,42 @@ def test_eval_mistakes_are_one_line_usage_errors(shell, tiny_model, qa_jsonl, se
 
 # -- a run: results saved, baseline and few-shot from the run's own training data ---------------------
 
+
 def test_eval_of_a_run_saves_results_and_binds_a_report(shell, tiny_model, qa_jsonl, tmp_path):
     import json
 
-    shell.run_cell_magic("sft_train", "--name ev -o run", f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 1\nper_device_train_batch_size: 4\n")
-    report = shell.run_line_magic("sft_eval", f"ev --data {qa_jsonl} --baseline base --few-shot 2 --limit 5 --max-new-tokens 3 -o s")
+    shell.run_cell_magic(
+        "sft_train",
+        "--name ev -o run",
+        f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 1\nper_device_train_batch_size: 4\n",
+    )
+    report = shell.run_line_magic(
+        "sft_eval", f"ev --data {qa_jsonl} --baseline base --few-shot 2 --limit 5 --max-new-tokens 3 -o s"
+    )
     assert list(report) == ["tuned", "base", "few_shot"]
     assert report["tuned"].summary()["json_match"] == report.summary["json_match"]["tuned"]  # what demo.py reads
-    metrics = ["loss", "perplexity", "exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_match", "json_fields"]
+    metrics = [
+        "loss",
+        "perplexity",
+        "exact_match",
+        "token_f1",
+        "rouge_l",
+        "bleu",
+        "chrf",
+        "json_valid",
+        "json_match",
+        "json_fields",
+    ]
     assert report.metrics == metrics
     assert list(report.examples.columns) == ["prompt", "reference"] + [
-        f"{label}_{col}" for label in ("tuned", "base", "few_shot") for col in ["answer", *metrics]]
+        f"{label}_{col}" for label in ("tuned", "base", "few_shot") for col in ["answer", *metrics]
+    ]
     assert len(report.examples) == 5 and report.examples["prompt"][0] == "Person 0 is 20."
     # Shots come from the run's training data (config.yaml `dataset`), never one of the 5 questions.
     assert all(q.startswith("Person ") and q not in set(report.examples["prompt"]) for q, _ in report.shots)
-    assert report.deltas()["loss"]["tuned"] == pytest.approx(report.summary["loss"]["tuned"] - report.summary["loss"]["base"])
+    assert report.deltas()["loss"]["tuned"] == pytest.approx(
+        report.summary["loss"]["tuned"] - report.summary["loss"]["base"]
+    )
 
     folders = list((tmp_path / "runs" / "ev" / "eval").iterdir())
     assert len(folders) == 1 and report.saved_to == folders[0]
@@ -326,13 +398,17 @@ def test_eval_of_a_run_saves_results_and_binds_a_report(shell, tiny_model, qa_js
     assert lines[0]["messages"] == [{"role": "user", "content": "Person 0 is 20."}]
 
     # Base is the same weights with the adapter disabled: evaluating it again by run name agrees.
-    again = shell.run_line_magic("sft_eval", f"ev --data {qa_jsonl} --baseline base --limit 5 --max-new-tokens 3 --metrics loss,exact_match -o s2")
+    again = shell.run_line_magic(
+        "sft_eval",
+        f"ev --data {qa_jsonl} --baseline base --limit 5 --max-new-tokens 3 --metrics loss,exact_match -o s2",
+    )
     assert again["base"].mean("loss") == pytest.approx(report["base"].mean("loss"), rel=1e-5)
     assert again["base"].predictions == report["base"].predictions
     assert len(list((tmp_path / "runs" / "ev" / "eval").iterdir())) == 2
 
 
 # -- display: escaping, diffs, sorting, text and rich forms ---------------------------------------------
+
 
 def _report(answers: dict[str, list[str]], refs: list[str], questions: list[str] | None = None) -> EvalReport:
     from sft_magics.core.evaluate import run_evaluation  # noqa: F401 - the real type, built by hand
@@ -343,7 +419,10 @@ def _report(answers: dict[str, list[str]], refs: list[str], questions: list[str]
     report.metrics = ["token_f1", "loss"]
     report.higher_is_better = {"token_f1": True, "loss": False}
     for k, (label, preds) in enumerate(answers.items()):
-        scores = {"token_f1": [token_f1(p, r) for p, r in zip(preds, refs)], "loss": [1.0 + i + k for i in range(len(refs))]}
+        scores = {
+            "token_f1": [token_f1(p, r) for p, r in zip(preds, refs)],
+            "loss": [1.0 + i + k for i in range(len(refs))],
+        }
         report[label] = EvalResult(label, preds, scores, 1.0, prompt_tokens=[10 + k] * len(refs))
     return report
 
@@ -362,8 +441,11 @@ def test_example_tables_escape_model_and_reference_text():
     from sft_magics.display._eval_view import EvalBrowser, EvalView
 
     evil = "<script>alert(1)</script>"
-    report = _report({"tuned": [evil, "fine"], "base": ["x", evil]}, [f"ref {evil}", "<img src=x onerror=alert(2)>"],
-                     questions=[f"q {evil}", "q2"])
+    report = _report(
+        {"tuned": [evil, "fine"], "base": ["x", evil]},
+        [f"ref {evil}", "<img src=x onerror=alert(2)>"],
+        questions=[f"q {evil}", "q2"],
+    )
     for page in (EvalView(report).to_html(), EvalBrowser(report, page_size=5).table.value):
         assert "<script>" not in page and "<img" not in page
         assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
@@ -382,7 +464,11 @@ def test_sorting_worst_first_and_paging():
 
     browser = EvalBrowser(report, page_size=3)
     assert browser.sort.value == "token_f1"  # default: worst first by the primary metric
-    assert [label for label, _ in browser.sort.options] == ["original order", "worst first by token_f1", "worst first by loss"]
+    assert [label for label, _ in browser.sort.options] == [
+        "original order",
+        "worst first by token_f1",
+        "worst first by loss",
+    ]
     assert browser.indices() == [1, 5, 3] and browser.prev.disabled and not browser.next.disabled
     browser.next.click()
     assert browser.indices() == [2, 4, 0] and "page 2/3" in browser.position.value
@@ -424,7 +510,10 @@ def test_widget_mode_shows_progress_then_summary_and_pager(shell, tiny_model, qa
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
     shell.run_line_magic("config", "SftMagics.display = 'widget'")
-    report = shell.run_line_magic("sft_eval", f"{tiny_model} --data {qa_jsonl} --limit 5 --batch-size 2 --max-new-tokens 2 --metrics exact_match -o r")
+    report = shell.run_line_magic(
+        "sft_eval",
+        f"{tiny_model} --data {qa_jsonl} --limit 5 --batch-size 2 --max-new-tokens 2 --metrics exact_match -o r",
+    )
     progress, summary, pager = shown
     bar, label = progress.children
     assert isinstance(bar, w.IntProgress) and (bar.value, bar.max) == (5, 5)  # updated through generate(on_batch=...)

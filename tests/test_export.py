@@ -15,7 +15,8 @@ import pytest
 from IPython.core.error import UsageError
 
 from sft_magics.core import export as export_mod
-from sft_magics.core.export import MARK_FAILED, MARK_INCOMPLETE, ExportError, end_of_turn_token, export_model
+from sft_magics.core.export import MARK_FAILED, MARK_INCOMPLETE, ExportError, export_model
+from sft_magics.core.generation import end_of_turn_token
 
 PROBE = "What is the capital of France?"
 
@@ -40,20 +41,39 @@ def lively_model(tiny_model, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, lively_model):
     """Two finished runs on the lively model: 'lora' (2 steps, LoRA) and 'full' (lora: false)."""
-    from sft_magics.core.train import TrainSpec, train
+    from sft_magics.core.config import TrainSpec
+    from sft_magics.core.train import train
 
     root = tmp_path_factory.mktemp("export-runs")
     data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"Person {i} is {20 + i}."},
-        {"role": "assistant", "content": json.dumps({"name": f"N{i}", "age": 20 + i})},
-    ]}) + "\n" for i in range(16)))
-    common = {"model": lively_model, "dataset": str(data), "max_steps": 2, "per_device_train_batch_size": 4,
-              "learning_rate": 1e-2, "save_steps": 100}
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Person {i} is {20 + i}."},
+                        {"role": "assistant", "content": json.dumps({"name": f"N{i}", "age": 20 + i})},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(16)
+        )
+    )
+    common = {
+        "model": lively_model,
+        "dataset": str(data),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "save_steps": 100,
+    }
     runs = root / "runs"
     results = {
         "lora": train(TrainSpec.from_mapping("lora", common, output_dir=str(runs))),
-        "full": train(TrainSpec.from_mapping("full", {**common, "lora": False, "learning_rate": 1e-3}, output_dir=str(runs))),
+        "full": train(
+            TrainSpec.from_mapping("full", {**common, "lora": False, "learning_rate": 1e-3}, output_dir=str(runs))
+        ),
     }
     return runs, results
 
@@ -64,7 +84,9 @@ def lora_run(runs_dir):
 
 
 def _prompt_ids(tokenizer, probe=PROBE):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
 
@@ -72,8 +94,10 @@ def _greedy(model, ids, n=32, **kw):
     import torch
 
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=2, **kw)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=2, **kw
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def _logits(model, ids):
@@ -88,7 +112,7 @@ def test_merged_export_round_trip_loads_with_plain_transformers(lora_run, tmp_pa
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft_magics.core.evaluate import adapter_disabled
+    from sft_magics.core.generation import adapter_disabled
 
     model, tokenizer = lora_run.model, lora_run.tokenizer
     ids = _prompt_ids(tokenizer)
@@ -101,15 +125,22 @@ def test_merged_export_round_trip_loads_with_plain_transformers(lora_run, tmp_pa
     assert result.token_ids != base_reply
     assert result.verified and result.merged and result.kind == "merged" and result.probe == PROBE
     assert result.reply == tokenizer.decode(result.token_ids, skip_special_tokens=True)
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja", "README.md"} <= set(result.files)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+    } <= set(result.files)
     folder = tmp_path / "merged"
     assert not (folder / "adapter_config.json").exists()  # standalone: nothing for peft to do
     assert not (folder / MARK_INCOMPLETE).exists() and not (folder / MARK_FAILED).exists()
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == result.files
     assert result.size_mb == pytest.approx(sum((folder / f).stat().st_size for f in result.files) / 1e6, abs=1e-3)
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        assert not [k for k in f.keys() if "lora_" in k or "base_layer" in k]
+        assert not [k for k in f.keys() if "lora_" in k or "base_layer" in k]  # noqa: SIM118 - safe_open has no __iter__
     assert (folder / "chat_template.jinja").read_text() == tokenizer.chat_template
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -163,7 +194,9 @@ def test_verification_catches_a_corrupted_export(lora_run, tmp_path, monkeypatch
         path = to / "model.safetensors"
         tensors = load_file(str(path))
         g = torch.Generator().manual_seed(1)
-        tensors = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=g) if v.dim() == 2 else v for k, v in tensors.items()}
+        tensors = {
+            k: v + 0.3 * v.std() * torch.randn(v.shape, generator=g) if v.dim() == 2 else v for k, v in tensors.items()
+        }
         save_file(tensors, str(path), metadata={"format": "pt"})
         return out
 
@@ -251,7 +284,9 @@ def test_adapter_export_without_merge_points_at_a_real_base(lora_run, lively_mod
     result = export_model(lora_run.model, lora_run.tokenizer, tmp_path / "adapter", merge=False)
     folder = tmp_path / "adapter"
     assert result.kind == "adapter" and not result.merged and result.verified
-    assert {"adapter_model.safetensors", "adapter_config.json", "chat_template.jinja", "generation_config.json"} <= set(result.files)
+    assert {"adapter_model.safetensors", "adapter_config.json", "chat_template.jinja", "generation_config.json"} <= set(
+        result.files
+    )
     assert "model.safetensors" not in result.files
     base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == result.base_model == lively_model
@@ -278,7 +313,9 @@ def test_export_by_run_name_through_the_magic(shell, runs_dir, tmp_path, capsys)
     runs, results = runs_dir
     shell.run_line_magic("config", f"SftMagics.output_dir = {str(runs)!r}")
     target = tmp_path / "exported"
-    out = shell.run_line_magic("sft_export", f'lora --to {target} --merge --probe "Name the capital of Italy." -o exported')
+    out = shell.run_line_magic(
+        "sft_export", f'lora --to {target} --merge --probe "Name the capital of Italy." -o exported'
+    )
     result = shell.user_ns["exported"]
     assert out is result and result.kind == "merged" and result.verified
     assert result.probe == "Name the capital of Italy." and result.path == target
@@ -328,8 +365,9 @@ def test_magic_reports_a_failed_verification_as_one_line(shell, runs_dir, tmp_pa
 def test_summary_view_escapes_text(lora_run, tmp_path):
     from sft_magics.display._views import TableView
 
-    result = export_model(lora_run.model, lora_run.tokenizer, tmp_path / "e", merge=True, probe="<b>hi</b> & bye",
-                          max_new_tokens=4)
+    result = export_model(
+        lora_run.model, lora_run.tokenizer, tmp_path / "e", merge=True, probe="<b>hi</b> & bye", max_new_tokens=4
+    )
     html = TableView("export", ["", ""], result.summary_rows()).to_html()
     assert "&lt;b&gt;hi&lt;/b&gt; &amp; bye" in html and "<b>hi</b>" not in html
     assert "<b>hi</b> & bye" in TableView("export", ["", ""], result.summary_rows()).to_text()

@@ -11,7 +11,32 @@ import pytest
 from IPython.core.error import UsageError
 
 HEAVY = ["torch", "transformers", "trl", "peft", "datasets"]
-MAGICS = {"line": ["sft_template", "sft_data", "sft_eval", "sft_runs", "sft_train"], "cell": ["sft_template", "sft_train"]}
+
+
+def _registered() -> dict[str, list[str]]:
+    """Every magic the extension registers, from the magics class itself (not a list kept by hand)."""
+    from sft_magics.magics import SftMagics
+
+    return {kind: sorted(names) for kind, names in SftMagics.magics.items()}
+
+
+MAGICS = _registered()
+ALL_MAGICS = [
+    "sft_attach",
+    "sft_chat",
+    "sft_data",
+    "sft_eval",
+    "sft_export",
+    "sft_runs",
+    "sft_stop",
+    "sft_template",
+    "sft_train",
+    "sft_wait",
+]
+
+
+def test_the_registered_magics_are_the_documented_twelve():
+    assert MAGICS == {"line": ALL_MAGICS, "cell": ["sft_template", "sft_train"]}
 
 
 def test_load_ext_imports_nothing_heavy_and_is_fast():
@@ -49,7 +74,8 @@ def test_each_magic_has_help_with_an_example(shell, kind, name):
     doc = shell.magics_manager.magics[kind][name].__doc__
     assert "Example::" in doc and f"%{name}" in doc
     assert f"::\n\n  %{name} " in doc  # the magic_arguments usage block, so %magic? lists every flag
-    assert "-o NAME, --output NAME" in doc or name == "sft_train" or "--name" in doc
+    binds_nothing = ("sft_attach", "sft_stop")  # they show or act; there is no result to bind
+    assert "-o NAME, --output NAME" in doc or name == "sft_train" or "--name" in doc or name in binds_nothing
 
 
 def test_config_traits_persist_between_cells(shell, tmp_path):
@@ -89,12 +115,17 @@ def test_wrong_arguments_give_a_one_line_usage_error(shell, magic, line, expecte
 
 
 def test_bad_yaml_cell_names_the_line(shell):
-    with pytest.raises(UsageError, match=r"invalid YAML in the %%sft_train cell at line 2, column 11: mapping values are not allowed here"):
+    with pytest.raises(
+        UsageError,
+        match=r"invalid YAML in the %%sft_train cell at line 2, column 11: mapping values are not allowed here",
+    ):
         shell.run_cell_magic("sft_train", "--name x", "model: a\ndataset: x: y\n")
 
 
 def test_unknown_train_key_suggests_the_closest(shell, qa_jsonl):
-    with pytest.raises(UsageError, match=r"unknown key 'learning_rat' in the training config; did you mean 'learning_rate'\?"):
+    with pytest.raises(
+        UsageError, match=r"unknown key 'learning_rat' in the training config; did you mean 'learning_rate'\?"
+    ):
         shell.run_cell_magic("sft_train", "--name x", f"dataset: {qa_jsonl}\nlearning_rat: 0.1\n")
 
 
@@ -108,6 +139,8 @@ def test_kernel_transformer_awaits_sft_train_cells():
         "await get_ipython().magics_manager.registry['SftMagics'].sft_train_async('--name x -o run', 'model: a\\n')\n"
     ]
     line = TransformerManager().transform_cell("%sft_train --resume x")
-    assert await_transformer(line.splitlines(True))[0].startswith("await get_ipython().magics_manager.registry['SftMagics'].sft_train_async('--resume x'")
+    assert await_transformer(line.splitlines(True))[0].startswith(
+        "await get_ipython().magics_manager.registry['SftMagics'].sft_train_async('--resume x'"
+    )
     other = TransformerManager().transform_cell("%%sft_template\n- {role: user, content: hi}\n")
     assert await_transformer(other.splitlines(True)) == other.splitlines(True)

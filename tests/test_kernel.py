@@ -31,7 +31,7 @@ def _steps_logged(run_dir: Path) -> int:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     except OSError:
         return 0
-    steps = [json.loads(l).get("step", 0) for l in lines if '"kind": "log"' in l]
+    steps = [json.loads(line).get("step", 0) for line in lines if '"kind": "log"' in line]
     return max(steps, default=0)
 
 
@@ -86,16 +86,23 @@ def test_stop_button_comm_message_stops_the_run(tiny_model, qa_jsonl, tmp_path):
 
     async def click_stop(client):
         # The kernel announced every widget with comm_open; find the Stop button among them.
-        stop_ids = [cid for cid, w in client.widget_state.items()
-                    if w.get("_model_name") == "ButtonModel" and w.get("description") == "Stop"]
+        stop_ids = [
+            cid
+            for cid, w in client.widget_state.items()
+            if w.get("_model_name") == "ButtonModel" and w.get("description") == "Stop"
+        ]
         assert len(stop_ids) == 1, client.widget_state
-        msg = client.kc.session.msg("comm_msg", {"comm_id": stop_ids[0], "data": {"method": "custom", "content": {"event": "click"}}})
+        msg = client.kc.session.msg(
+            "comm_msg", {"comm_id": stop_ids[0], "data": {"method": "custom", "content": {"event": "click"}}}
+        )
         client.kc.shell_channel.send(msg)
 
     nb = asyncio.run(_run_and(nb, runs / "button", click_stop))
     _assert_stopped_with_checkpoint(nb, runs / "button")
     # The static summary stays in the saved notebook (widget state is not saved with it).
-    html = "".join(o.get("data", {}).get("text/html", "") for o in nb.cells[1].outputs if o.get("output_type") == "display_data")
+    html = "".join(
+        o.get("data", {}).get("text/html", "") for o in nb.cells[1].outputs if o.get("output_type") == "display_data"
+    )
     assert "stopped" in html and "data:image/png;base64," in html
     # ...in place of the live widget: one record of the run, not the widget plus a copy.
     views = [o for o in nb.cells[1].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

@@ -39,7 +39,9 @@ def test_template_labels_equal_trls_own_labels(tiny_model, tmp_path):
     loaded = load_model(tiny_model)
     trl_rows = Dataset.from_list([{"prompt": messages[:-1], "completion": messages[-1:]}])
     trainer = SFTTrainer(
-        model=loaded.model, processing_class=loaded.tokenizer, train_dataset=trl_rows,
+        model=loaded.model,
+        processing_class=loaded.tokenizer,
+        train_dataset=trl_rows,
         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None),
     )
     data = load_data([{"messages": messages}])

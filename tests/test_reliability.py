@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.runs import CHECKPOINT_MARK, RunError, RunFolder, read_events, read_json
+from sft_magics.core.checkpoints import CHECKPOINT_MARK
+from sft_magics.core.files import read_events, read_json
+from sft_magics.core.runs import RunError, RunFolder
 
 SECRET = "hf_SECRETabcdefghijklmnop123"
 COMMENT_SECRET = "hf_COMMENTabcdefghijklmno456"
@@ -30,7 +32,11 @@ def _cell(tiny_model, data, **extra) -> str:
 
 def _tree_digest(root: Path) -> dict[str, str]:
     """Every file under root with the sha256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _user_files(tmp_path: Path) -> Path:
@@ -102,8 +108,11 @@ def test_a_finished_run_is_never_trained_over(shell, tiny_model, qa_jsonl, tmp_p
     shell.run_cell_magic("sft_train", "--name done", cell)
     run_dir = tmp_path / "runs" / "done"
     before = _tree_digest(run_dir)
-    with pytest.raises(UsageError, match=r"a run named 'done' already exists .*\(finished at step 2\): continue it with "
-                                         r"--resume done, choose another --name, or pass --overwrite"):
+    with pytest.raises(
+        UsageError,
+        match=r"a run named 'done' already exists .*\(finished at step 2\): continue it with "
+        r"--resume done, choose another --name, or pass --overwrite",
+    ):
         shell.run_cell_magic("sft_train", "--name done", cell)
     assert _tree_digest(run_dir) == before
     # --overwrite removes the old run first, and says so: one history, not two.
@@ -211,16 +220,27 @@ def _assert_no_secret(root: Path, *secrets: str) -> None:
 
 
 def test_secrets_reach_neither_disk_nor_screen(shell, tiny_model, qa_jsonl, tmp_path, capsys):
-    cell = (_cell(tiny_model, qa_jsonl, save_steps=1) + f"hub_token: {SECRET}\n# my token is {COMMENT_SECRET}\n"
-            f"model_init_kwargs: {{token: {NESTED_SECRET}}}\neos_token: <|im_end|>\n")
+    cell = (
+        _cell(tiny_model, qa_jsonl, save_steps=1) + f"hub_token: {SECRET}\n# my token is {COMMENT_SECRET}\n"
+        f"model_init_kwargs: {{token: {NESTED_SECRET}}}\neos_token: <|im_end|>\n"
+    )
     summary = shell.run_cell_magic("sft_train", "--name s --dry-run -o plan", cell)
-    assert summary["config"]["hub_token"] == "<redacted>" and summary["config"]["model_init_kwargs"]["token"] == "<redacted>"
+    assert (
+        summary["config"]["hub_token"] == "<redacted>"
+        and summary["config"]["model_init_kwargs"]["token"] == "<redacted>"
+    )
     shell.run_cell_magic("sft_train", "--name s", cell)
     run_dir = tmp_path / "runs" / "s"
-    assert (run_dir / "checkpoint-1" / "training_args.bin").is_file() and (run_dir / "final" / "training_args.bin").is_file()
+    assert (run_dir / "checkpoint-1" / "training_args.bin").is_file() and (
+        run_dir / "final" / "training_args.bin"
+    ).is_file()
     _assert_no_secret(run_dir, SECRET, COMMENT_SECRET, NESTED_SECRET)
     cell_txt = (run_dir / "cell.txt").read_text()
-    assert "hub_token: <redacted>" in cell_txt and "{token: <redacted>}" in cell_txt and "eos_token: <|im_end|>" in cell_txt
+    assert (
+        "hub_token: <redacted>" in cell_txt
+        and "{token: <redacted>}" in cell_txt
+        and "eos_token: <|im_end|>" in cell_txt
+    )
     # training_args.bin still loads with plain trl, as a plain SFTConfig, the token redacted.
     import torch
     from trl import SFTConfig
@@ -246,7 +266,9 @@ def test_settings_named_like_tokens_are_kept_and_resume_trains_with_them(shell, 
 
     shutil.rmtree(run_dir / "checkpoint-4")
     shutil.rmtree(run_dir / "final")
-    (run_dir / "status.json").write_text(json.dumps({**read_json(run_dir / "status.json"), "state": "failed", "step": 3}))
+    (run_dir / "status.json").write_text(
+        json.dumps({**read_json(run_dir / "status.json"), "state": "failed", "step": 3})
+    )
     result = shell.run_line_magic("sft_train", "--resume tok -o again")
     assert result.status == "finished" and result.global_step == 4
     import torch
@@ -297,13 +319,14 @@ def test_status_is_written_even_on_a_completely_full_disk(tmp_path, tmpfs):
     _fill(disk)
     with pytest.raises(OSError):
         folder.write_text("error.log", "x" * 100000)
-    problems = folder.record_failure("OSError: [Errno 28] No space left on device", "free space", step=5,
-                                     traceback_text="Traceback ... " * 10000)
+    problems = folder.record_failure(
+        "OSError: [Errno 28] No space left on device", "free space", step=5, traceback_text="Traceback ... " * 10000
+    )
     folder.lock.release()
     status = read_json(folder.path / "status.json")
     assert status["state"] == "failed" and status["error"].startswith("OSError: [Errno 28]")
     assert any("error.log could not be written (No space left on device)" in p for p in problems)
-    from sft_magics.core.runs import run_record
+    from sft_magics.core.lookup import run_record
 
     assert run_record(folder.path)["status"] == "failed"
 
@@ -311,7 +334,7 @@ def test_status_is_written_even_on_a_completely_full_disk(tmp_path, tmpfs):
 def test_a_run_whose_process_is_gone_never_looks_live(tmp_path):
     folder = RunFolder.create(tmp_path / "runs", "ghost")
     folder.update_status(state="training", step=3, pid=os.getpid())  # this (live) process's pid
-    from sft_magics.core.runs import run_record
+    from sft_magics.core.lookup import run_record
 
     assert run_record(folder.path)["status"] == "training"  # the lock is held: live
     folder.lock.release()  # what every exit path does, even on a full disk
@@ -325,31 +348,45 @@ def _stopped_run(shell, tiny_model, qa_jsonl, name, steps=6):
     """A run that trained 4 of 6 steps with checkpoints at 2 and 4, then crashed."""
     import shutil
 
-    shell.run_cell_magic("sft_train", f"--name {name}", _cell(tiny_model, qa_jsonl, max_steps=steps, save_steps=2, save_total_limit=3))
+    shell.run_cell_magic(
+        "sft_train", f"--name {name}", _cell(tiny_model, qa_jsonl, max_steps=steps, save_steps=2, save_total_limit=3)
+    )
     run_dir = Path(shell.config.SftMagics.output_dir) / name
     shutil.rmtree(run_dir / f"checkpoint-{steps}")
     shutil.rmtree(run_dir / "final")
-    (run_dir / "status.json").write_text(json.dumps({**read_json(run_dir / "status.json"), "state": "failed", "step": 5}))
+    (run_dir / "status.json").write_text(
+        json.dumps({**read_json(run_dir / "status.json"), "state": "failed", "step": 5})
+    )
     return run_dir
 
 
 def test_resume_refuses_what_it_cannot_continue_faithfully(shell, tiny_model, qa_jsonl, tmp_path):
     shell.run_cell_magic("sft_train", "--name fin", _cell(tiny_model, qa_jsonl))
-    with pytest.raises(UsageError, match=r"run 'fin' finished at step 2/2: there is nothing to resume. To train longer, "
-                                         r"resume with a larger max_steps"):
+    with pytest.raises(
+        UsageError,
+        match=r"run 'fin' finished at step 2/2: there is nothing to resume. To train longer, "
+        r"resume with a larger max_steps",
+    ):
         shell.run_line_magic("sft_train", "--resume fin")
     # Training longer (the trainer saves the last step): the same run, resumed with a larger max_steps.
     longer = shell.run_cell_magic("sft_train", "--resume fin -o longer", _cell(tiny_model, qa_jsonl, max_steps=4))
     assert longer.status == "finished" and longer.global_step == 4
-    steps = [e["step"] for e in read_events(tmp_path / "runs" / "fin" / "metrics.jsonl") if e["kind"] == "log" and "loss" in e]
+    steps = [
+        e["step"]
+        for e in read_events(tmp_path / "runs" / "fin" / "metrics.jsonl")
+        if e["kind"] == "log" and "loss" in e
+    ]
     assert steps == [1, 2, 3, 4]
 
     run_dir = _stopped_run(shell, tiny_model, qa_jsonl, "noopt")
     # A checkpoint saved without optimizer state (e.g. by another tool, or with save_only_model).
     (run_dir / "checkpoint-4" / "optimizer.pt").unlink()
     (run_dir / "checkpoint-4" / CHECKPOINT_MARK).unlink()
-    with pytest.raises(UsageError, match=r"not resuming run 'noopt': checkpoint-4 has no optimizer.pt: the optimizer and "
-                                         r"learning-rate schedule would restart. Pass --resume-anyway"):
+    with pytest.raises(
+        UsageError,
+        match=r"not resuming run 'noopt': checkpoint-4 has no optimizer.pt: the optimizer and "
+        r"learning-rate schedule would restart. Pass --resume-anyway",
+    ):
         shell.run_line_magic("sft_train", "--resume noopt")
     assert read_json(run_dir / "status.json")["state"] == "failed"  # a refused resume changes nothing
     result = shell.run_line_magic("sft_train", "--resume noopt --resume-anyway -o r")
@@ -362,8 +399,13 @@ def test_resume_refuses_what_it_cannot_continue_faithfully(shell, tiny_model, qa
 def test_resume_refuses_changed_data(shell, tiny_model, qa_jsonl, tmp_path):
     run_dir = _stopped_run(shell, tiny_model, qa_jsonl, "data")
     with open(qa_jsonl, "a") as f:
-        f.write(json.dumps({"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]}) + "\n")
-    with pytest.raises(UsageError, match=r"the training data changed since the run started \(24 rows, fingerprint \w+ → 25 rows"):
+        f.write(
+            json.dumps({"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]})
+            + "\n"
+        )
+    with pytest.raises(
+        UsageError, match=r"the training data changed since the run started \(24 rows, fingerprint \w+ → 25 rows"
+    ):
         shell.run_line_magic("sft_train", "--resume data")
     assert not list(run_dir.glob("broken-*"))
 
@@ -373,7 +415,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_whole_one(shell, tiny
     weights = run_dir / "checkpoint-4" / "adapter_model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
     events = []
-    from sft_magics.core.train import TrainSpec, train
+    from sft_magics.core.config import TrainSpec
+    from sft_magics.core.train import train
 
     spec = TrainSpec.from_mapping("trunc", json_config(tiny_model, qa_jsonl), output_dir=str(tmp_path / "runs"))
     result = train(spec, resume=True, sink=events.append)
@@ -387,8 +430,14 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_whole_one(shell, tiny
 
 
 def json_config(tiny_model, data) -> dict:
-    return {"model": tiny_model, "dataset": data, "max_steps": 6, "per_device_train_batch_size": 4, "save_steps": 2,
-            "save_total_limit": 3}
+    return {
+        "model": tiny_model,
+        "dataset": data,
+        "max_steps": 6,
+        "per_device_train_batch_size": 4,
+        "save_steps": 2,
+        "save_total_limit": 3,
+    }
 
 
 # -- kill -9 during checkpoint saves -------------------------------------------------------------------
@@ -403,8 +452,13 @@ def _kill_during_a_save(run_dir: Path, after: int, when: str | None, timeout: fl
         worker = read_json(run_dir / "supervisor.json").get("worker_pid")
         for ckpt in run_dir.glob("checkpoint-*"):
             tail = ckpt.name.split("-")[-1]
-            if (worker and tail.isdigit() and int(tail) > after and not (ckpt / CHECKPOINT_MARK).exists()
-                    and (when is None or (ckpt / when).exists())):
+            if (
+                worker
+                and tail.isdigit()
+                and int(tail) > after
+                and not (ckpt / CHECKPOINT_MARK).exists()
+                and (when is None or (ckpt / when).exists())
+            ):
                 os.kill(int(worker), signal.SIGKILL)
                 return f"{ckpt.name}: {sorted(p.name for p in ckpt.iterdir()) if ckpt.exists() else 'gone'}"
         time.sleep(0.001)
@@ -445,13 +499,12 @@ def test_kill_9_during_checkpoint_saves_always_leaves_a_resumable_run(shell, tin
 
 
 def test_hostile_templates_are_bounded_one_line_errors(shell, tiny_model, qa_jsonl, monkeypatch):
-    from sft_magics.core import template
+    from sft_magics.core import render
 
-    monkeypatch.setattr(template, "RENDER_SECONDS", 1.0)
+    monkeypatch.setattr(render, "RENDER_SECONDS", 1.0)
     cases = {
         "{{ 'a' * 100000000 }}": r"the chat template produced 100,000,000 characters \(the limit is 4,000,000\)",
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}":
-            r"the chat template ran for more than 1 s and was stopped",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}": r"the chat template ran for more than 1 s and was stopped",
         "{% include 'x.jinja' %}": r"the chat template failed: TypeError: no loader for this environment specified",
         "{% for i in range(10**9) %}{% endfor %}": r"the chat template failed: OverflowError: Range too big",
         "{{ ''.__class__.__mro__ }}": r"the chat template was refused by the sandbox|the chat template failed",
@@ -469,14 +522,23 @@ def test_hostile_templates_are_bounded_one_line_errors(shell, tiny_model, qa_jso
 # -- one-line errors before the model loads -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("lora: {r: -1}", r"key 'lora.r' must be a whole number of at least 1 \(the adapter rank\), got -1"),
-    ("lora: {lora_dropout: 1.5}", r"key 'lora.lora_dropout' must be a fraction in \[0, 1\), got 1.5"),
-    ("per_device_train_batch_size: 0", r"key 'per_device_train_batch_size' must be a whole number of at least 1, got 0"),
-    ("max_length: 0", r"key 'max_length' must be a whole number of at least 1, got 0"),
-    ("learning_rate: -0.1", r"key 'learning_rate' must be above 0, got -0.1"),
-    ("max_steps: 0", r"key 'max_steps' must be a positive number of steps \(or -1: train num_train_epochs\), got 0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("lora: {r: -1}", r"key 'lora.r' must be a whole number of at least 1 \(the adapter rank\), got -1"),
+        ("lora: {lora_dropout: 1.5}", r"key 'lora.lora_dropout' must be a fraction in \[0, 1\), got 1.5"),
+        (
+            "per_device_train_batch_size: 0",
+            r"key 'per_device_train_batch_size' must be a whole number of at least 1, got 0",
+        ),
+        ("max_length: 0", r"key 'max_length' must be a whole number of at least 1, got 0"),
+        ("learning_rate: -0.1", r"key 'learning_rate' must be above 0, got -0.1"),
+        (
+            "max_steps: 0",
+            r"key 'max_steps' must be a positive number of steps \(or -1: train num_train_epochs\), got 0",
+        ),
+    ],
+)
 @pytest.mark.parametrize("dry", ["", "--dry-run"])
 def test_range_mistakes_are_one_line_and_leave_no_folder(shell, tiny_model, qa_jsonl, tmp_path, extra, message, dry):
     cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\n{'' if 'max_steps' in extra else 'max_steps: 2'}\n{extra}\n"
@@ -486,7 +548,11 @@ def test_range_mistakes_are_one_line_and_leave_no_folder(shell, tiny_model, qa_j
 
 
 def test_yaml_float_strings_are_numbers(shell, tiny_model, qa_jsonl):
-    plan = shell.run_cell_magic("sft_train", "--name lr --dry-run -o p", _cell(tiny_model, qa_jsonl) + "learning_rate: 1e-3\nlora: {lora_dropout: 5e-2}\n")
+    plan = shell.run_cell_magic(
+        "sft_train",
+        "--name lr --dry-run -o p",
+        _cell(tiny_model, qa_jsonl) + "learning_rate: 1e-3\nlora: {lora_dropout: 5e-2}\n",
+    )
     assert plan["config"]["learning_rate"] == 0.001 and plan["config"]["lora"]["lora_dropout"] == 0.05
 
 
@@ -496,7 +562,10 @@ def test_a_model_that_needs_remote_code_is_one_line(shell, tiny_model, tmp_path)
     remote = tmp_path / "remote"
     shutil.copytree(tiny_model, remote)
     config = json.loads((remote / "config.json").read_text())
-    config.update(model_type="xmodel", auto_map={"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"})
+    config.update(
+        model_type="xmodel",
+        auto_map={"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"},
+    )
     (remote / "config.json").write_text(json.dumps(config))
     with pytest.raises(UsageError, match=r"contains its own Python code \(custom code\), and trust_remote_code is off"):
         shell.run_line_magic("sft_chat", f"{remote} --message hi")
@@ -512,9 +581,16 @@ def test_a_failed_run_is_named_as_failed_not_as_a_hub_problem(shell, tiny_model,
     with pytest.raises(UsageError, match="run 'f' failed: RuntimeError: boom at step"):
         shell.run_cell_magic("sft_train", "--name f", _cell(tiny_model, qa_jsonl))
     monkeypatch.undo()
-    for magic, rest in (("sft_eval", f"f --data {qa_jsonl}"), ("sft_chat", "f --message hi"), ("sft_export", f"f --to {tmp_path / 'e'}")):
-        with pytest.raises(UsageError, match=r"^run 'f' has no final/ folder, so no model to use \(failed at step 0: "
-                                             r"RuntimeError: boom at step\)"):
+    for magic, rest in (
+        ("sft_eval", f"f --data {qa_jsonl}"),
+        ("sft_chat", "f --message hi"),
+        ("sft_export", f"f --to {tmp_path / 'e'}"),
+    ):
+        with pytest.raises(
+            UsageError,
+            match=r"^run 'f' has no final/ folder, so no model to use \(failed at step 0: "
+            r"RuntimeError: boom at step\)",
+        ):
             shell.run_line_magic(magic, rest)
 
 

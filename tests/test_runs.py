@@ -12,13 +12,24 @@ import weakref
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.runs import RunBusy, RunError, RunLock, list_runs, read_events, run_record
-from sft_magics.core.train import ConfigError, StopFlag, TrainingFailed, TrainSpec, train
+from sft_magics.core.callbacks import StopFlag
+from sft_magics.core.config import ConfigError, TrainSpec
+from sft_magics.core.files import read_events
+from sft_magics.core.lookup import list_runs, run_record
+from sft_magics.core.runs import RunBusy, RunError, RunLock
+from sft_magics.core.train import TrainingFailed, train
 
 
 def _spec(tmp_path, tiny_model, data, name="r", **extra):
-    config = {"model": tiny_model, "dataset": data, "max_steps": 8, "per_device_train_batch_size": 4,
-              "learning_rate": 1e-3, "save_steps": 100, **extra}
+    config = {
+        "model": tiny_model,
+        "dataset": data,
+        "max_steps": 8,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "save_steps": 100,
+        **extra,
+    }
     return TrainSpec.from_mapping(name, config, output_dir=str(tmp_path / "runs"))
 
 
@@ -59,7 +70,9 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, tiny_model, qa_jsonl):
         train(_spec(tmp_path, tiny_model, qa_jsonl, name="fresh"), resume=True)
 
 
-def test_failure_marks_the_run_failed_keeps_checkpoints_and_releases_the_model(tmp_path, tiny_model, qa_jsonl, monkeypatch):
+def test_failure_marks_the_run_failed_keeps_checkpoints_and_releases_the_model(
+    tmp_path, tiny_model, qa_jsonl, monkeypatch
+):
     from trl import SFTTrainer
 
     real_step = SFTTrainer.training_step
@@ -118,7 +131,10 @@ def test_stale_status_and_tolerant_event_reading(tmp_path):
     dead.wait()
     (run_dir / "status.json").write_text(json.dumps({"state": "training", "pid": dead.pid, "step": 3}))
     (run_dir / "metrics.jsonl").write_text(
-        json.dumps({"kind": "log", "step": 1, "loss": 2.0}) + "\n" + json.dumps({"kind": "log", "step": 2, "loss": 1.5}) + "\n"
+        json.dumps({"kind": "log", "step": 1, "loss": 2.0})
+        + "\n"
+        + json.dumps({"kind": "log", "step": 2, "loss": 1.5})
+        + "\n"
         + '{"kind": "log", "step": 3, "lo'  # a half-written last line
     )
     record = run_record(run_dir)
@@ -152,13 +168,18 @@ def test_qlora_without_cuda_is_a_one_line_error(shell, tiny_model, qa_jsonl):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(UsageError, match=r"^key 'load_in_4bit' \(QLoRA\) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device$"):
+    with pytest.raises(
+        UsageError,
+        match=r"^key 'load_in_4bit' \(QLoRA\) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device$",
+    ):
         shell.run_cell_magic("sft_train", "--name q", f"model: {tiny_model}\ndataset: {qa_jsonl}\nload_in_4bit: true\n")
 
 
 def test_dry_run_trains_nothing(shell, tiny_model, qa_jsonl, tmp_path, capsys):
     summary = shell.run_cell_magic(
-        "sft_train", "--name dry --dry-run -o plan", f"model: {tiny_model}\ndataset: {qa_jsonl}\nnum_train_epochs: 2\nper_device_train_batch_size: 5\n"
+        "sft_train",
+        "--name dry --dry-run -o plan",
+        f"model: {tiny_model}\ndataset: {qa_jsonl}\nnum_train_epochs: 2\nper_device_train_batch_size: 5\n",
     )
     assert summary["steps"] == 10  # ceil(24 / 5) = 5 steps per epoch, 2 epochs
     assert 0 < summary["trainable_params"] < summary["total_params"]

@@ -12,8 +12,9 @@ import sys
 import pytest
 
 from sft_magics.core.data import DataError, load_data
-from sft_magics.core.stats import _ranges_from_spans, data_stats, histogram_png
+from sft_magics.core.stats import data_stats, histogram_png
 from sft_magics.core.template import MASK_MARKERS, choose_mask_method, tokenize_row
+from sft_magics.core.token_counts import _ranges_from_spans
 from sft_magics.display._data_view import DataView, RowBrowser
 
 
@@ -31,17 +32,36 @@ MARKERS_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-TOOL = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}},
+}
 
 DATASETS = {
     "messages": [
         {"messages": M(("user", "What is two plus two?"), ("assistant", "Four."))},
         {"messages": M(("user", "Hi  there\n\n"), ("assistant", "  Hello!  \n"))},
-        {"messages": M(("system", "Be brief."), ("user", "Alice is 34."), ("assistant", '{"name": "Alice", "age": 34}'))},
+        {
+            "messages": M(
+                ("system", "Be brief."), ("user", "Alice is 34."), ("assistant", '{"name": "Alice", "age": 34}')
+            )
+        },
     ],
     "multi-turn": [
-        {"messages": M(("system", "Be brief."), ("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?"), ("assistant", " 6 "))},
-        {"messages": M(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f"))},
+        {
+            "messages": M(
+                ("system", "Be brief."),
+                ("user", "2+2?"),
+                ("assistant", "4"),
+                ("user", "and 3+3?"),
+                ("assistant", " 6 "),
+            )
+        },
+        {
+            "messages": M(
+                ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f")
+            )
+        },
         {"messages": M(("user", "q"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")), "tools": [TOOL]},
     ],
     "prompt_completion": [
@@ -51,7 +71,10 @@ DATASETS = {
     ],
     "conversational_prompt_completion": [
         {"prompt": M(("user", "hi")), "completion": M(("assistant", "yo"))},
-        {"prompt": M(("system", "s"), ("user", "q"), ("assistant", "a"), ("user", "q2")), "completion": M(("assistant", "a2"))},
+        {
+            "prompt": M(("system", "s"), ("user", "q"), ("assistant", "a"), ("user", "q2")),
+            "completion": M(("assistant", "a2")),
+        },
     ],
     "text": [{"text": "hello world"}, {"text": "  spaced  out \n"}, {"text": "The capital of France is Paris."}],
 }
@@ -107,7 +130,9 @@ def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
     from sft_magics.testing import CHATML_TEMPLATE
 
     tokenizer = load_tokenizer(tiny_model)
-    tokenizer.chat_template = "{% if messages[-1]['content'] == 'BOOM' %}{{ raise_exception('no BOOM here') }}{% endif %}" + CHATML_TEMPLATE
+    tokenizer.chat_template = (
+        "{% if messages[-1]['content'] == 'BOOM' %}{{ raise_exception('no BOOM here') }}{% endif %}" + CHATML_TEMPLATE
+    )
     rows = [
         {"messages": M(("user", "a"), ("assistant", "b"))},
         {"messages": M(("user", "a"), ("assistant", "BOOM"))},
@@ -177,7 +202,10 @@ def _truncation_rows():
 
 
 def test_truncation_end_token_and_no_trained_counts(tok):
-    assert tok("~~~~", add_special_tokens=False)["input_ids"] == [96] * 4 or len(tok("~~~~", add_special_tokens=False)["input_ids"]) == 4
+    assert (
+        tok("~~~~", add_special_tokens=False)["input_ids"] == [96] * 4
+        or len(tok("~~~~", add_special_tokens=False)["input_ids"]) == 4
+    )
     data = load_data(_truncation_rows())
     first = tokenize_row(tok, data.dataset[0], "messages")
     prompt = first.prompt_length
@@ -215,7 +243,11 @@ def test_roles_turns_and_summaries(tok):
     rows = [
         {"messages": M(("user", "a"), ("assistant", "b"))},
         {"messages": M(("system", "s"), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))},
-        {"messages": M(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f"))},
+        {
+            "messages": M(
+                ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f")
+            )
+        },
     ]
     stats = data_stats(load_data(rows), tok)
     assert stats.roles == {"assistant": 6, "system": 1, "user": 6}
@@ -298,7 +330,9 @@ def test_data_view_text_has_the_numbers(tok):
 
 
 def test_data_view_lists_the_first_20_problems_then_a_count(tok):
-    rows = [{"messages": M(("user", "a"), ("assistant", "b"))}] + [{"messages": M(("user", f"u{i}"))} for i in range(25)]
+    rows = [{"messages": M(("user", "a"), ("assistant", "b"))}] + [
+        {"messages": M(("user", f"u{i}"))} for i in range(25)
+    ]
     data = load_data(rows, strict=False)
     text = DataView(data, data_stats(data, tok)).to_text()
     assert "row 20 messages" in text and "row 21 messages" not in text
@@ -362,7 +396,9 @@ def test_row_browser_buttons_row_box_and_bad_row_jump(tok):
     browser.next_button.click()
     assert browser.row_input.value == 1 and f"row 1 of 5 · {stats.total_tokens[1]} tokens" in browser.html.value
     browser.next_button.click()  # row 2: invalid, raw row and reason
-    assert "row 2 of 5" in browser.html.value and "invalid" in browser.html.value and "unknown role" in browser.html.value
+    assert (
+        "row 2 of 5" in browser.html.value and "invalid" in browser.html.value and "unknown role" in browser.html.value
+    )
     browser.prev_button.click()
     browser.prev_button.click()
     browser.prev_button.click()  # stays at 0
@@ -375,7 +411,11 @@ def test_row_browser_buttons_row_box_and_bad_row_jump(tok):
     labels = [label for label, _ in browser.bad_dropdown.options]
     assert labels[0].startswith("jump to a bad row (2)") and labels[1].startswith("row 2: messages[0].role")
     browser.bad_dropdown.value = 4
-    assert browser.row_input.value == 4 and "row 4 of 5" in browser.html.value and "must be an object" in browser.html.value
+    assert (
+        browser.row_input.value == 4
+        and "row 4 of 5" in browser.html.value
+        and "must be an object" in browser.html.value
+    )
     assert "not an object" in browser.html.value  # the raw row
 
 
@@ -399,7 +439,7 @@ def test_no_script_tag_in_any_html(tok):
     report = DataView(data, stats).to_html()
     assert "<script" not in report and "&lt;script&gt;" in report  # the invalid role is quoted, escaped
     browser = RowBrowser(data, tok, stats)
-    browser.widget
+    browser.widget  # noqa: B018 - building the widget is the point: it must not fail on hostile rows
     seen = []
     for i in range(browser.n_rows):
         browser.row_input.value = i
@@ -414,7 +454,9 @@ def test_no_script_tag_in_any_html(tok):
 def test_sft_data_magic_grad_accum_and_binding(shell, tiny_model, tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _truncation_rows() + BAD_ROWS[1:3]))
-    stats = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --max-length 12 --batch-size 2 --grad-accum 2 -o s")
+    stats = shell.run_line_magic(
+        "sft_data", f"{path} --model {tiny_model} --max-length 12 --batch-size 2 --grad-accum 2 -o s"
+    )
     assert shell.user_ns["s"] is stats and stats.grad_accum == 2 and stats.batch_size == 2
     out = capsys.readouterr().out
     assert "invalid rows: 2 of 7" in out and "row 5 messages[0].role" in out

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
+from sft_magics.core.render import TemplateError
 from sft_magics.core.template import (
-    MASK_LAST_TURN, MASK_MARKERS, MASK_PREFIX, TemplateError, first_difference, inference_rendering, render,
+    MASK_LAST_TURN,
+    MASK_MARKERS,
+    MASK_PREFIX,
+    first_difference,
+    inference_rendering,
+    render,
     template_checks,
 )
 
@@ -61,7 +67,10 @@ def test_not_prefix_preserving_fails_and_trains_only_the_last_answer(tok):
     assert not checks["prefix-preserving"].ok
     assert "render differently once message" in checks["prefix-preserving"].detail
     assert r.mask_source == MASK_LAST_TURN
-    assert not checks["generation markers"].ok and "1 earlier assistant turn(s) are not" in checks["generation markers"].detail
+    assert (
+        not checks["generation markers"].ok
+        and "1 earlier assistant turn(s) are not" in checks["generation markers"].detail
+    )
     assert "Four." not in "".join(t.text for t in r.tokens if t.trained)
 
 
@@ -95,8 +104,14 @@ def test_truncation_report(tok):
     assert r.truncation()["trained_left"] == 0
 
 
-@pytest.mark.parametrize("payload", ["{{ cycler.__init__.__globals__ }}", "{{ ''.__class__.__mro__ }}",
-                                     "{{ cycler.__init__.__globals__.os.popen('touch /tmp/pwned').read() }}"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ ''.__class__.__mro__ }}",
+        "{{ cycler.__init__.__globals__.os.popen('touch /tmp/pwned').read() }}",
+    ],
+)
 def test_sandbox_refuses_python_internals(tok, payload, tmp_path):
     with pytest.raises(TemplateError, match="refused by the sandbox .*nothing was run"):
         render(tok, {"messages": ONE}, chat_template=payload)
@@ -105,7 +120,11 @@ def test_sandbox_refuses_python_internals(tok, payload, tmp_path):
 def test_a_template_that_raises_shows_its_message_and_row(shell, tiny_model, tmp_path):
     strict = "{% for m in messages %}{% if m.role == 'user' and not loop.first %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}{{ m.content }}{% endfor %}"
     shell.user_ns["strict"] = strict
-    shell.user_ns["msgs"] = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    shell.user_ns["msgs"] = [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "c"},
+    ]
     with pytest.raises(UsageError, match=r"^msgs: the chat template raised: Conversation roles must alternate$"):
         shell.run_line_magic("sft_template", f"{tiny_model} --messages msgs --chat-template strict")
     data = tmp_path / "d.jsonl"
@@ -131,7 +150,9 @@ def test_magic_flags(shell, tiny_model, tmp_path, capsys):
 
     shell.user_ns["tools"] = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
     shell.user_ns["tool_tpl"] = "{% if tools %}TOOLS={{ tools | length }}|{% endif %}" + CHATML
-    r = shell.run_line_magic("sft_template", f"{tiny_model} --messages msgs --chat-template tool_tpl --tools tools -o r")
+    r = shell.run_line_magic(
+        "sft_template", f"{tiny_model} --messages msgs --chat-template tool_tpl --tools tools -o r"
+    )
     assert r.text.startswith("TOOLS=1|")
     shell.user_ns["kw_tpl"] = "{% if shout %}LOUD|{% endif %}" + CHATML
     r = shell.run_line_magic("sft_template", f"{tiny_model} --messages msgs --chat-template kw_tpl -k shout=true -o r")
@@ -148,13 +169,16 @@ def test_magic_flags(shell, tiny_model, tmp_path, capsys):
     assert "inference prompt = training rendering up to the answer" in out
 
 
-@pytest.mark.parametrize("line,message", [
-    ("--messages msgs --chat-template nowhere", "not a notebook variable holding a string, nor a .jinja file"),
-    ("--messages msgs --chat-template missing.jinja", "file not found: missing.jinja"),
-    ("--messages msgs -k novalue", "expected KEY=VALUE"),
-    ("--messages msgs --tools nothing", "no notebook variable named 'nothing'"),
-    ("--messages bad", r"message 1 \(assistant\) needs a 'content' string"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("--messages msgs --chat-template nowhere", "not a notebook variable holding a string, nor a .jinja file"),
+        ("--messages msgs --chat-template missing.jinja", "file not found: missing.jinja"),
+        ("--messages msgs -k novalue", "expected KEY=VALUE"),
+        ("--messages msgs --tools nothing", "no notebook variable named 'nothing'"),
+        ("--messages bad", r"message 1 \(assistant\) needs a 'content' string"),
+    ],
+)
 def test_magic_flag_errors(shell, tiny_model, line, message):
     shell.user_ns["msgs"] = ONE
     shell.user_ns["bad"] = [{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]

@@ -71,7 +71,9 @@ class Parsed(HTMLParser):
         self.tags.append((tag, a))
         classes = set((a.get("class") or "").split())
         if tag == "span" and "sft-t" in classes:
-            self.tokens.append({"classes": classes, "title": a.get("title"), "style": a.get("style", ""), "text": "", "br": 0})
+            self.tokens.append(
+                {"classes": classes, "title": a.get("title"), "style": a.get("style", ""), "text": "", "br": 0}
+            )
             self._tok_depth = len(self._stack)
         if tag == "br" and self._tok_depth is not None:
             self.tokens[-1]["br"] += 1
@@ -172,10 +174,14 @@ def test_trained_tokens_are_the_assistant_answers(conv):
 def test_glue_tokens_are_neutral():
     r = Rendering(
         tokens=[Token(5, "<s>", False, True, None), Token(6, "hi", True, False, 0)],
-        text="<s>hi", roles=["assistant"], mask_source="test",
+        text="<s>hi",
+        roles=["assistant"],
+        mask_source="test",
     )
     p = Parsed(RenderingView(r).to_html())
-    assert "sft-glue" in p.tokens[0]["classes"] and p.tokens[0]["title"] == "id 5 · label -100 · role (template) · special"
+    assert (
+        "sft-glue" in p.tokens[0]["classes"] and p.tokens[0]["title"] == "id 5 · label -100 · role (template) · special"
+    )
     assert p.tokens[1]["title"] == "id 6 · label 6 · role assistant"
     assert "1 template tokens outside any message" in RenderingView(r).to_text()
 
@@ -217,7 +223,9 @@ def test_truncation_lines(conv):
     dropped = conv.tokens[prompt_len:]
     sev, line = truncation_line(conv)
     assert sev == "bad"
-    assert line.startswith(f"max_length {prompt_len}: cuts {len(dropped)} tokens ({conv.trained_count} trained) — dropped: '")
+    assert line.startswith(
+        f"max_length {prompt_len}: cuts {len(dropped)} tokens ({conv.trained_count} trained) — dropped: '"
+    )
     assert line.endswith(" — no trained token left: TRL drops this row")
     text = RenderingView(conv).to_text()
     assert "⚠ " + line in text.splitlines()
@@ -247,7 +255,10 @@ def test_checks_pass_and_warn(conv):
     assert "✓ ends with EOS: <|im_end|> closes every turn" in text
     assert "⚠ BOS: no BOS token" in text
     p = Parsed(RenderingView(conv).to_html())
-    assert p.items == [({"sft-ok"}, "✓ ends with EOS: <|im_end|> closes every turn"), ({"sft-warn"}, "⚠ BOS: no BOS token")]
+    assert p.items == [
+        ({"sft-ok"}, "✓ ends with EOS: <|im_end|> closes every turn"),
+        ({"sft-warn"}, "⚠ BOS: no BOS token"),
+    ]
     out = rich_text(RenderingView(conv))
     assert "✓ ends with EOS: <|im_end|> closes every turn" in out and "⚠ BOS: no BOS token" in out
 
@@ -259,6 +270,7 @@ def test_text_form_marks_trained_spans(conv):
     text = RenderingView(conv, title="tiny · row 0").to_text()
     assert text.startswith("tiny · row 0\n" + marked(conv.tokens) + "\n")
     assert "«Paris.\nThe capital.<|im_end|>\n»" in text and "«Rome.<|im_end|>\n»" in text
+
     # the display protocol
     class P:
         def __init__(self):
@@ -332,8 +344,12 @@ def test_compare_view(tok, conv):
 def _inference(r: Rendering) -> Rendering:
     """The prompt up to the last answer (generation prompt included), nothing trained."""
     head = r.tokens[: r.prompt_length]
-    return Rendering(tokens=[replace(t, trained=False) for t in head], text="".join(t.text for t in head),
-                     roles=r.roles, mask_source=r.mask_source)
+    return Rendering(
+        tokens=[replace(t, trained=False) for t in head],
+        text="".join(t.text for t in head),
+        roles=r.roles,
+        mask_source=r.mask_source,
+    )
 
 
 def test_inference_view_same(tok):
@@ -367,22 +383,32 @@ def test_inference_view_differs(tok):
     train_spans, infer_spans = p.tokens[: len(train.tokens)], p.tokens[len(train.tokens) :]
     assert not [s for s in train_spans if "sft-diff" in s["classes"]]
     assert [("sft-diff" in s["classes"]) for s in infer_spans] == [i >= k for i in range(len(infer.tokens))]
-    assert "model" == infer_spans[k]["text"]
+    assert infer_spans[k]["text"] == "model"
     # text form: the differing tail inside ⟦…⟧
     assert "⟦model" in view.to_text() and view.to_text().count("⟧") == 1
     out = rich_text(view, width=300)
     assert f"differs from token {k}" in out
     group = view.__rich__()
-    diff_styles = [str(s.style) for r in group.renderables if hasattr(r, "spans") for s in r.spans if "#dc2626" in str(s.style)]
+    diff_styles = [
+        str(s.style) for r in group.renderables if hasattr(r, "spans") for s in r.spans if "#dc2626" in str(s.style)
+    ]
     assert len(diff_styles) == len(infer.tokens) - k
 
 
 def test_tokens_of_a_message_without_a_role_still_show():
-    r = Rendering(tokens=[Token(1, "a", False, False, 0), Token(2, "b", True, False, 2)], text="ab",
-                  roles=["user"], mask_source="m")
+    r = Rendering(
+        tokens=[Token(1, "a", False, False, 0), Token(2, "b", True, False, 2)],
+        text="ab",
+        roles=["user"],
+        mask_source="m",
+    )
     text = RenderingView(r).to_text().splitlines()
-    assert text[1:5] == ["#  role       tokens  trained", "0  user       1       0", "1  message 1  0       0",
-                         "2  message 2  1       1"]
+    assert text[1:5] == [
+        "#  role       tokens  trained",
+        "0  user       1       0",
+        "1  message 1  0       0",
+        "2  message 2  1       1",
+    ]
     assert Parsed(RenderingView(r).to_html()).tokens[1]["title"] == "id 2 · label 2 · role message 2"
 
 
@@ -460,7 +486,9 @@ def test_escaping_rendered_through_the_template(tok):
 def test_escaping_hand_built_tokens_and_specials():
     r = _hostile_by_hand()
     assert r.truncation()["dropped_tokens"] > 0
-    other = Rendering(tokens=[Token(1, PAYLOADS[2], True, True, 0)], text=PAYLOADS[2], roles=[PAYLOADS[0]], mask_source="m")
+    other = Rendering(
+        tokens=[Token(1, PAYLOADS[2], True, True, 0)], text=PAYLOADS[2], roles=[PAYLOADS[0]], mask_source="m"
+    )
     for html_ in (
         RenderingView(r, title=PAYLOADS[0]).to_html(),
         CompareView(r, other, PAYLOADS[1], PAYLOADS[2]).to_html(),

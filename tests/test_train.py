@@ -7,14 +7,21 @@ import json
 import pytest
 import yaml
 
-from sft_magics.core import train as train_mod
+from sft_magics.core.callbacks import StopFlag
+from sft_magics.core.config import ConfigError, TrainSpec
 from sft_magics.core.data import DataError
-from sft_magics.core.train import ConfigError, StopFlag, TrainSpec, train
+from sft_magics.core.train import train
 
 
 def _spec(tmp_path, tiny_model, dataset, **extra):
-    config = {"model": tiny_model, "dataset": dataset, "max_steps": 4, "per_device_train_batch_size": 4,
-              "learning_rate": 1e-3, **extra}
+    config = {
+        "model": tiny_model,
+        "dataset": dataset,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        **extra,
+    }
     return TrainSpec.from_mapping("t", config, output_dir=str(tmp_path / "runs"))
 
 

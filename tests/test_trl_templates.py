@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 import trl
 
 TEMPLATES = sorted(p for p in (Path(trl.__file__).parent / "chat_templates").glob("*.jinja"))
@@ -43,7 +42,9 @@ def _trl_labels(base, tok, rows, tmp_path, **config):
     from trl import SFTConfig, SFTTrainer
 
     trainer = SFTTrainer(
-        model=base.model, processing_class=tok, train_dataset=Dataset.from_list(rows),
+        model=base.model,
+        processing_class=tok,
+        train_dataset=Dataset.from_list(rows),
         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None, **config),
     )
     row = trainer.train_dataset[0]
@@ -62,7 +63,7 @@ def test_trained_tokens_equal_trls_labels(path, base, tmp_path):
     conversation = TWO_TURNS
     try:
         tok.apply_chat_template(conversation, tokenize=False)
-    except Exception:  # noqa: BLE001 - vision-language templates want content as a list of blocks
+    except Exception:
         conversation = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in TWO_TURNS]
         tok.apply_chat_template(conversation, tokenize=False)
     method = choose_mask_method(tok)

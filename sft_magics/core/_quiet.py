@@ -20,7 +20,9 @@ def quiet_libraries():
         with warnings.catch_warnings():
             # transformers 5 renamed gradient checkpointing; TRL still uses the old name internally.
             warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning
+            )
             yield
     finally:
         if bars_were_on:

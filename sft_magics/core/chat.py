@@ -4,7 +4,7 @@
 generation prompt (the exact text the model is asked to continue), and generates the reply:
 
 - greedy when ``temperature == 0``, otherwise sampling with ``temperature`` and ``top_p``;
-- ending on the model's own stop tokens (:func:`core.evaluate.stop_token_ids`);
+- ending on the model's own stop tokens (:func:`core.generation.stop_token_ids`);
 - streamed: ``model.generate`` runs on a worker thread and feeds a
   ``transformers.TextIteratorStreamer``; the caller's thread reads the streamer and hands each
   piece of text to ``on_token`` — so ``on_token`` always runs on the thread that called
@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 SIDES = ("tuned", "base")
 
@@ -148,16 +149,27 @@ class ChatSession:
             start = time.perf_counter()
             prompt = self._render(self.messages(message, use_base=use_base))
             text, prompt_tokens, new_tokens, stopped = self._generate(
-                prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                on_token=on_token, stop=flag, use_base=use_base,
+                prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                on_token=on_token,
+                stop=flag,
+                use_base=use_base,
             )
             self.histories[side].append({"role": "user", "content": message})
             self.histories[side].append({"role": "assistant", "content": text})
             self._last[side] = TurnInfo(prompt, prompt_tokens, new_tokens, stopped, time.perf_counter() - start)
         return text
 
-    def compare(self, message: str, *, on_token: Callable[[str, str], Any] | None = None,
-                stop: threading.Event | None = None, **gen) -> dict[str, str]:
+    def compare(
+        self,
+        message: str,
+        *,
+        on_token: Callable[[str, str], Any] | None = None,
+        stop: threading.Event | None = None,
+        **gen,
+    ) -> dict[str, str]:
         """The same message to the tuned model and to the base model (adapter disabled), each with
         its own history: ``{"tuned": ..., "base": ...}``. ``on_token(side, piece)`` streams both.
         When the stop flag is set during the tuned answer, the base side is not asked."""
@@ -173,25 +185,29 @@ class ChatSession:
         return out
 
     def _render(self, messages: list[dict]) -> str:
-        from .template import TemplateError, apply_chat_template
+        from .render import TemplateError, apply_chat_template
 
         if not getattr(self.tokenizer, "chat_template", None):
             raise TemplateError("this model's tokenizer has no chat template, so it cannot be chatted with")
         return apply_chat_template(self.tokenizer, messages, tokenize=False, add_generation_prompt=True)
 
-    def _generate(self, prompt: str, *, max_new_tokens, temperature, top_p, on_token, stop, use_base) -> tuple[str, int, int, bool]:
+    def _generate(
+        self, prompt: str, *, max_new_tokens, temperature, top_p, on_token, stop, use_base
+    ) -> tuple[str, int, int, bool]:
         """Generate on a worker thread, stream the pieces on this one; (answer, prompt tokens, new
         tokens, stopped early)."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        from .evaluate import adapter_disabled, stop_token_ids
+        from .generation import adapter_disabled, stop_token_ids
 
         model, tokenizer = self.model, self.tokenizer
         device = next(model.parameters()).device
         batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(device)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        )
         stops = stop_token_ids(model, tokenizer)
         box: dict[str, Any] = {}
         halt = threading.Event()  # set when the reader gives up (its on_token raised)
@@ -200,11 +216,15 @@ class ChatSession:
             try:
                 with torch.no_grad():
                     box["out"] = m.generate(
-                        **batch, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                        pad_token_id=tokenizer.pad_token_id, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_FlagCriteria(stop, halt)]), **sampling,
+                        **batch,
+                        max_new_tokens=max_new_tokens,
+                        eos_token_id=stops,
+                        pad_token_id=tokenizer.pad_token_id,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_FlagCriteria(stop, halt)]),
+                        **sampling,
                     )
-            except BaseException as err:  # noqa: BLE001 - handed back to the reading thread
+            except BaseException as err:
                 box["error"] = err
                 streamer.end()  # wake the reader
 
@@ -227,7 +247,11 @@ class ChatSession:
         text = tokenizer.decode(new, skip_special_tokens=True).strip()
         pieces.finish(text)
         # Stopped early: the flag was set and the generation ended neither on a stop token nor at the limit.
-        stopped = (stop.is_set() or halt.is_set()) and len(new) < max_new_tokens and (len(new) == 0 or int(new[-1]) not in stops)
+        stopped = (
+            (stop.is_set() or halt.is_set())
+            and len(new) < max_new_tokens
+            and (len(new) == 0 or int(new[-1]) not in stops)
+        )
         return text, prompt_len, int(new.shape[0]), stopped
 
 
@@ -258,7 +282,7 @@ class _Stripper:
         if not self.sent:
             text = text.lstrip()
         core = text.rstrip()
-        self._held = text[len(core):]
+        self._held = text[len(core) :]
         if core:
             self._send(core)
 
@@ -266,7 +290,7 @@ class _Stripper:
         # The streamer decodes in segments; should that ever differ from decoding the whole answer
         # at once, send what is missing so the pieces still add up to the answer.
         if answer.startswith(self.sent) and len(answer) > len(self.sent):
-            self._send(answer[len(self.sent):])
+            self._send(answer[len(self.sent) :])
 
     def _send(self, text: str) -> None:
         self.sent += text

@@ -15,3 +15,8 @@ class SftError(Exception):
 
     def __str__(self) -> str:  # one line, always: newlines in a cause would break the promise
         return " ".join(super().__str__().split())
+
+
+class EvalError(SftError, ValueError):
+    """A user-facing evaluation problem (bad metric name, no few-shot data, ...); one line.
+    Here rather than in core/evaluate.py because the metric registry (core/metrics.py) raises it too."""

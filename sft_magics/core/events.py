@@ -3,7 +3,8 @@
 Core never draws anything; it calls ``sink(event)`` and the caller decides (a widget, a rich live
 view, log lines, a JSONL file). Event kinds:
 
-- ``started``     total_steps, num_train_epochs, device, dtype, trainable_params, ...
+- ``started``     name, model, device, dtype, train_rows, eval_rows, trainable_params, total_params,
+                  max_steps, num_train_epochs, resumed_from, resume_overrides
 - ``log``         step, epoch and the trainer's logged metrics (loss, learning_rate, grad_norm, ...)
 - ``eval``        step, epoch, eval_loss and other eval metrics
 - ``checkpoint``  step, path
@@ -14,8 +15,9 @@ view, log lines, a JSONL file). Event kinds:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

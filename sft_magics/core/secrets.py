@@ -10,16 +10,34 @@ as typed, a traceback, an error message) is scrubbed of values that look like cr
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "<redacted>"
 
 # Keys that hold credentials, compared case-insensitively as whole keys.
-SECRET_KEYS = frozenset({
-    "token", "hub_token", "hf_token", "access_token", "auth_token", "use_auth_token", "api_key", "apikey",
-    "password", "passwd", "secret", "client_secret", "private_key", "wandb_api_key", "comet_api_key",
-    "mlflow_tracking_token", "neptune_api_token", "openai_api_key",
-})
+SECRET_KEYS = frozenset(
+    {
+        "token",
+        "hub_token",
+        "hf_token",
+        "access_token",
+        "auth_token",
+        "use_auth_token",
+        "api_key",
+        "apikey",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "private_key",
+        "wandb_api_key",
+        "comet_api_key",
+        "mlflow_tracking_token",
+        "neptune_api_token",
+        "openai_api_key",
+    }
+)
 # ... and keys ending like these (``my_service_api_key``, ``db_password``).
 SECRET_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_access_token", "_auth_token", "_hub_token")
 
@@ -41,7 +59,9 @@ def redact(value: Any) -> Any:
     """A copy with every secret key's value replaced by ``<redacted>`` (at any depth) and every
     credential-looking string scrubbed."""
     if isinstance(value, Mapping):
-        return {k: (REDACTED if is_secret_key(k) and v not in (None, "", False) else redact(v)) for k, v in value.items()}
+        return {
+            k: (REDACTED if is_secret_key(k) and v not in (None, "", False) else redact(v)) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     if isinstance(value, str):
@@ -81,7 +101,9 @@ def merge_secrets(config: Mapping[str, Any], secrets: Mapping[tuple, Any]) -> di
     return out
 
 
-_KEY_LINE = re.compile(r"""^(?P<head>\s*-?\s*["']?(?P<key>[A-Za-z_][\w.-]*)["']?\s*[:=]\s*)(?P<value>[^#\n]*?)(?P<tail>\s*(?:#.*)?)$""")
+_KEY_LINE = re.compile(
+    r"""^(?P<head>\s*-?\s*["']?(?P<key>[A-Za-z_][\w.-]*)["']?\s*[:=]\s*)(?P<value>[^#\n]*?)(?P<tail>\s*(?:#.*)?)$"""
+)
 
 
 def scrub_text(text: str) -> str:
@@ -100,7 +122,9 @@ def scrub_text(text: str) -> str:
     return "\n".join(lines)
 
 
-_INLINE = re.compile(r"""(?P<key>["']?[A-Za-z_][\w-]*["']?)(?P<sep>\s*:\s*|\s*=\s*)(?P<value>"[^"]*"|'[^']*'|[^,{}\[\]\s]+)""")
+_INLINE = re.compile(
+    r"""(?P<key>["']?[A-Za-z_][\w-]*["']?)(?P<sep>\s*:\s*|\s*=\s*)(?P<value>"[^"]*"|'[^']*'|[^,{}\[\]\s]+)"""
+)
 
 
 def _scrub_inline(line: str) -> str:

@@ -17,14 +17,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from itertools import islice
-from operator import le
 from typing import Any
 
-from .template import _common_prefix
+from .token_counts import _count_conversational_pc, _count_messages, _count_prompt_completion, _count_text, _Counter
 
 __all__ = ["DataStats", "data_stats", "histogram_png"]
 
@@ -36,7 +33,13 @@ def _summary(values: list[int]) -> dict[str, float]:
         return {"min": 0, "mean": 0.0, "median": 0.0, "p95": 0, "max": 0}
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"min": ordered[0], "mean": statistics.fmean(ordered), "median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
+    return {
+        "min": ordered[0],
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "p95": p95,
+        "max": ordered[-1],
+    }
 
 
 @dataclass
@@ -80,7 +83,10 @@ class DataStats:
     def summary(self) -> dict[str, dict[str, float]]:
         keys = ["total_tokens", "trained_tokens"] + (["trained_tokens_full"] if self.max_length is not None else [])
         ok = self._counted()
-        return {k: _summary([v for i, v in enumerate(getattr(self, k)) if i in ok] if ok is not None else getattr(self, k)) for k in keys}
+        return {
+            k: _summary([v for i, v in enumerate(getattr(self, k)) if i in ok] if ok is not None else getattr(self, k))
+            for k in keys
+        }
 
     def _counted(self) -> set[int] | None:
         """Positions of the rows that were counted (None: all of them)."""
@@ -103,7 +109,9 @@ class DataStats:
         """Rows the trainer keeps: TRL drops the ones with no trained token left after truncation."""
         return self.rows - (self.no_trained_left if self.max_length is not None else 0)
 
-    def steps_per_epoch(self, batch_size: int | None = None, grad_accum: int | None = None, *, after_drops: bool = False) -> int:
+    def steps_per_epoch(
+        self, batch_size: int | None = None, grad_accum: int | None = None, *, after_drops: bool = False
+    ) -> int:
         """Optimizer steps per epoch as transformers' Trainer counts them (last partial batch and last
         partial accumulation included). ``after_drops``: count only the rows TRL keeps."""
         batch_size = batch_size or self.batch_size
@@ -116,248 +124,22 @@ class DataStats:
     def tokens_per_epoch(self) -> int:
         """Tokens the model reads in one epoch (truncated, no padding), over the rows TRL keeps."""
         cap = self.max_length
-        return sum(t if cap is None else min(t, cap) for t, k in zip(self.total_tokens, self.trained_tokens) if k or cap is None)
+        return sum(
+            t if cap is None else min(t, cap)
+            for t, k in zip(self.total_tokens, self.trained_tokens)
+            if k or cap is None
+        )
 
     @property
     def trained_tokens_per_epoch(self) -> int:
         return sum(self.trained_tokens)
 
     # -- another max_length without tokenizing again ----------------------------------------------
-    def at(self, max_length: int | None) -> "DataStats":
+    def at(self, max_length: int | None) -> DataStats:
         """The same statistics for another ``max_length`` (no tokenization: counts are kept as ranges)."""
         skip = set(range(self.rows)) - self._counted() if self.template_errors else set()
         t = _truncation(self.total_tokens, self.trained_ranges, self.end_positions, max_length, self.source_index, skip)
         return replace(self, max_length=max_length, **t)
-
-
-# --------------------------------------------------------------------------- counting
-
-
-def _ranges_from_mask(mask) -> tuple[tuple[int, int], ...]:
-    out, start = [], None
-    for i, m in enumerate(mask):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            out.append((start, i))
-            start = None
-    if start is not None:
-        out.append((start, len(mask)))
-    return tuple(out)
-
-
-def _ranges_from_spans(offsets: list, spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """Trained-token ranges with tokenize_row's rule: a token is trained when it is not empty
-    (end > start) and starts inside one of the character spans."""
-    starts = [o[0] for o in offsets]
-    if not all(map(le, starts, islice(starts, 1, None))):  # offsets out of order: the plain rule
-        return _ranges_from_mask([e > s and any(a <= s < b for a, b in spans) for s, e in offsets])
-    out: list[tuple[int, int]] = []
-    for a, b in spans:
-        lo, hi = bisect_left(starts, a), bisect_left(starts, b)
-        if lo >= hi:
-            continue
-        nonempty = [offsets[k][1] > offsets[k][0] for k in range(lo, hi)]
-        if all(nonempty):
-            out.append((lo, hi))
-        else:
-            out.extend((lo + x, lo + y) for x, y in _ranges_from_mask(nonempty))
-    # Merge ranges that touch (adjacent spans).
-    merged: list[tuple[int, int]] = []
-    for r in out:
-        if merged and merged[-1][1] == r[0]:
-            merged[-1] = (merged[-1][0], r[1])
-        else:
-            merged.append(r)
-    return tuple(merged)
-
-
-def _end_position(ids: list[int], ranges, end_ids: frozenset[int]) -> int:
-    """Position of the answer's end token: the last trained special token (EOS / end of turn) in the
-    last trained range, else the last trained token; -1 when nothing is trained."""
-    if not ranges:
-        return -1
-    lo, hi = ranges[-1]
-    for k in range(hi - 1, lo - 1, -1):
-        if ids[k] in end_ids:
-            return k
-    return hi - 1
-
-
-class _Counter:
-    """Collects (total, ranges, end position) per row, by row position."""
-
-    def __init__(self, n: int, tokenizer) -> None:
-        self.total = [0] * n
-        self.ranges: list[tuple] = [()] * n
-        self.end = [-1] * n
-        self.end_ids = frozenset(tokenizer.all_special_ids)
-        self.errors: dict[int, str] = {}  # row position -> why the template could not render it
-
-    def put(self, i: int, ids: list[int], ranges) -> None:
-        self.total[i] = len(ids)
-        self.ranges[i] = ranges
-        self.end[i] = _end_position(ids, ranges, self.end_ids)
-
-    def put_rendering(self, i: int, rendering) -> None:
-        self.put(i, rendering.input_ids, _ranges_from_mask(rendering.assistant_masks))
-
-
-def _tokenize(tokenizer, texts: list[str], offsets: bool = False):
-    if not texts:
-        return [], []
-    enc = tokenizer(
-        texts, add_special_tokens=False, return_offsets_mapping=offsets, return_attention_mask=False, return_token_type_ids=False
-    )
-    return enc["input_ids"], (enc["offset_mapping"] if offsets else [])
-
-
-def _many(call, items: list) -> list:
-    """``call(items)`` for a batch; if the batch fails, item by item, with None for the items that fail
-    (their rows then go through tokenize_row, which reports the error properly)."""
-    if not items:
-        return []
-    try:
-        out = call(items)
-        if len(out) == len(items):
-            return list(out)
-    except Exception:  # noqa: BLE001 - see above
-        pass
-    results = []
-    for item in items:
-        try:
-            results.append(call([item])[0])
-        except Exception:  # noqa: BLE001
-            results.append(None)
-    return results
-
-
-def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template) -> list[str | None]:
-    """The strings of many conversations, rendered by apply_chat_template many at a time."""
-
-    from .template import apply_chat_template
-
-    def call(convs):
-        return apply_chat_template(
-            tokenizer, convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
-        )
-
-    return _many(call, conversations)
-
-
-def _count_text(c: _Counter, tokenizer, rows: list[dict]) -> None:
-    eos = tokenizer.eos_token or ""
-    ids_all, _ = _tokenize(tokenizer, [r["text"] + eos for r in rows])
-    for i, ids in enumerate(ids_all):
-        c.put(i, ids, ((0, len(ids)),) if ids else ())
-
-
-def _count_prompt_completion(c: _Counter, tokenizer, rows: list[dict]) -> None:
-    eos = tokenizer.eos_token or ""
-    prompt_ids, _ = _tokenize(tokenizer, [r["prompt"] for r in rows])
-    full_ids, _ = _tokenize(tokenizer, [r["prompt"] + r["completion"] + eos for r in rows])
-    for i, (p, ids) in enumerate(zip(prompt_ids, full_ids)):
-        start = _common_prefix(p, ids)
-        c.put(i, ids, ((start, len(ids)),) if start < len(ids) else ())
-
-
-def _count_by_rows(c: _Counter, tokenizer, rows, positions, fmt, method) -> None:
-    from .template import TemplateError, tokenize_row
-
-    for i in positions:
-        try:
-            c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
-        except TemplateError as err:  # reported, not fatal: the doctor should still see the other rows
-            c.errors[i] = str(err)
-
-
-def _count_conversational_pc(c: _Counter, tokenizer, rows: list[dict]) -> None:
-    from .template import clean_messages
-
-    batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
-    prompts = [clean_messages(rows[i]["prompt"]) for i in batch]
-    fulls = [p + clean_messages(rows[i]["completion"]) for p, i in zip(prompts, batch)]
-    prompt_texts = _render_many(tokenizer, prompts, add_generation_prompt=True, chat_template=None)
-    full_texts = _render_many(tokenizer, fulls, add_generation_prompt=False, chat_template=None)
-    ok = [k for k, (p, f) in enumerate(zip(prompt_texts, full_texts)) if p is not None and f is not None]
-    p_ids, _ = _tokenize(tokenizer, [prompt_texts[k] for k in ok])
-    f_ids, _ = _tokenize(tokenizer, [full_texts[k] for k in ok])
-    done = set()
-    for k, p, ids in zip(ok, p_ids, f_ids):
-        start = _common_prefix(p, ids)
-        c.put(batch[k], ids, ((start, len(ids)),) if start < len(ids) else ())
-        done.add(batch[k])
-    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "conversational_prompt_completion", None)
-
-
-def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
-    from .template import MASK_MARKERS, MASK_TRL_TEMPLATE, clean_messages
-
-    method_name, template = method
-    batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
-    convs = {i: clean_messages(rows[i]["messages"]) for i in batch}  # as tokenize_row: no None-valued keys
-    done: set[int] = set()
-
-    if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
-        # The template marks the assistant tokens itself: transformers' mask, many rows per call.
-        from .template import apply_chat_template
-
-        def call(conversations):
-            enc = apply_chat_template(
-                tokenizer, conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
-            )
-            return list(zip(enc["input_ids"], enc["assistant_masks"]))
-
-        for i, got in zip(batch, _many(call, [convs[i] for i in batch])):
-            if got is not None:
-                c.put(i, list(got[0]), _ranges_from_mask(got[1]))
-                done.add(i)
-    else:
-        # Prefix rendering: assistant turn k spans from the end of render(messages[:k], generation
-        # prompt) to the end of render(messages[:k+1]); the whole conversation is one more render.
-        requests_gen: list[list[dict]] = []  # messages[:k] + generation prompt
-        requests_end: list[list[dict]] = []  # full conversation and messages[:k+1]
-        plan: dict[int, tuple[int, list[tuple[int, int]]]] = {}
-        for i in batch:
-            msgs = convs[i]
-            turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
-            if not turns or turns[0] == 0:
-                continue  # no prompt before the first answer: the per-row path decides
-            full_at = len(requests_end)
-            requests_end.append(msgs)
-            pairs = []
-            for k in turns:
-                requests_gen.append(msgs[:k])
-                if k == len(msgs) - 1:
-                    end_at = full_at  # the last answer ends where the conversation ends
-                else:
-                    end_at = len(requests_end)
-                    requests_end.append(msgs[: k + 1])
-                pairs.append((len(requests_gen) - 1, end_at))
-            plan[i] = (full_at, pairs)
-        gen_texts = _render_many(tokenizer, requests_gen, add_generation_prompt=True, chat_template=template)
-        end_texts = _render_many(tokenizer, requests_end, add_generation_prompt=False, chat_template=template)
-        spans_of: dict[int, list[tuple[int, int]]] = {}
-        for i, (full_at, pairs) in plan.items():
-            full = end_texts[full_at]
-            spans: list[tuple[int, int]] | None = [] if full is not None else None
-            for g, e in pairs if full is not None else ():
-                start_text, end_text = gen_texts[g], end_texts[e]
-                if (
-                    start_text is None or end_text is None
-                    or not (full.startswith(start_text) and full.startswith(end_text)) or len(end_text) < len(start_text)
-                ):
-                    spans = None  # a render failed, or not prefix-preserving here: tokenize_row decides
-                    break
-                spans.append((len(start_text), len(end_text)))
-            if spans is not None:
-                spans_of[i] = spans
-        order = list(spans_of)
-        ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
-        for i, ids, offsets in zip(order, ids_all, offsets_all):
-            c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
-            done.add(i)
-    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "messages", method)
 
 
 # --------------------------------------------------------------------------- the rest
@@ -384,9 +166,14 @@ def _truncation(totals, ranges, ends, max_length, source_index, skip=frozenset()
     if max_length is None:
         no_trained = [i for i, k in enumerate(full) if k == 0 and i not in skip]
         return dict(
-            trained_tokens=list(full), trained_tokens_full=full, truncated=0, truncated_rows=[],
-            no_trained_left=len(no_trained), no_trained_rows=[source_index(i) for i in no_trained],
-            end_lost=0, end_lost_rows=[],
+            trained_tokens=list(full),
+            trained_tokens_full=full,
+            truncated=0,
+            truncated_rows=[],
+            no_trained_left=len(no_trained),
+            no_trained_rows=[source_index(i) for i in no_trained],
+            end_lost=0,
+            end_lost_rows=[],
         )
     cap = max_length
     kept = [sum(max(0, min(b, cap) - a) for a, b in r) for r in ranges]
@@ -394,10 +181,14 @@ def _truncation(totals, ranges, ends, max_length, source_index, skip=frozenset()
     no_trained = [i for i, k in enumerate(kept) if k == 0 and i not in skip]
     end_lost = [i for i, (k, e) in enumerate(zip(kept, ends)) if k > 0 and e >= cap]
     return dict(
-        trained_tokens=kept, trained_tokens_full=full,
-        truncated=len(truncated), truncated_rows=[source_index(i) for i in truncated],
-        no_trained_left=len(no_trained), no_trained_rows=[source_index(i) for i in no_trained],
-        end_lost=len(end_lost), end_lost_rows=[source_index(i) for i in end_lost],
+        trained_tokens=kept,
+        trained_tokens_full=full,
+        truncated=len(truncated),
+        truncated_rows=[source_index(i) for i in truncated],
+        no_trained_left=len(no_trained),
+        no_trained_rows=[source_index(i) for i in no_trained],
+        end_lost=len(end_lost),
+        end_lost_rows=[source_index(i) for i in end_lost],
     )
 
 
@@ -506,13 +297,17 @@ def histogram_png(stats: DataStats, *, width: float = 7.0, height: float = 2.8, 
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=False)
-    series = [("total tokens per example", stats.total_tokens, "#4c72b0"),
-              ("trained tokens per example", stats.trained_tokens_full or stats.trained_tokens, "#55a868")]
+    series = [
+        ("total tokens per example", stats.total_tokens, "#4c72b0"),
+        ("trained tokens per example", stats.trained_tokens_full or stats.trained_tokens, "#55a868"),
+    ]
     for ax, (title, values, color) in zip(axes, series):
         if values:
             ax.hist(values, bins=min(40, max(1, len(set(values)))), color=color, alpha=0.85)
         if stats.max_length is not None:
-            ax.axvline(stats.max_length, color="#c44e52", linestyle="--", linewidth=1.5, label=f"max_length {stats.max_length}")
+            ax.axvline(
+                stats.max_length, color="#c44e52", linestyle="--", linewidth=1.5, label=f"max_length {stats.max_length}"
+            )
             ax.legend(fontsize=7, loc="upper right")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("tokens", fontsize=8)

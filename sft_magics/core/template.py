@@ -17,17 +17,17 @@ what ``%sft_template`` shows is what the loss sees. The rules, per normalised fo
 - ``text``: every token, plus EOS as TRL appends it.
 
 Templates render only through transformers' ``apply_chat_template`` (an immutable sandboxed Jinja
-environment), and only through :func:`apply_chat_template` here, which bounds every render in time
-(:data:`RENDER_SECONDS`) and output size (:data:`RENDER_CHARS`). A template that raises, reaches for
-Python internals, loops for too long or writes too much becomes a one-line ``TemplateError``.
+environment), and only through :func:`core.render.apply_chat_template`, which bounds every render
+in time and output size. A template that raises, reaches for Python internals, loops for too long or
+writes too much becomes a one-line ``TemplateError``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
 
-from .errors import SftError
+from .render import apply_chat_template
 
 # How the trained tokens were found (shown to the user in the template checks).
 MASK_MARKERS = "generation markers in the template"
@@ -36,111 +36,6 @@ MASK_PREFIX = "prefix rendering (the template has no generation markers)"
 MASK_LAST_TURN = "final answer only (prompt/completion rule)"
 MASK_COMPLETION = "completion only (prompt/completion rule)"
 MASK_ALL = "every token (plain text)"
-
-
-class TemplateError(SftError, ValueError):
-    """A chat template that failed or was refused while rendering; one line."""
-
-
-# Bounds on one apply_chat_template call (a batched call gets them per conversation, up to 8x).
-RENDER_SECONDS = 10.0
-RENDER_CHARS = 4_000_000
-
-
-class _RenderTimeout(Exception):
-    """Raised inside a render that ran past its deadline (by the watchdog thread)."""
-
-
-class _Watchdog:
-    """One daemon thread for the whole process: a render registers its deadline; a render still
-    running past it gets :class:`_RenderTimeout` raised in its thread at the next bytecode (Jinja
-    templates are compiled to Python, so a runaway loop is interrupted). Costs two dict operations
-    per render."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.deadlines: dict[int, float] = {}
-        self.lock = threading.Lock()
-        self.thread = None
-
-    def _run(self) -> None:
-        import ctypes
-        import time
-
-        while True:
-            time.sleep(0.05)
-            now = time.monotonic()
-            with self.lock:
-                for tid, deadline in list(self.deadlines.items()):
-                    if now > deadline:
-                        del self.deadlines[tid]
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_RenderTimeout))
-
-    def __call__(self, seconds: float):
-        import contextlib
-        import threading
-        import time
-
-        if self.thread is None:
-            with self.lock:
-                if self.thread is None:
-                    self.thread = threading.Thread(target=self._run, name="sft-template-watchdog", daemon=True)
-                    self.thread.start()
-        tid = threading.get_ident()
-
-        @contextlib.contextmanager
-        def bounded():
-            with self.lock:
-                self.deadlines[tid] = time.monotonic() + seconds
-            try:
-                yield
-            finally:
-                with self.lock:
-                    self.deadlines.pop(tid, None)
-
-        return bounded()
-
-
-_watchdog = _Watchdog()
-
-
-def apply_chat_template(tokenizer, conversation, **kwargs):
-    """``tokenizer.apply_chat_template`` (transformers' sandboxed renderer), bounded in time and in
-    output size; every failure of the template is a one-line :class:`TemplateError`."""
-    from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
-
-    many = bool(conversation) and isinstance(conversation[0], (list, tuple))
-    scale = min(len(conversation), 8) if many else 1
-    if not getattr(tokenizer, "chat_template", None) and not kwargs.get("chat_template"):
-        raise TemplateError("this model has no chat template: give it one (a chat_template), or use a chat model")
-    try:
-        try:
-            with _watchdog(RENDER_SECONDS * scale):
-                out = tokenizer.apply_chat_template(conversation, **kwargs)
-        except _RenderTimeout:
-            raise TemplateError(f"the chat template ran for more than {RENDER_SECONDS * scale:g} s and was stopped "
-                                "(a loop that does not end?)") from None
-    except TemplateError:
-        raise
-    except SecurityError as err:
-        raise TemplateError(f"the chat template was refused by the sandbox ({err}); nothing was run") from None
-    except JinjaTemplateError as err:
-        raise TemplateError(f"the chat template raised: {' '.join(str(err).split())[:300]}") from None
-    except MemoryError:
-        raise TemplateError("the chat template produced more text than fits in memory") from None
-    except (OverflowError, RecursionError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
-        raise TemplateError(f"the chat template failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
-    _check_size(out, RENDER_CHARS * scale)
-    return out
-
-
-def _check_size(out, limit: int) -> None:
-    texts = out if isinstance(out, list) else [out]
-    size = sum(len(t) for t in texts if isinstance(t, str))
-    if size > limit:
-        raise TemplateError(f"the chat template produced {size:,} characters (the limit is {limit:,}): "
-                            "a template that repeats text without end?")
 
 
 @dataclass(frozen=True)
@@ -227,8 +122,15 @@ class Rendering:
 
 def _render(tokenizer, messages, *, chat_template=None, add_generation_prompt=False, tools=None, **kwargs) -> str:
     """Render to text through transformers' sandboxed Jinja environment, bounded."""
-    return apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                               chat_template=chat_template, tools=tools, **kwargs)
+    return apply_chat_template(
+        tokenizer,
+        messages,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=chat_template,
+        tools=tools,
+        **kwargs,
+    )
 
 
 def _common_prefix(a: Sequence, b: Sequence) -> int:
@@ -261,7 +163,7 @@ def training_template(tokenizer) -> str | None:
         from trl.chat_template_utils import get_training_chat_template
 
         return get_training_chat_template(tokenizer)
-    except Exception:  # noqa: BLE001 - TRL raises for templates it does not know
+    except Exception:
         return None
 
 
@@ -339,7 +241,16 @@ def tokenize_row(
         ids, offsets = _tokenize_text(tokenizer, text)
         start = _common_prefix(p_ids, ids)
         spans = [(0, len(row["prompt"])), (len(row["prompt"]), len(text))]
-        return _build(tokenizer, ids, [i >= start for i in range(len(ids))], offsets, text, ["prompt", "completion"], spans, MASK_COMPLETION)
+        return _build(
+            tokenizer,
+            ids,
+            [i >= start for i in range(len(ids))],
+            offsets,
+            text,
+            ["prompt", "completion"],
+            spans,
+            MASK_COMPLETION,
+        )
 
     tools = row.get("tools")
     if tools is not None:
@@ -356,7 +267,9 @@ def tokenize_row(
     roles = [m["role"] for m in messages]
     msg_spans = _message_spans(tokenizer, messages, full_text, **kw)
     if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
-        enc = apply_chat_template(tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kw)
+        enc = apply_chat_template(
+            tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kw
+        )
         mask = [bool(b) for b in enc["assistant_masks"]]
         if list(enc["input_ids"]) != ids:  # the template's tokenization is the authority
             ids = list(enc["input_ids"])
@@ -364,7 +277,9 @@ def tokenize_row(
         return _build(tokenizer, ids, mask, offsets, full_text, roles, msg_spans, method_name, template)
     spans = _assistant_spans_by_prefix(tokenizer, messages, full_text, **kw)
     if spans is not None:
-        return _build(tokenizer, ids, _spans_to_mask(offsets, spans), offsets, full_text, roles, msg_spans, MASK_PREFIX, template)
+        return _build(
+            tokenizer, ids, _spans_to_mask(offsets, spans), offsets, full_text, roles, msg_spans, MASK_PREFIX, template
+        )
     # Not prefix-preserving: fall back to the final answer only, as TRL's prompt/completion rule does.
     return _completion_rendering(tokenizer, messages[:-1], messages[-1:], template, kw, MASK_LAST_TURN)
 
@@ -379,7 +294,9 @@ def _completion_rendering(tokenizer, prompt, completion, chat_template, kw, sour
     messages = prompt + completion
     roles = [m["role"] for m in messages]
     spans = _message_spans(tokenizer, messages, full_text, **kw)
-    return _build(tokenizer, ids, [i >= start for i in range(len(ids))], offsets, full_text, roles, spans, source, chat_template)
+    return _build(
+        tokenizer, ids, [i >= start for i in range(len(ids))], offsets, full_text, roles, spans, source, chat_template
+    )
 
 
 def _build(tokenizer, ids, mask, offsets, text, roles, msg_spans, source, template=None) -> Rendering:
@@ -399,21 +316,29 @@ def render(tokenizer, row: dict, fmt: str = "messages", **kwargs) -> Rendering:
     return tokenize_row(tokenizer, row, fmt, **kwargs)
 
 
-def messages_row(messages: list[dict[str, Any]]) -> dict:
-    return {"messages": messages}
+def shown_rendering(
+    tokenizer,
+    row: dict,
+    fmt: str,
+    *,
+    chat_template=None,
+    template_kwargs=None,
+    generation_prompt: bool = False,
+    max_length: int | None = None,
+) -> Rendering:
+    """What ``%sft_template`` shows for one row: the training rendering with its template checks
+    marked where ``max_length`` would cut (or, with ``generation_prompt``, the inference prompt)."""
+    kw = {"chat_template": chat_template, "template_kwargs": template_kwargs}
+    if generation_prompt:  # nothing is trained in a prompt: no checks, no truncation marks
+        return inference_rendering(tokenizer, row["messages"], **kw)
+    r = tokenize_row(tokenizer, row, fmt, **kw)
+    if fmt == "messages":
+        r.checks = template_checks(tokenizer, r, row["messages"], **kw)
+    r.max_length = max_length
+    return r
 
 
 # -- template checks ------------------------------------------------------------------------------
-
-
-def stop_ids(tokenizer) -> set[int]:
-    """Tokens that end a turn: EOS, plus the tokenizer's declared end-of-turn tokens where present."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(name)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and name in tokenizer.get_vocab():
-            ids.add(tid)
-    return ids
 
 
 def inference_rendering(tokenizer, messages: list[dict], *, chat_template=None, template_kwargs=None) -> Rendering:
@@ -425,7 +350,17 @@ def inference_rendering(tokenizer, messages: list[dict], *, chat_template=None, 
     text = _render(tokenizer, prompt, add_generation_prompt=True, **kw)
     ids, offsets = _tokenize_text(tokenizer, text)
     spans = _message_spans(tokenizer, prompt, text, **kw)
-    return _build(tokenizer, ids, [False] * len(ids), offsets, text, [m["role"] for m in prompt], spans, "inference (nothing trained)", chat_template)
+    return _build(
+        tokenizer,
+        ids,
+        [False] * len(ids),
+        offsets,
+        text,
+        [m["role"] for m in prompt],
+        spans,
+        "inference (nothing trained)",
+        chat_template,
+    )
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -434,7 +369,9 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if n == len(b) else n
 
 
-def template_checks(tokenizer, rendering: Rendering, messages: list[dict], *, chat_template=None, template_kwargs=None) -> list[Check]:
+def template_checks(
+    tokenizer, rendering: Rendering, messages: list[dict], *, chat_template=None, template_kwargs=None
+) -> list[Check]:
     """The pass/warn list under a rendering."""
     messages = clean_messages(messages)
     kw = {**(template_kwargs or {}), "chat_template": rendering.chat_template or chat_template}
@@ -442,15 +379,23 @@ def template_checks(tokenizer, rendering: Rendering, messages: list[dict], *, ch
 
     # 1. Earlier turns render identically when a turn is added.
     full = _render(tokenizer, messages, **kw)
-    broken = next((k for k in range(1, len(messages)) if not full.startswith(_render(tokenizer, messages[:k], **kw))), None)
-    checks.append(Check(
-        "prefix-preserving", broken is None,
-        "earlier turns render identically when a turn is added" if broken is None
-        else f"the first {broken} message(s) render differently once message {broken} is added: "
-             "the model trains on a context it never sees at inference",
-    ))
+    broken = next(
+        (k for k in range(1, len(messages)) if not full.startswith(_render(tokenizer, messages[:k], **kw))), None
+    )
+    checks.append(
+        Check(
+            "prefix-preserving",
+            broken is None,
+            "earlier turns render identically when a turn is added"
+            if broken is None
+            else f"the first {broken} message(s) render differently once message {broken} is added: "
+            "the model trains on a context it never sees at inference",
+        )
+    )
 
     # 2. Every trained answer ends on a trained end-of-turn/EOS token.
+    from .generation import stop_ids
+
     stops = stop_ids(tokenizer)
     runs, current = [], []
     for t in rendering.tokens:
@@ -466,38 +411,68 @@ def template_checks(tokenizer, rendering: Rendering, messages: list[dict], *, ch
     else:
         missing = [i for i, run in enumerate(runs) if not any(t.id in stops for t in run)]
         names = sorted({t.text for run in runs for t in run if t.id in stops})
-        checks.append(Check(
-            "end token trained", not missing,
-            f"each trained answer includes {', '.join(repr(n) for n in names)}" if not missing
-            else f"trained span {missing[0] + 1} has no end-of-turn/EOS token: the model may never learn to stop",
-        ))
+        checks.append(
+            Check(
+                "end token trained",
+                not missing,
+                f"each trained answer includes {', '.join(repr(n) for n in names)}"
+                if not missing
+                else f"trained span {missing[0] + 1} has no end-of-turn/EOS token: the model may never learn to stop",
+            )
+        )
 
     # 3. The inference prompt equals the training rendering up to the answer.
     if messages and messages[-1]["role"] == "assistant":
-        inference = inference_rendering(tokenizer, messages, chat_template=kw["chat_template"], template_kwargs=template_kwargs)
+        inference = inference_rendering(
+            tokenizer, messages, chat_template=kw["chat_template"], template_kwargs=template_kwargs
+        )
         diff = first_difference(rendering.input_ids, inference.input_ids)
         if diff is None:
-            checks.append(Check("inference matches training", True, "the inference prompt equals the training rendering up to the answer"))
+            checks.append(
+                Check(
+                    "inference matches training",
+                    True,
+                    "the inference prompt equals the training rendering up to the answer",
+                )
+            )
         else:
             got = rendering.tokens[diff].text if diff < len(rendering.tokens) else "(end)"
-            checks.append(Check(
-                "inference matches training", False,
-                f"differs at token {diff}: training has {got!r}, inference has {inference.tokens[diff].text!r}",
-            ))
+            checks.append(
+                Check(
+                    "inference matches training",
+                    False,
+                    f"differs at token {diff}: training has {got!r}, inference has {inference.tokens[diff].text!r}",
+                )
+            )
 
     # 4. How assistant-only masks are found.
     source = rendering.mask_source
     if source == MASK_MARKERS:
         checks.append(Check("generation markers", True, "the template marks assistant turns with {% generation %}"))
     elif source == MASK_TRL_TEMPLATE:
-        checks.append(Check("generation markers", True, "no markers in the template; TRL's training variant of it is used for the mask"))
+        checks.append(
+            Check(
+                "generation markers",
+                True,
+                "no markers in the template; TRL's training variant of it is used for the mask",
+            )
+        )
     elif source == MASK_PREFIX:
-        checks.append(Check("generation markers", True, "no markers and no TRL training variant; assistant turns found by prefix rendering (verified on this row)"))
+        checks.append(
+            Check(
+                "generation markers",
+                True,
+                "no markers and no TRL training variant; assistant turns found by prefix rendering (verified on this row)",
+            )
+        )
     elif source == MASK_LAST_TURN:
         n_assistant = sum(m["role"] == "assistant" for m in messages)
-        checks.append(Check(
-            "generation markers", n_assistant <= 1,
-            "no markers and the template is not prefix-preserving: only the final answer is trained"
-            + ("" if n_assistant <= 1 else f" ({n_assistant - 1} earlier assistant turn(s) are not)"),
-        ))
+        checks.append(
+            Check(
+                "generation markers",
+                n_assistant <= 1,
+                "no markers and the template is not prefix-preserving: only the final answer is trained"
+                + ("" if n_assistant <= 1 else f" ({n_assistant - 1} earlier assistant turn(s) are not)"),
+            )
+        )
     return checks

@@ -22,12 +22,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .events import Event
-from .runs import FINAL_STATES, RunFolder, _pid_alive, read_json, run_record, write_json
+from .files import read_events, read_json, write_json
+from .lookup import run_record
+from .runs import FINAL_STATES, RunFolder, _pid_alive
 
 SPEC_FILE = "spec.json"
 STOP_FILE = "STOP"
@@ -52,8 +55,8 @@ def save_spec(spec, launch: dict) -> dict[str, str]:
 
 
 def load_spec(run_dir: Path):
+    from .config import TrainSpec
     from .secrets import merge_secrets
-    from .train import TrainSpec
 
     data = json.loads((Path(run_dir) / SPEC_FILE).read_text())
     secrets = {tuple(k): v for k, v in json.loads(os.environ.get(SECRETS_ENV) or "[]")}
@@ -97,8 +100,9 @@ def materialize_data(spec, namespace: Mapping | None):
 # -- starting a run ---------------------------------------------------------------------------------
 
 
-def worker_command(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None,
-                   resume: bool = False) -> list[str]:
+def worker_command(
+    run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None, resume: bool = False
+) -> list[str]:
     """The command the supervisor runs: the existing launchers, never a home-made one."""
     worker = ["-m", "sft_magics", "worker", str(run_dir)] + (["--resume"] if resume else [])
     if launcher == "none":
@@ -139,14 +143,24 @@ class BackgroundRun:
         return f"<BackgroundRun {self.name}: {self.status}, supervisor pid {self.pid}, {self.path}>"
 
 
-def launch(spec, *, namespace: Mapping | None = None, launcher: str = "none", nproc: int = 1,
-           accelerate_config: str | None = None, resume: bool = False, overwrite: bool = False,
-           resume_anyway: bool = False, files: Mapping[str, str] | None = None) -> BackgroundRun:
+def launch(
+    spec,
+    *,
+    namespace: Mapping | None = None,
+    launcher: str = "none",
+    nproc: int = 1,
+    accelerate_config: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_anyway: bool = False,
+    files: Mapping[str, str] | None = None,
+) -> BackgroundRun:
     """Start a run in a detached supervisor process and return at once. The data and config are
     checked here first, and the folder is claimed (or, to resume, locked) by this process and
     handed to the worker: a second start under the same name is refused at once."""
+    from .config import plan
     from .secrets import scrub_text
-    from .train import _resume_point, plan
+    from .train import _resume_point
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
@@ -175,7 +189,17 @@ def launch(spec, *, namespace: Mapping | None = None, launcher: str = "none", np
         else:
             folder.remove()
         raise
-    cmd = [sys.executable, "-m", "sft_magics", "supervise", str(run_dir.resolve()), "--launcher", launcher, "--nproc", str(nproc)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sft_magics",
+        "supervise",
+        str(run_dir.resolve()),
+        "--launcher",
+        launcher,
+        "--nproc",
+        str(nproc),
+    ]
     if accelerate_config:
         cmd += ["--accelerate-config", str(accelerate_config)]
     if resume:
@@ -183,8 +207,15 @@ def launch(spec, *, namespace: Mapping | None = None, launcher: str = "none", np
     if resume_anyway:
         cmd.append("--resume-anyway")
     # Detached: its own session, so it outlives the kernel (and a kernel restart).
-    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=os.getcwd(), env={**os.environ, **env})
+    proc = subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=os.getcwd(),
+        env={**os.environ, **env},
+    )
     write_json(run_dir / "supervisor.json", {"pid": proc.pid, "command": cmd})
     folder.lock.release()  # handed over: the worker takes the lock (it waits for this)
     # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
@@ -212,11 +243,52 @@ def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) 
         time.sleep(poll)
 
 
+# -- a finished run, loaded back --------------------------------------------------------------
+
+
+def result_from_disk(run_dir: Path):
+    """A TrainResult for a run trained in another process: history from its events, the trained
+    model loaded from ``final/``."""
+    from .models import load_model
+    from .train import TrainResult
+
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / "status.json")
+    history = [
+        {k: v for k, v in e.items() if k not in ("kind", "time")}
+        for e in read_events(run_dir / "metrics.jsonl")
+        if e.get("kind") in ("log", "eval")
+    ]
+    model = tokenizer = None
+    final = run_dir / "final"
+    if final.is_dir():
+        loaded = load_model(str(final))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    return TrainResult(
+        name=run_dir.name,
+        path=run_dir,
+        status=status.get("state", "unknown"),
+        global_step=int(status.get("step", 0)),
+        max_steps=int(status.get("max_steps") or 0),
+        history=history,
+        model=model,
+        tokenizer=tokenizer,
+        is_peft=(final / "adapter_config.json").is_file(),
+        error=status.get("error"),
+    )
+
+
 # -- following a run's events ----------------------------------------------------------------------
 
 
-def follow(run_dir: Path, sink: Callable[[Event], None], *, stop: threading.Event | None = None,
-           poll: float = 0.25, until_final: bool = True) -> None:
+def follow(
+    run_dir: Path,
+    sink: Callable[[Event], None],
+    *,
+    stop: threading.Event | None = None,
+    poll: float = 0.25,
+    until_final: bool = True,
+) -> None:
     """Feed every event of ``metrics.jsonl`` to ``sink`` — the history first, then new lines as they
     are appended — until a final event (or ``stop``). A half-written last line waits for its end."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -260,8 +332,15 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def supervise(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None,
-              resume: bool = False, resume_anyway: bool = False) -> int:
+def supervise(
+    run_dir: Path,
+    *,
+    launcher: str = "none",
+    nproc: int = 1,
+    accelerate_config: str | None = None,
+    resume: bool = False,
+    resume_anyway: bool = False,
+) -> int:
     """Run the worker command, and make sure the run ends with a final status whatever happens."""
     run_dir = Path(run_dir)
     folder = RunFolder.existing(run_dir.parent, run_dir.name)
@@ -277,18 +356,25 @@ def supervise(run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelera
     if folder.status().get("state") not in FINAL_STATES:
         if code < 0:
             name = signal.Signals(-code).name
-            cause = f"the worker was killed by {name}" + (" (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
+            cause = f"the worker was killed by {name}" + (
+                " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+            )
         else:
             cause = f"the worker exited with code {code} before the run ended"
-        folder.record_failure(cause, "see worker.log in the run folder; resume from the last whole checkpoint",
-                              log_tail=_tail(run_dir / LOG_FILE), exit_code=code)
+        folder.record_failure(
+            cause,
+            "see worker.log in the run folder; resume from the last whole checkpoint",
+            log_tail=_tail(run_dir / LOG_FILE),
+            exit_code=code,
+        )
     return code
 
 
 def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = False) -> int:
     """One process of a run: the same train() as the kernel uses."""
+    from .callbacks import StopFlag
     from .errors import SftError
-    from .train import StopFlag, rank, train
+    from .train import rank, train
 
     run_dir = Path(run_dir)
     spec = load_spec(run_dir)
@@ -296,7 +382,7 @@ def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = Fa
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         result = train(spec, stop=stop, resume=resume, resume_anyway=resume_anyway, claimed=True)
-    except BaseException as err:  # noqa: BLE001 - recorded as the run's cause
+    except BaseException as err:
         import traceback
 
         from .secrets import scrub_text

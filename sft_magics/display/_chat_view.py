@@ -19,7 +19,8 @@ from __future__ import annotations
 import html
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._views import _View
 
@@ -36,8 +37,14 @@ def _gen_defaults(defaults: dict | None) -> dict:
     return d
 
 
-def conversation_html(history: list[dict], *, system: str | None = None, pending: tuple[str, str] | None = None,
-                      label: str = "model", note: str = "") -> str:
+def conversation_html(
+    history: list[dict],
+    *,
+    system: str | None = None,
+    pending: tuple[str, str] | None = None,
+    label: str = "model",
+    note: str = "",
+) -> str:
     """One side of a chat as HTML: the system prompt, each turn, and the reply being written."""
     parts = []
     if system:
@@ -95,19 +102,41 @@ class ChatWidget:
         self.history = self.columns["tuned"]
         self.input = w.Textarea(placeholder="Message (Send to ask)", layout=w.Layout(width="100%", height="4em"))
         self.send_button = w.Button(description="Send", icon="paper-plane", button_style="primary")
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
-                                    tooltip="end the reply being written (the partial answer is kept)")
+        self.stop_button = w.Button(
+            description="Stop",
+            icon="stop",
+            button_style="warning",
+            disabled=True,
+            tooltip="end the reply being written (the partial answer is kept)",
+        )
         self.reset_button = w.Button(description="Reset", icon="trash", tooltip="forget the conversation")
-        self.system = w.Text(value=session.system or "", description="system", placeholder="(the template's default)",
-                             layout=w.Layout(width="100%"))
-        self.temperature = w.BoundedFloatText(value=gen["temperature"], min=0.0, max=5.0, step=0.1, description="temperature",
-                                              tooltip="0 = greedy", layout=w.Layout(width="180px"))
-        self.top_p = w.BoundedFloatText(value=gen["top_p"], min=0.01, max=1.0, step=0.05, description="top-p",
-                                        layout=w.Layout(width="160px"))
-        self.max_new_tokens = w.BoundedIntText(value=gen["max_new_tokens"], min=1, max=32768, description="max tokens",
-                                               layout=w.Layout(width="190px"))
-        self.show_prompt = w.ToggleButton(value=False, description="show prompt", icon="code",
-                                          tooltip="the exact text the model sees (its chat template)")
+        self.system = w.Text(
+            value=session.system or "",
+            description="system",
+            placeholder="(the template's default)",
+            layout=w.Layout(width="100%"),
+        )
+        self.temperature = w.BoundedFloatText(
+            value=gen["temperature"],
+            min=0.0,
+            max=5.0,
+            step=0.1,
+            description="temperature",
+            tooltip="0 = greedy",
+            layout=w.Layout(width="180px"),
+        )
+        self.top_p = w.BoundedFloatText(
+            value=gen["top_p"], min=0.01, max=1.0, step=0.05, description="top-p", layout=w.Layout(width="160px")
+        )
+        self.max_new_tokens = w.BoundedIntText(
+            value=gen["max_new_tokens"], min=1, max=32768, description="max tokens", layout=w.Layout(width="190px")
+        )
+        self.show_prompt = w.ToggleButton(
+            value=False,
+            description="show prompt",
+            icon="code",
+            tooltip="the exact text the model sees (its chat template)",
+        )
         self.status = w.HTML("")
         self.prompt = w.HTML("", layout=w.Layout(display="none"))
 
@@ -116,16 +145,20 @@ class ChatWidget:
         self.reset_button.on_click(self._reset_clicked)
         self.show_prompt.observe(lambda _: self._draw_prompt(), names="value")
 
-        header = "".join(f'<div style="width:{100 // len(self.sides)}%"><b>{_E(LABELS[s])}</b></div>' for s in self.sides)
-        self.widget = w.VBox([
-            self.system,
-            w.HBox([self.temperature, self.top_p, self.max_new_tokens, self.show_prompt]),
-            w.HTML(f'<div style="display:flex">{header}</div>') if self.compare else w.HTML(""),
-            w.HBox([self.columns[s] for s in self.sides]),
-            self.input,
-            w.HBox([self.send_button, self.stop_button, self.reset_button, self.status]),
-            self.prompt,
-        ])
+        header = "".join(
+            f'<div style="width:{100 // len(self.sides)}%"><b>{_E(LABELS[s])}</b></div>' for s in self.sides
+        )
+        self.widget = w.VBox(
+            [
+                self.system,
+                w.HBox([self.temperature, self.top_p, self.max_new_tokens, self.show_prompt]),
+                w.HTML(f'<div style="display:flex">{header}</div>') if self.compare else w.HTML(""),
+                w.HBox([self.columns[s] for s in self.sides]),
+                self.input,
+                w.HBox([self.send_button, self.stop_button, self.reset_button, self.status]),
+                self.prompt,
+            ]
+        )
         self._draw()
 
     # -- display ------------------------------------------------------------------------------
@@ -150,8 +183,11 @@ class ChatWidget:
             return
         self.input.value = ""
         self.session.system = self.system.value.strip() or None
-        gen = {"max_new_tokens": int(self.max_new_tokens.value), "temperature": float(self.temperature.value),
-               "top_p": float(self.top_p.value)}
+        gen = {
+            "max_new_tokens": int(self.max_new_tokens.value),
+            "temperature": float(self.temperature.value),
+            "top_p": float(self.top_p.value),
+        }
         self._stop.clear()
         self.error = None
         self._notes.clear()
@@ -192,7 +228,7 @@ class ChatWidget:
                     self._notes[side] = f"stopped after {turn.new_tokens} tokens"
                     status = "stopped"
                 self._draw()
-        except Exception as err:  # noqa: BLE001 - shown in the widget, never raised on a thread
+        except Exception as err:
             self.error = err
             status = f"error: {type(err).__name__}: {' '.join(str(err).split())}"
         finally:
@@ -216,8 +252,11 @@ class ChatWidget:
         self._last_draw = now
         for side in self.sides:
             self.columns[side].value = conversation_html(
-                self.session.histories[side], system=self.session.system, pending=self._pending.get(side),
-                label=LABELS[side] if self.compare else "model", note=self._notes.get(side, ""),
+                self.session.histories[side],
+                system=self.session.system,
+                pending=self._pending.get(side),
+                label=LABELS[side] if self.compare else "model",
+                note=self._notes.get(side, ""),
             )
 
     def _draw_prompt(self) -> None:
@@ -228,12 +267,22 @@ class ChatWidget:
         for side in self.sides:
             if self.session.last_turn(use_base=side == "base") is not None:
                 prompts[side] = self.session.rendered_prompt(use_base=side == "base")
-        self.prompt.value = prompt_html(prompts) if prompts else '<div style="color:#999">(the prompt appears after the first message)</div>'
+        self.prompt.value = (
+            prompt_html(prompts)
+            if prompts
+            else '<div style="color:#999">(the prompt appears after the first message)</div>'
+        )
         self.prompt.layout.display = None
 
 
-def chat_loop(session, compare: bool = False, defaults: dict | None = None, *,
-              read: Callable[[str], str] | None = None, console: Any = None) -> int:
+def chat_loop(
+    session,
+    compare: bool = False,
+    defaults: dict | None = None,
+    *,
+    read: Callable[[str], str] | None = None,
+    console: Any = None,
+) -> int:
     """Terminal chat: read a line, stream the reply(ies); an empty line or "exit" ends it.
     Ctrl-C while a reply is being written stops that reply (the partial answer is kept);
     Ctrl-C or Ctrl-D at the prompt ends the chat. Returns the number of turns."""
@@ -297,8 +346,10 @@ class ReplyView(_View):
             f'<div style="{_MODEL_STYLE}">{_E(text)}</div></div>'
             for label, text in self._pairs()
         )
-        return f'<div class="sft-chat"><div style="{_USER_STYLE}"><b>you</b>: {_E(self.message)}</div>' \
-               f'<div style="display:flex;gap:8px">{cells}</div></div>'
+        return (
+            f'<div class="sft-chat"><div style="{_USER_STYLE}"><b>you</b>: {_E(self.message)}</div>'
+            f'<div style="display:flex;gap:8px">{cells}</div></div>'
+        )
 
     def __rich__(self):
         from rich.columns import Columns

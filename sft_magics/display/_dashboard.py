@@ -25,18 +25,28 @@ import math
 import threading
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from ._progress import FINAL, ProgressState
+from ..core.progress import FINAL, ProgressState
 
 _E = html.escape
 STATUS_COLORS = {
-    "loading": "#6c757d", "training": "#0d6efd", "evaluating": "#6f42c1", "saving": "#0a7e8c",
-    "finished": "#198754", "stopped": "#b35c00", "failed": "#dc3545",
+    "loading": "#6c757d",
+    "training": "#0d6efd",
+    "evaluating": "#6f42c1",
+    "saving": "#0a7e8c",
+    "finished": "#198754",
+    "stopped": "#b35c00",
+    "failed": "#dc3545",
 }
 RICH_STYLES = {
-    "loading": "dim", "training": "bold blue", "evaluating": "bold magenta", "saving": "cyan",
-    "finished": "bold green", "stopped": "bold yellow", "failed": "bold red",
+    "loading": "dim",
+    "training": "bold blue",
+    "evaluating": "bold magenta",
+    "saving": "cyan",
+    "finished": "bold green",
+    "stopped": "bold yellow",
+    "failed": "bold red",
 }
 
 
@@ -95,8 +105,10 @@ class LossChart:
 # -- HTML pieces (shared by the live widget and the static summary) -------------------------------
 def _badge(status: str) -> str:
     color = STATUS_COLORS.get(status, "#6c757d")
-    return (f'<span style="background:{color};color:white;border-radius:4px;padding:1px 6px;'
-            f'font-size:90%">{_E(status)}</span>')
+    return (
+        f'<span style="background:{color};color:white;border-radius:4px;padding:1px 6px;'
+        f'font-size:90%">{_E(status)}</span>'
+    )
 
 
 def info_text(state: ProgressState) -> str:
@@ -189,7 +201,7 @@ class _Dashboard:
         self.draws += 1
         try:
             self.draw(event)
-        except Exception as err:  # noqa: BLE001 - a display bug must never stop a training run
+        except Exception as err:
             self.errors.append(err)
 
     def draw(self, event) -> None:  # pragma: no cover - overridden
@@ -223,8 +235,11 @@ class _Dashboard:
 
     def _warn_errors(self) -> None:
         if self.errors:
-            warnings.warn(f"the training display failed to draw ({len(self.errors)} times): {self.errors[0]!r}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"the training display failed to draw ({len(self.errors)} times): {self.errors[0]!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def close(self) -> None:
         if self._finish():
@@ -248,9 +263,13 @@ class WidgetDashboard(_Dashboard):
         self.metrics = w.HTML(metrics_html(self.state))
         self.alerts = w.HTML("")
         self.image = w.Image(value=b"", format="png", layout=w.Layout(max_width="640px"))
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
-                                    tooltip="stop after the current step and keep a checkpoint",
-                                    disabled=on_stop is None)
+        self.stop_button = w.Button(
+            description="Stop",
+            icon="stop",
+            button_style="warning",
+            tooltip="stop after the current step and keep a checkpoint",
+            disabled=on_stop is None,
+        )
         self.stop_button.on_click(self._stop_clicked)
         children = [self.header, w.HBox([self.bar, self.label]), self.metrics, self.alerts, self.image]
         if on_stop is not None:
@@ -351,7 +370,7 @@ class _RichView:
     tick between events). Reads the state without its lock: scalars are replaced atomically and
     lists only grow; taking the lock here could deadlock against Live's own lock."""
 
-    def __init__(self, dashboard: "RichDashboard"):
+    def __init__(self, dashboard: RichDashboard):
         self.d = dashboard
 
     def __rich__(self):
@@ -429,7 +448,9 @@ class PlainDashboard(_Dashboard):
             now = self.clock()
             if event.kind == "started":
                 self._print(self._started_line(event.data))
-            elif event.kind in ("eval", *FINAL) or (event.kind == "log" and (self._last is None or now - self._last >= self.interval)):
+            elif event.kind in ("eval", *FINAL) or (
+                event.kind == "log" and (self._last is None or now - self._last >= self.interval)
+            ):
                 if event.kind == "log":
                     self._last = now
                 self._print(self._status_line())
@@ -443,8 +464,10 @@ class PlainDashboard(_Dashboard):
         def count(v):
             return f"{v:,}" if isinstance(v, int) else "?"
 
-        return (f"started on {d.get('device')} ({d.get('dtype')}): {d.get('train_rows')} rows, "
-                f"{count(d.get('trainable_params'))} trainable of {count(d.get('total_params'))} parameters")
+        return (
+            f"started on {d.get('device')} ({d.get('dtype')}): {d.get('train_rows')} rows, "
+            f"{count(d.get('trainable_params'))} trainable of {count(d.get('total_params'))} parameters"
+        )
 
     def _status_line(self) -> str:
         s = self.state
@@ -460,8 +483,4 @@ class PlainDashboard(_Dashboard):
         self._warn_errors()
 
 
-# The names the rest of the package used before the dashboards.
-PlainReporter, RichReporter, WidgetReporter = PlainDashboard, RichDashboard, WidgetDashboard
-
-__all__ = ["LossChart", "PlainDashboard", "RichDashboard", "WidgetDashboard", "summary_html", "figure_png", "png_img",
-           "PlainReporter", "RichReporter", "WidgetReporter"]
+__all__ = ["LossChart", "PlainDashboard", "RichDashboard", "WidgetDashboard", "summary_html", "figure_png", "png_img"]

@@ -65,7 +65,9 @@ class DataView(_View):
             return []
         lines = []
         if s.problems:
-            lines.append(f"invalid rows: {s.invalid_rows} of {s.source_rows} rows are invalid and left out of the statistics")
+            lines.append(
+                f"invalid rows: {s.invalid_rows} of {s.source_rows} rows are invalid and left out of the statistics"
+            )
         if s.template_errors:
             lines.append(f"{len(s.template_errors)} rows could not be rendered by the chat template (not counted)")
         lines += [f"  {p}" for p in problems[:PROBLEMS_SHOWN]]
@@ -94,14 +96,19 @@ class DataView(_View):
                 f"max_length {s.max_length}: {s.truncated} rows truncated, {s.no_trained_left} with no trained token left "
                 f"(TRL drops those silently), {s.end_lost} lose their answer's end token (trained on an answer cut mid-way)"
             )
-            for label, rows in (("truncated", s.truncated_rows), ("no trained token left", s.no_trained_rows),
-                                ("end token lost", s.end_lost_rows)):
+            for label, rows in (
+                ("truncated", s.truncated_rows),
+                ("no trained token left", s.no_trained_rows),
+                ("end token lost", s.end_lost_rows),
+            ):
                 if rows:
                     lines.append(f"  {label}: rows {_rows_list(rows)}")
         elif s.no_trained_left:
             lines.append(f"{s.no_trained_left} rows have no trained token: rows {_rows_list(s.no_trained_rows)}")
         if s.duplicates:
-            groups = "; ".join("rows " + " = ".join(map(str, g[:6])) + (" = …" if len(g) > 6 else "") for g in s.duplicate_groups)
+            groups = "; ".join(
+                "rows " + " = ".join(map(str, g[:6])) + (" = …" if len(g) > 6 else "") for g in s.duplicate_groups
+            )
             more = " …" if s.duplicate_group_count > len(s.duplicate_groups) else ""
             lines.append(
                 f"duplicates: {s.duplicates} {'row repeats' if s.duplicates == 1 else 'rows repeat'} an earlier row exactly "
@@ -121,7 +128,9 @@ class DataView(_View):
             line += f" × gradient accumulation {s.grad_accum} ({s.batch_size * s.grad_accum} rows per step)"
         dropped = s.rows - s.rows_trained
         if dropped:
-            line += f"; {s.steps_per_epoch(after_drops=True)} once TRL drops the {dropped} rows with no trained token left"
+            line += (
+                f"; {s.steps_per_epoch(after_drops=True)} once TRL drops the {dropped} rows with no trained token left"
+            )
         lines.append(line)
         lines.append(f"tokens per epoch: {s.tokens_per_epoch:,} read, {s.trained_tokens_per_epoch:,} trained")
         return lines
@@ -146,14 +155,16 @@ class DataView(_View):
 
     def to_html(self) -> str:
         header, rows = self.table()
-        cell = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
+        cell = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)
         head = "".join(f"<th>{_e(h)}</th>" for h in ["", *header[1:]])
         body = "".join("<tr>" + "".join(f"<td>{_e(cell(v))}</td>" for v in r) + "</tr>" for r in rows)
         problems = self.problem_lines()
         problem_html = ""
         if problems:
             items = "".join(f"<li>{_e(p.strip())}</li>" for p in problems[1:])
-            problem_html = f'<div class="sft-problems" style="color:#b91c1c"><b>{_e(problems[0])}</b><ul>{items}</ul></div>'
+            problem_html = (
+                f'<div class="sft-problems" style="color:#b91c1c"><b>{_e(problems[0])}</b><ul>{items}</ul></div>'
+            )
         notes = "".join(f"<li>{_e(n)}</li>" for n in self.notes())
         findings = "".join(f"<div>{_e(line)}</div>" for line in self.finding_lines())
         png = base64.b64encode(self.histogram_png()).decode("ascii")
@@ -162,7 +173,7 @@ class DataView(_View):
             f"<div><b>{_e(self.title)}</b></div><div>{_e(self.header())}</div>"
             + (f"<ul>{notes}</ul>" if notes else "")
             + problem_html
-            + f"<table><caption style=\"text-align:left\">{_e(header[0])}</caption><tr>{head}</tr>{body}</table>"
+            + f'<table><caption style="text-align:left">{_e(header[0])}</caption><tr>{head}</tr>{body}</table>'
             + findings
             + f'<img alt="histogram of tokens per example" src="data:image/png;base64,{png}"/>'
             "</div>"
@@ -229,7 +240,10 @@ class RowBrowser:
         s = self.stats
         if s is None or position >= len(s.total_tokens):
             return ""
-        parts = [f"{s.total_tokens[position]} tokens", f"{s.trained_tokens_full[position] if s.trained_tokens_full else s.trained_tokens[position]} trained"]
+        parts = [
+            f"{s.total_tokens[position]} tokens",
+            f"{s.trained_tokens_full[position] if s.trained_tokens_full else s.trained_tokens[position]} trained",
+        ]
         if s.max_length is not None:
             index = self.data.source_index(position)
             if index in set(s.no_trained_rows):
@@ -244,11 +258,14 @@ class RowBrowser:
         """HTML for source row ``index`` (escaped)."""
         head = f"row {index} of {self.n_rows}"
         if index in self._position and index not in self.reasons:
-            from ..core.template import TemplateError, tokenize_row
+            from ..core.render import TemplateError
+            from ..core.template import tokenize_row
 
             position = self._position[index]
             try:
-                rendering = tokenize_row(self.tokenizer, self.data.dataset[position], self.data.format, method=self._mask_method())
+                rendering = tokenize_row(
+                    self.tokenizer, self.data.dataset[position], self.data.format, method=self._mask_method()
+                )
             except TemplateError as err:
                 return f'<div class="sft-row"><b>{_e(head)}</b><div style="color:#b91c1c">{_e(err)}</div></div>'
             rendering.max_length = self.max_length
@@ -268,7 +285,7 @@ class RowBrowser:
         items = "".join(f"<li>{_e(r)}</li>" for r in reasons)
         return (
             f'<div class="sft-row"><b>{_e(head)}</b> — <span style="color:#b91c1c">invalid, left out of training</span>'
-            f"<ul>{items}</ul><pre style=\"white-space:pre-wrap\">{_e(raw_text)}</pre></div>"
+            f'<ul>{items}</ul><pre style="white-space:pre-wrap">{_e(raw_text)}</pre></div>'
         )
 
     # -- widgets ------------------------------------------------------------------------------------

@@ -81,11 +81,21 @@ class EvalView(_View):
         rows = []
         for metric, values in r.summary.items():
             arrow = "↑" if r.higher_better(metric) else "↓"
-            rows.append([f"{metric} {arrow}", *(fmt(values.get(lb, float("nan"))) for lb in labels),
-                         *(fmt_delta(deltas.get(metric, {}).get(lb, float("nan"))) for lb in others)])
+            rows.append(
+                [
+                    f"{metric} {arrow}",
+                    *(fmt(values.get(lb, float("nan"))) for lb in labels),
+                    *(fmt_delta(deltas.get(metric, {}).get(lb, float("nan"))) for lb in others),
+                ]
+            )
         tokens = r.prompt_tokens
-        rows.append(["prompt tokens / request", *(f"{tokens[lb]:.1f}" for lb in labels),
-                     *(fmt_delta(tokens[lb] - tokens[ref]) for lb in others)])
+        rows.append(
+            [
+                "prompt tokens / request",
+                *(f"{tokens[lb]:.1f}" for lb in labels),
+                *(fmt_delta(tokens[lb] - tokens[ref]) for lb in others),
+            ]
+        )
         rows.append(["seconds", *(f"{r[lb].seconds:.1f}" for lb in labels), *([""] * len(others))])
         return rows
 
@@ -93,10 +103,16 @@ class EvalView(_View):
         r = self.report
         notes = []
         if r.shots:
-            notes.append(f"few_shot: the base model prompted with {len(r.shots)} training examples before each question")
+            notes.append(
+                f"few_shot: the base model prompted with {len(r.shots)} training examples before each question"
+            )
         s = r.settings
         if s:
-            decoding = "greedy" if not s.get("temperature") else f"sampling (temperature {s['temperature']}, top_p {s['top_p']})"
+            decoding = (
+                "greedy"
+                if not s.get("temperature")
+                else f"sampling (temperature {s['temperature']}, top_p {s['top_p']})"
+            )
             notes.append(f"{decoding}, max {s.get('max_new_tokens')} new tokens, batch {s.get('batch_size')}")
         if r.saved_to:
             notes.append(f"saved to {r.saved_to}")
@@ -124,7 +140,9 @@ class EvalView(_View):
         r, ex, metric = self.report, self.report.eval_examples[i], self.report.primary_metric
         lines = [f"#{i}  prompt: {_short(ex.question)}", f"     reference: {_short(ex.reference)}"]
         for label, res in r.items():
-            lines.append(f"     {label}: {_short(res.predictions[i]) or '(empty)'}  [{metric} {fmt(res.scores[metric][i])}]")
+            lines.append(
+                f"     {label}: {_short(res.predictions[i]) or '(empty)'}  [{metric} {fmt(res.scores[metric][i])}]"
+            )
         return lines
 
     def to_html(self) -> str:
@@ -136,8 +154,10 @@ class EvalView(_View):
         if idx:
             caption = f"worst {len(idx)} by {self.report.primary_metric} ({next(iter(self.report))})"
             worst = f"<div><b>{_E(caption)}</b></div>" + examples_table_html(self.report, idx)
-        return (f'<div class="sft-eval">{_STYLE}<b>{_E(self.title)}</b><table><tr>{head}</tr>{body}</table>'
-                f"{notes}{worst}</div>")
+        return (
+            f'<div class="sft-eval">{_STYLE}<b>{_E(self.title)}</b><table><tr>{head}</tr>{body}</table>'
+            f"{notes}{worst}</div>"
+        )
 
     def __rich__(self):
         from rich.console import Group
@@ -152,7 +172,9 @@ class EvalView(_View):
         parts = [table, *(Text(n) for n in self.notes())]
         idx = self.worst_indices()
         if idx:
-            worst = Table(title=f"worst {len(idx)} by {self.report.primary_metric} ({next(iter(self.report))})", show_lines=True)
+            worst = Table(
+                title=f"worst {len(idx)} by {self.report.primary_metric} ({next(iter(self.report))})", show_lines=True
+            )
             labels = list(self.report)
             for h in ["#", "prompt", "reference", *labels]:
                 worst.add_column(h)
@@ -161,7 +183,10 @@ class EvalView(_View):
                 answers = []
                 for lb in labels:
                     res, metric = self.report[lb], self.report.primary_metric
-                    answers.append(Text(f"{_short(res.predictions[i])}\n") + Text(f"{metric} {fmt(res.scores[metric][i])}", style="dim"))
+                    answers.append(
+                        Text(f"{_short(res.predictions[i])}\n")
+                        + Text(f"{metric} {fmt(res.scores[metric][i])}", style="dim")
+                    )
                 worst.add_row(str(i), Text(_short(ex.question)), Text(_short(ex.reference)), *answers)
             parts.append(worst)
         return Group(*parts)
@@ -179,7 +204,9 @@ def examples_table_html(report, indices) -> str:
         for lb in labels:
             res = report[lb]
             scores = " · ".join(f"{_E(m)} {_E(fmt(v[i]))}" for m, v in res.scores.items())
-            cells.append(f"<td><code>{diff_html(ex.reference, res.predictions[i])}</code><div class='s'>{scores}</div></td>")
+            cells.append(
+                f"<td><code>{diff_html(ex.reference, res.predictions[i])}</code><div class='s'>{scores}</div></td>"
+            )
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 

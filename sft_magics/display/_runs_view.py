@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._views import _View
 
@@ -62,10 +63,17 @@ class RunsView(_View):
         for r in self.records:
             steps, max_steps = r.get("steps"), r.get("max_steps")
             steps_text = "–" if steps is None else (f"{steps}/{max_steps}" if max_steps else str(steps))
-            out.append([
-                str(r.get("name", "?")), str(r.get("model") or "–"), str(r.get("dataset") or "–"), steps_text,
-                _status(r), _cell_loss(r.get("train_loss")), _cell_loss(r.get("eval_loss")),
-            ])
+            out.append(
+                [
+                    str(r.get("name", "?")),
+                    str(r.get("model") or "–"),
+                    str(r.get("dataset") or "–"),
+                    steps_text,
+                    _status(r),
+                    _cell_loss(r.get("train_loss")),
+                    _cell_loss(r.get("eval_loss")),
+                ]
+            )
         return out
 
     def to_text(self) -> str:
@@ -80,7 +88,11 @@ class RunsView(_View):
         """Every run's loss curve on one axis (None when no run has a finite loss)."""
         series = []
         for r in self.records:
-            pts = [(s, l) for s, l in ((s, _number(l)) for s, l in r.get("history") or []) if l is not None and math.isfinite(l)]
+            pts = [
+                (s, v)
+                for s, v in ((s, _number(loss)) for s, loss in r.get("history") or [])
+                if v is not None and math.isfinite(v)
+            ]
             if pts:
                 series.append((str(r.get("name", "?")), pts))
         if not series:
@@ -106,8 +118,10 @@ class RunsView(_View):
         head = "".join(f"<th>{_E(h)}</th>" for h in HEADER)
         body = "".join("<tr>" + "".join(f"<td>{_E(c)}</td>" for c in row) + "</tr>" for row in self.rows())
         empty = "" if self.records else "<div>no runs</div>"
-        return (f'<div class="sft-runs"><b>{_E(self.title)}</b><table><tr>{head}</tr>{body}</table>{empty}'
-                f"{png_img(self.chart_png(), alt='loss curves')}</div>")
+        return (
+            f'<div class="sft-runs"><b>{_E(self.title)}</b><table><tr>{head}</tr>{body}</table>{empty}'
+            f"{png_img(self.chart_png(), alt='loss curves')}</div>"
+        )
 
     def __rich__(self):
         from rich.table import Table

@@ -227,7 +227,7 @@ class RenderingView(_View):
         for i, m in enumerate(per_message(self.r)):
             rows.append(
                 f'<tr><td>{i}</td><td class="{_colour_class(i)}" style="background:{_colour(i)}">{_e(m["role"])}</td>'
-                f'<td>{m["tokens"]}</td><td>{m["trained"]}</td></tr>'
+                f"<td>{m['tokens']}</td><td>{m['trained']}</td></tr>"
             )
         return f'<table class="sft-msgs">{head}{"".join(rows)}</table>'
 
@@ -313,7 +313,8 @@ class CompareView(_View):
 
     def to_html(self) -> str:
         cols = "".join(
-            f'<div class="sft-col" style="flex:1 1 0;min-width:0">{v.body_html()}</div>' for v in (self.left, self.right)
+            f'<div class="sft-col" style="flex:1 1 0;min-width:0">{v.body_html()}</div>'
+            for v in (self.left, self.right)
         )
         return (
             f'<div class="{CONTAINER}">{_STYLE}'
@@ -358,7 +359,12 @@ class InferenceView(_View):
     def to_text(self) -> str:
         same, line = self.verdict()
         return "\n".join(
-            [("✓ " if same else "⚠ ") + line, *self.train_view._text_lines(), "", *self.infer_view._text_lines(self.first_difference)]
+            [
+                ("✓ " if same else "⚠ ") + line,
+                *self.train_view._text_lines(),
+                "",
+                *self.infer_view._text_lines(self.first_difference),
+            ]
         )
 
     def to_html(self) -> str:
@@ -380,6 +386,4 @@ class InferenceView(_View):
 
         same, line = self.verdict()
         head = Text(("✓ " if same else "⚠ ") + line, style="bold green" if same else "bold red")
-        return Group(
-            head, *self.train_view.rich_parts(), Rule(), *self.infer_view.rich_parts(self.first_difference)
-        )
+        return Group(head, *self.train_view.rich_parts(), Rule(), *self.infer_view.rich_parts(self.first_difference))

@@ -4,7 +4,7 @@ into HTML passes through ``html.escape`` (ipywidgets' HTML and notebook outputs 
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 _E = html.escape
 

@@ -20,7 +20,8 @@ import asyncio
 import re
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def _kernel():
@@ -36,8 +37,9 @@ def kernel_pumps_comms_when_awaiting() -> bool:
     return kernel is not None and not hasattr(kernel, "do_one_iteration")
 
 
-class Worker:
-    """A job on a daemon thread; its value or exception is handed back to the waiter."""
+class TrainingThread:
+    """A job (training) on a daemon thread of the kernel; its value or exception is handed back to
+    the waiter. (A *process* that trains is ``core.worker``'s worker.)"""
 
     def __init__(self, job: Callable[[], Any], request_stop: Callable[[], None]):
         self.request_stop = request_stop
@@ -49,7 +51,7 @@ class Worker:
     def _run(self, job) -> None:
         try:
             self._box["value"] = job()
-        except BaseException as err:  # noqa: BLE001 - handed back to the waiting thread
+        except BaseException as err:
             self._box["error"] = err
 
     def _interrupt(self) -> None:
@@ -104,5 +106,8 @@ def await_transformer(lines: list[str]) -> list[str]:
     ``get_ipython().run_cell_magic('sft_train', ...)`` or ``run_line_magic``) becomes an awaited call of the async
     variant, so ipykernel runs the cell as a coroutine and keeps handling button clicks."""
     if lines and _CALL.match(lines[0]):
-        lines = [_CALL.sub("await get_ipython().magics_manager.registry['SftMagics'].sft_train_async(", lines[0], count=1), *lines[1:]]
+        lines = [
+            _CALL.sub("await get_ipython().magics_manager.registry['SftMagics'].sft_train_async(", lines[0], count=1),
+            *lines[1:],
+        ]
     return lines

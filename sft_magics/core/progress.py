@@ -1,8 +1,8 @@
 """Training progress: one state model fed by events, thin renderers on top (tqdm's pattern).
 
 :class:`ProgressState` is the only place that interprets training events: the widget, rich and
-plain dashboards in :mod:`._dashboard` only read it. It is plain Python (no display imports), so
-it can be tested with synthetic events.
+plain dashboards in :mod:`sft_magics.display._dashboard` only read it. It is core (plain Python, no
+display imports): a script, a test or another frontend reads the same state from the same events.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-FINAL = ("finished", "stopped", "failed")
+from .runs import FINAL_STATES as FINAL
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -123,20 +124,34 @@ class ProgressState:
             self.losses.append((self.step, loss))
             self.version += 1
             if math.isnan(loss):
-                self._alert("loss-nan", f"loss is NaN (step {self.step}): training diverged; lower learning_rate or check the data")
+                self._alert(
+                    "loss-nan",
+                    f"loss is NaN (step {self.step}): training diverged; lower learning_rate or check the data",
+                )
             elif math.isinf(loss):
                 self._alert("loss-inf", f"loss is infinite (step {self.step}): training diverged; lower learning_rate")
             elif loss == 0:
-                self._alert("loss-zero", f"loss is exactly 0 (step {self.step}): are any tokens trained on? check the loss mask")
+                self._alert(
+                    "loss-zero", f"loss is exactly 0 (step {self.step}): are any tokens trained on? check the loss mask"
+                )
         grad_norm = _number(d.get("grad_norm"))
         if grad_norm is not None:
             self.grad_norm = grad_norm
             if math.isnan(grad_norm):
-                self._alert("grad-nan", f"grad norm is NaN (step {self.step}): lower learning_rate, or use bf16 instead of fp16")
+                self._alert(
+                    "grad-nan", f"grad norm is NaN (step {self.step}): lower learning_rate, or use bf16 instead of fp16"
+                )
             elif math.isinf(grad_norm):
-                self._alert("grad-inf", f"grad norm is infinite (step {self.step}): lower learning_rate, or use bf16 instead of fp16")
-        for key, attr in (("learning_rate", "learning_rate"), ("mean_token_accuracy", "token_accuracy"),
-                          ("gpu_memory_gb", "gpu_memory_gb"), ("train_loss", "train_loss")):
+                self._alert(
+                    "grad-inf",
+                    f"grad norm is infinite (step {self.step}): lower learning_rate, or use bf16 instead of fp16",
+                )
+        for key, attr in (
+            ("learning_rate", "learning_rate"),
+            ("mean_token_accuracy", "token_accuracy"),
+            ("gpu_memory_gb", "gpu_memory_gb"),
+            ("train_loss", "train_loss"),
+        ):
             value = _number(d.get(key))
             if value is not None:
                 setattr(self, attr, value)
@@ -170,8 +185,11 @@ class ProgressState:
             self._alert("eval-nan", f"eval loss is NaN (step {self.step})")
         self._eval_rises = self._eval_rises + 1 if previous is not None and value > previous else 0
         if self._eval_rises >= 3:
-            self._alert("eval-rising", f"eval loss rose 3 evaluations in a row (step {self.step}): "
-                                       "overfitting? fewer steps or a lower learning_rate")
+            self._alert(
+                "eval-rising",
+                f"eval loss rose 3 evaluations in a row (step {self.step}): "
+                "overfitting? fewer steps or a lower learning_rate",
+            )
 
     def _alert(self, key: str, text: str) -> None:
         if key not in self._alert_keys:
@@ -209,8 +227,11 @@ class ProgressState:
     def progress_text(self) -> str:
         """``step N/M · epoch E · elapsed · ETA``: the label next to a progress bar."""
         epochs = f"/{self.num_train_epochs:g}" if self.num_train_epochs else ""
-        tail = f"done in {_fmt_seconds(self.elapsed)}" if self.final else \
-            f"{_fmt_seconds(self.elapsed)} elapsed · ETA {_fmt_seconds(self.eta)}"
+        tail = (
+            f"done in {_fmt_seconds(self.elapsed)}"
+            if self.final
+            else f"{_fmt_seconds(self.elapsed)} elapsed · ETA {_fmt_seconds(self.eta)}"
+        )
         return f"step {self.step}/{self.max_steps or '?'} · epoch {self.epoch:.2f}{epochs} · {tail}"
 
     def metrics(self) -> list[tuple[str, str]]:
@@ -229,7 +250,11 @@ class ProgressState:
 
     def fields(self) -> list[tuple[str, str]]:
         """Label/value pairs of one plain log line."""
-        rows = [("status", self.status), ("step", f"{self.step}/{self.max_steps or '?'}"), ("epoch", f"{self.epoch:.2f}")]
+        rows = [
+            ("status", self.status),
+            ("step", f"{self.step}/{self.max_steps or '?'}"),
+            ("epoch", f"{self.epoch:.2f}"),
+        ]
         rows += [(k, v) for k, v in self.metrics() if not (k in ("tokens/s",) and v == "–")]
         rows += [("elapsed", _fmt_seconds(self.elapsed))]
         if not self.final:
@@ -238,15 +263,3 @@ class ProgressState:
 
     def line(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.fields())
-
-
-_ALIASES = {"PlainReporter": "PlainDashboard", "RichReporter": "RichDashboard", "WidgetReporter": "WidgetDashboard"}
-
-
-def __getattr__(name: str):
-    """The old reporter names, kept as aliases of the dashboards (imported lazily: no cycle)."""
-    if name in _ALIASES:
-        from . import _dashboard
-
-        return getattr(_dashboard, _ALIASES[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,371 @@
+"""The training config: a ``%%sft_train`` cell (or keyword arguments) becomes a :class:`TrainSpec`,
+checked key by key, then a :class:`Plan` — data loaded and validated, every value range-checked,
+device and precision chosen, steps counted — before any model loads or any run folder is made.
+The plan is what ``--dry-run`` shows and what :func:`core.train.train` trains.
+
+Every key uses TRL's own names: any ``SFTConfig`` field at the top level, ``lora`` holds
+``peft.LoraConfig`` fields (or ``False`` for a full fine-tune).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SftError
+from .models import DEFAULT_MODEL
+
+DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+# Our defaults for SFTConfig fields (TRL's own defaults apply to everything else).
+DEFAULT_SFT = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 2.0e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,  # a fraction (< 1) of the total steps
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "max_length": 1024,
+    "seed": 42,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+SPEC_KEYS = ("model", "dataset", "eval_dataset", "eval_split", "lora", "load_in_4bit")
+
+
+def defaults_markdown() -> str:
+    """The README's table of our defaults, made from DEFAULT_SFT / DEFAULT_LORA (tests/test_readme.py
+    checks the README holds exactly this, so the documented defaults cannot drift from the code)."""
+    rows = ["| key | our default |", "|---|---|"]
+    rows += [f"| `{k}` | `{v}` |" for k, v in DEFAULT_SFT.items()]
+    rows += [f"| `lora.{k}` | `{v}` |" for k, v in DEFAULT_LORA.items()]
+    return "\n".join(rows)
+
+
+class ConfigError(SftError, ValueError):
+    """A bad key or value in a training spec; one line naming the key."""
+
+
+def sft_config_fields() -> dict[str, Any]:
+    """SFTConfig's field names and types (imports trl, so call it lazily)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    return {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
+
+
+def lora_config_fields() -> dict[str, Any]:
+    import dataclasses
+    import typing
+
+    from peft import LoraConfig
+
+    try:
+        hints = typing.get_type_hints(LoraConfig)  # PEFT writes its annotations as strings
+    except Exception:
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(LoraConfig) if f.init}
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{key}' in {where}{hint}")
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce_number(key: str, value: Any, expected: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; users keep writing it. For a float field, a
+    string that is a number is that number."""
+    import typing
+
+    options = typing.get_args(expected) or (expected,)
+    if isinstance(value, str) and float in options and str not in options and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def _check_lora(lora: Mapping[str, Any]) -> None:
+    """The LoraConfig values PEFT would only reject once the model is loaded (or with a traceback)."""
+    r = lora.get("r", DEFAULT_LORA["r"])
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"key 'lora.r' must be a whole number of at least 1 (the adapter rank), got {r!r}")
+    alpha = lora.get("lora_alpha", DEFAULT_LORA["lora_alpha"])
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"key 'lora.lora_alpha' must be a number above 0, got {alpha!r}")
+    dropout = lora.get("lora_dropout", DEFAULT_LORA["lora_dropout"])
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"key 'lora.lora_dropout' must be a fraction in [0, 1), got {dropout!r}")
+    try:
+        _lora_config(lora)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"key 'lora': {' '.join(str(err).split())[:300]}") from None
+
+
+def _lora_config(lora: Mapping[str, Any]):
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **{**DEFAULT_LORA, **lora})
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A training run as the user asked for it (the YAML cell, or keyword arguments)."""
+
+    name: str
+    model: str = DEFAULT_MODEL
+    dataset: Any = None
+    eval_dataset: Any = None
+    eval_split: float | None = None
+    lora: Mapping[str, Any] | bool = True
+    sft: Mapping[str, Any] = field(default_factory=dict)  # SFTConfig fields, TRL names
+    output_dir: str = "runs"
+    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes)
+
+    @classmethod
+    def from_mapping(cls, name: str, config: Mapping[str, Any], output_dir: str = "runs") -> TrainSpec:
+        """Split a flat mapping (the YAML cell) into our keys and SFTConfig fields, checking names."""
+        from .runs import validate_name
+
+        validate_name(name)
+        config = dict(config or {})
+        valid_sft = sft_config_fields()
+        sft = {}
+        for key in list(config):
+            if key in SPEC_KEYS:
+                continue
+            if key not in valid_sft or key == "output_dir":
+                raise _unknown_key(key, [*SPEC_KEYS, *valid_sft], "the training config")
+            sft[key] = _coerce_number(key, config.pop(key), valid_sft[key])
+        lora = config.get("lora", True)
+        if isinstance(lora, Mapping):
+            valid_lora = lora_config_fields()
+            lora = dict(lora)
+            for key in lora:
+                if key not in valid_lora:
+                    raise _unknown_key(key, list(valid_lora), "lora")
+                lora[key] = _coerce_number(f"lora.{key}", lora[key], valid_lora[key])
+            _check_lora(lora)
+        elif not isinstance(lora, bool):
+            raise ConfigError(f"key 'lora' must be a mapping of LoraConfig fields or false, got {type(lora).__name__}")
+        if config.get("dataset") is None:
+            raise ConfigError("key 'dataset' is required (a file, folder, Hub name or notebook variable)")
+        split = config.get("eval_split")
+        if split is not None and not (isinstance(split, (int, float)) and 0 < split < 1):
+            raise ConfigError(f"key 'eval_split' must be a fraction between 0 and 1, got {split!r}")
+        return cls(
+            name=name,
+            model=str(config.get("model") or DEFAULT_MODEL),
+            dataset=config.get("dataset"),
+            eval_dataset=config.get("eval_dataset"),
+            eval_split=split,
+            lora=lora,
+            sft=sft,
+            output_dir=output_dir,
+            load_in_4bit=bool(config.get("load_in_4bit", False)),
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _check_value(key: str, value: Any, expected: Any) -> None:
+    """A wrong type names the key and the expected type (only for simple scalar fields)."""
+    import types
+    import typing
+
+    options = (
+        typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+    )
+    simple = {int, float, bool, str, type(None)}
+    if not options or not all(o in simple for o in options):
+        return  # lists, enums, dicts: TRL validates those itself
+    if value is None and type(None) in options:
+        return
+    ok = any(
+        (o is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (o is int and isinstance(value, int) and not isinstance(value, bool))
+        or (o is bool and isinstance(value, bool))
+        or (o is str and isinstance(value, str))
+        for o in options
+    )
+    if not ok:
+        from .secrets import is_secret_key, redact
+
+        names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+        shown = "<redacted>" if is_secret_key(key) else repr(redact(value))
+        raise ConfigError(f"key '{key}' expects {names}, got {shown} ({type(value).__name__})")
+
+
+# Checked before the model loads (TRL would only fail later, or deep in a traceback).
+_AT_LEAST_ONE = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "eval_accumulation_steps",
+    "dataset_num_proc",
+)
+_ABOVE_ZERO = ("learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps")
+_AT_LEAST_ZERO = ("warmup_steps", "weight_decay", "max_grad_norm", "save_total_limit")
+
+
+def _check_ranges(sft: Mapping[str, Any]) -> None:
+    def bad(key, rule):
+        raise ConfigError(f"key '{key}' must be {rule}, got {sft[key]!r}")
+
+    for key in _AT_LEAST_ONE:
+        v = sft.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            bad(key, "a whole number of at least 1")
+    for key in _ABOVE_ZERO:
+        v = sft.get(key)
+        if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and v <= 0:
+            bad(key, "above 0")
+    for key in _AT_LEAST_ZERO:
+        v = sft.get(key)
+        if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and v < 0:
+            bad(key, "0 or more")
+    v = sft.get("max_steps")
+    if isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v < -1):
+        bad("max_steps", "a positive number of steps (or -1: train num_train_epochs)")
+    v = sft.get("warmup_ratio")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v <= 1:
+        bad("warmup_ratio", "a fraction between 0 and 1")
+
+
+def planned_steps(rows: int, sft_args: Mapping[str, Any], world_size: int = 1) -> int:
+    """Optimizer steps the run will take (max_steps wins; else epochs x steps per epoch)."""
+    import math
+
+    if (sft_args.get("max_steps") or -1) > 0:
+        return int(sft_args["max_steps"])
+    batch = int(sft_args.get("per_device_train_batch_size", 8)) * world_size
+    accum = int(sft_args.get("gradient_accumulation_steps", 1))
+    per_epoch = max(1, math.ceil(math.ceil(rows / batch) / accum))
+    return int(math.ceil(per_epoch * float(sft_args.get("num_train_epochs", 1))))
+
+
+@dataclass
+class Plan:
+    """Everything resolved before training: what --dry-run shows."""
+
+    spec: TrainSpec
+    sft_args: dict
+    lora: dict | None
+    device: str
+    dtype: Any
+    train_data: Any
+    eval_data: Any
+    steps: int
+
+    def config(self) -> dict:
+        """The resolved config (secrets included, in memory only: RunFolder.write_config leaves them
+        out on disk, and --dry-run shows them redacted)."""
+        return dict(
+            {
+                "model": self.spec.model,
+                "dataset": _describe(self.spec.dataset),
+                "eval_dataset": None if self.spec.eval_dataset is None else _describe(self.spec.eval_dataset),
+                "eval_split": self.spec.eval_split,
+                "lora": self.lora if self.lora else False,
+                **({"load_in_4bit": True} if self.spec.load_in_4bit else {}),
+                **self.sft_args,
+            }
+        )
+
+
+def _describe(source: Any) -> str:
+    return source if isinstance(source, str) else f"<{type(source).__name__}>"
+
+
+def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -> Plan:
+    """Data (validated first: a bad row fails before any model loads), config and hardware."""
+    from .data import load_data, train_val_split
+    from .models import choose_device_dtype
+
+    train_data = load_data(spec.dataset, namespace=namespace)
+    eval_data = load_data(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
+    if eval_data is None and spec.eval_split:
+        train_data, eval_data = train_val_split(train_data, spec.eval_split, seed=int(spec.sft.get("seed", 42)))
+
+    fields = sft_config_fields()
+    for key, value in spec.sft.items():
+        _check_value(key, value, fields[key])
+    _check_ranges(spec.sft)
+    sft_args = {**DEFAULT_SFT, **spec.sft}
+    device, dtype = choose_device_dtype("cpu" if sft_args.get("use_cpu") else None)
+    if spec.load_in_4bit and device != "cuda":
+        raise ConfigError(
+            "key 'load_in_4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device"
+        )
+    if device == "cpu":
+        sft_args.setdefault("use_cpu", True)
+        # TRL turns activation checkpointing on by default; it saves GPU memory but on a CPU it
+        # only recomputes activations (measured ~2x slower per step on SmolLM2-135M).
+        if "gradient_checkpointing" not in spec.sft and "activation_checkpointing" not in spec.sft:
+            sft_args["gradient_checkpointing"] = False
+        # TRL defaults to bf16 autocast even on a CPU; we train in fp32 there unless asked
+        # (bf16: true is ~25% faster on CPUs with avx512_bf16, at bf16's precision).
+        if "bf16" not in spec.sft:
+            sft_args["bf16"] = False
+    elif "bf16" not in spec.sft and "fp16" not in spec.sft:
+        import torch
+
+        sft_args["bf16" if dtype == torch.bfloat16 else "fp16"] = True
+    if eval_data is not None:
+        sft_args.setdefault("eval_strategy", "steps")
+        sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
+    lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
+    return Plan(
+        spec, sft_args, lora, device, dtype, train_data, eval_data, planned_steps(len(train_data), sft_args, world)
+    )
+
+
+def _load_for_training(p: Plan):
+    from .models import load_model
+
+    quant = None
+    if p.spec.load_in_4bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("key 'load_in_4bit' needs bitsandbytes: pip install bitsandbytes") from None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    # Full-precision weights on the CPU; on CUDA the hardware's half precision (the trainer's
+    # autocast handles mixed precision).
+    return load_model(
+        p.spec.model, device=p.device, dtype="fp32" if p.device == "cpu" else None, quantization_config=quant
+    )
+
+
+def count_parameters(p: Plan) -> tuple[int, int]:
+    """Trainable and total parameters of the model the plan would train (loads it once)."""
+    loaded = _load_for_training(p)
+    model = loaded.model
+    if p.lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config(p.lora))
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    return trainable, sum(x.numel() for x in model.parameters())

@@ -1,0 +1,147 @@
+"""Generation: prompts rendered through the model's own template, the tokens that stop an answer,
+batched greedy (or sampled) generation, and the base model behind a LoRA adapter. Used by
+``%sft_eval`` (core/evaluate.py), ``%sft_chat`` (core/chat.py) and ``%sft_export`` (core/export.py):
+the one home of stop tokens."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_SENTINEL = "sft-magics-end-of-turn-probe"
+
+
+def render_prompts(tokenizer, prompts: Sequence[Any]) -> list[str]:
+    """The exact text the model is asked to continue: its own chat template plus the generation prompt."""
+    from .render import apply_chat_template
+
+    return [
+        apply_chat_template(tokenizer, p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
+        for p in prompts
+    ]
+
+
+def prompt_token_counts(tokenizer, prompts: Sequence[Any]) -> list[int]:
+    """Tokens per request, as the model receives them."""
+    texts = render_prompts(tokenizer, prompts)
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Answers for each prompt (a message list or a raw string), batched and left-padded."""
+    import torch
+
+    texts = render_prompts(tokenizer, prompts)
+    stops = stop_token_ids(model, tokenizer)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # tokenized once
+    # Batches of similar length waste less on padding; answers go back in the prompts' order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    answers: list[str] = [""] * len(encoded)
+    device = next(model.parameters()).device
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    )
+    for start in range(0, len(encoded), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        # Left padding, so every prompt ends right where generation starts.
+        ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in chunk], device=device)
+        attention = torch.tensor(
+            [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk], device=device
+        )
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        for i, text in zip(chunk, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+            answers[i] = text.strip()
+        if on_batch:
+            on_batch(min(start + batch_size, len(encoded)), len(encoded))
+    return answers
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """Tokens that end a turn: EOS, plus the tokenizer's declared end-of-turn tokens where present."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and name in tokenizer.get_vocab():
+            ids.add(tid)
+    return ids
+
+
+def end_of_turn_token(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (``<|im_end|>`` for ChatML,
+    ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma): render a turn with a sentinel answer
+    and take the first token after it when that token is special. Falls back to the known names."""
+    from .render import apply_chat_template
+
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    try:
+        text = apply_chat_template(
+            tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+        )
+        after = text[text.rindex(_SENTINEL) + len(_SENTINEL) :]
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        if ids and ids[0] in special:
+            return int(ids[0])
+    except Exception:
+        pass
+    known = sorted(stop_ids(tokenizer) - {tokenizer.eos_token_id})
+    return known[0] if known else tokenizer.eos_token_id
+
+
+def has_adapter(model) -> bool:
+    return hasattr(model, "disable_adapter")
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """The base model's behaviour from a PEFT model, without a second copy in memory."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+@contextlib.contextmanager
+def base_model(model, load_base: Callable[[], Any] | None = None):
+    """The base model: the LoRA model with its adapter disabled, else (a fully fine-tuned run) the
+    model ``load_base()`` loads, else the model itself (it is its own base)."""
+    if has_adapter(model):
+        with adapter_disabled(model) as m:
+            yield m
+    elif load_base is not None:
+        loaded = load_base()
+        try:
+            yield getattr(loaded, "model", loaded)
+        finally:
+            del loaded
+    else:
+        yield model

@@ -1,0 +1,107 @@
+"""Finding runs: which run a magic's TARGET names (:func:`run_path`), where its model is
+(:func:`model_location`), and the records ``%sft_runs`` lists (:func:`run_record`, :func:`list_runs`).
+Read-only: writing a run folder is :class:`core.runs.RunFolder`'s job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .files import read_events, read_json
+from .runs import FINAL_STATES, LIVE_STATES, NAME_RULE, RunError, RunFolder
+
+
+def run_record(run_dir: Path) -> dict:
+    """One row of %sft_runs: name, model, data, steps, status, final losses, loss history."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    status = read_json(run_dir / "status.json")
+    history, eval_history = [], []
+    for e in read_events(run_dir / "metrics.jsonl"):
+        if e.get("kind") == "log" and "loss" in e:
+            history.append((e.get("step", 0), e["loss"]))
+        elif e.get("kind") == "eval" and "eval_loss" in e:
+            eval_history.append((e.get("step", 0), e["eval_loss"]))
+    state = status.get("state", "unknown")
+    try:
+        pid = RunFolder(run_dir.parent, run_dir.name).live_pid()
+    except RunError:
+        pid = None
+    if state in LIVE_STATES and not pid:
+        state = "stale"  # its process is gone without a final status
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "model": config.get("model"),
+        "dataset": config.get("dataset"),
+        "steps": status.get("step", history[-1][0] if history else 0),
+        "max_steps": status.get("max_steps"),
+        "status": state,
+        "train_loss": history[-1][1] if history else None,
+        "eval_loss": eval_history[-1][1] if eval_history else None,
+        "history": history,
+        "eval_history": eval_history,
+        "updated": status.get("ended") or status.get("started"),
+        "pid": pid if state not in FINAL_STATES else None,
+        "world_size": status.get("world_size", 1),
+        "error": status.get("error"),
+        "hint": status.get("hint"),
+    }
+
+
+def run_path(target: str, value: Any, output_dir: str | Path) -> Path | None:
+    """The one answer to "which run is TARGET": a result bound with ``-o`` (a ``TrainResult`` or a
+    ``BackgroundRun``: its folder), a run name in output_dir, or a run's ``final/`` folder; None
+    when TARGET is not a run (a model folder or id). A named run without a final model raises."""
+    from .train import TrainResult
+    from .worker import BackgroundRun
+
+    if isinstance(value, (TrainResult, BackgroundRun)):
+        return Path(value.path)
+    if value is None:
+        model_location(target, output_dir)  # a run that has no final model says so here
+    if isinstance(target, str) and NAME_RULE.match(target) and (Path(output_dir) / target).is_dir():
+        return Path(output_dir) / target
+    given = Path(target).expanduser()
+    if given.name == "final" and (given.parent / "config.yaml").is_file():
+        return given.parent
+    return None
+
+
+def model_location(target: str, output_dir: str | Path) -> str:
+    """Where the model behind ``TARGET`` is: a run's ``final/`` folder when TARGET names a run in
+    output_dir, else TARGET itself (a model folder or a model id). A run without a final model is a
+    one-line error with its state and cause (not a confusing "not on the Hub")."""
+    if isinstance(target, str) and NAME_RULE.match(target):
+        run = Path(output_dir) / target
+        if (run / "final").is_dir():
+            return str(run / "final")
+        if run.is_dir():
+            rec = run_record(run)
+            cause = f": {rec['error']}" if rec.get("error") else ""
+            raise RunError(
+                f"run '{target}' has no final/ folder, so no model to use ({rec['status']} at step "
+                f"{rec['steps']}{cause}); resume it with %sft_train --resume {target}, or use a finished run"
+            )
+    return target
+
+
+def list_runs(output_dir: str | Path) -> list[dict]:
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    runs = [
+        run_record(p)
+        for p in sorted(root.iterdir())
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and ((p / "config.yaml").is_file() or (p / "status.json").is_file())
+    ]
+    return sorted(runs, key=lambda r: r.get("updated") or 0)

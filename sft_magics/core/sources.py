@@ -1,0 +1,247 @@
+"""Where data comes from: files (JSONL, JSON, CSV, Parquet), globs, ``save_to_disk`` folders,
+notebook variables and objects (lists, DataFrames, datasets), and the Hugging Face Hub. Each
+reader returns raw rows; :mod:`core.data` detects the format, validates and normalises them."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .data import (
+    CSV_JSON_COLUMNS,
+    FILE_SUFFIXES,
+    DataError,
+    UnreadableRow,
+    _is_instance,
+    _keys_of,
+    _plain,
+    _short_reason,
+    _type,
+)
+
+
+def _read_jsonl(path: str) -> list[Any]:
+    """One row per non-blank line; a bad line becomes an UnreadableRow so its index survives."""
+    rows: list[Any] = []
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue  # blank lines are not rows
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    rows.append(UnreadableRow(f"invalid JSON ({name} line {lineno}): {exc.msg} at column {exc.colno}"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({_short_reason(exc)})") from None
+    return rows
+
+
+def _read_json(path: str) -> list[Any]:
+    """A list of rows, or an object holding one under 'data', 'rows' or 'train'."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({_short_reason(exc)})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            return _read_jsonl(path)  # JSON Lines saved with a .json suffix
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        for key in ("data", "rows", "train"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        raise DataError(
+            f"{path}: expected a list of rows or an object with a 'data', 'rows' or 'train' list; "
+            f"found an object with keys {_keys_of(data)}"
+        )
+    raise DataError(f"{path}: expected a list of rows, found {_type(data)}")
+
+
+def _decode_json_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # left as text; validation reports it as "not a list"
+    return value
+
+
+def _looks_like_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def _read_csv(path: str) -> list[dict]:
+    import pandas as pd
+
+    try:
+        # dtype=str: every supported field is text, and "123" must stay "123".
+        frame = pd.read_csv(path, dtype=str)
+    except Exception as exc:  # pandas raises many types for bad CSV
+        raise DataError(f"{path}: could not read CSV ({_short_reason(exc)})") from None
+    rows = [_plain(row) for row in frame.to_dict("records")]
+    for row in rows:
+        for column in CSV_JSON_COLUMNS:
+            if column in row:
+                row[column] = _decode_json_cell(row[column])
+        # prompt/completion only when the cell really is a message list, so plain text stays text.
+        for column in ("prompt", "completion"):
+            decoded = _decode_json_cell(row.get(column))
+            if _looks_like_messages(decoded):
+                row[column] = decoded
+    return rows
+
+
+def _read_parquet(path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        # pyarrow gives plain Python lists/dicts; pandas would give numpy arrays.
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:
+        raise DataError(f"{path}: could not read Parquet ({_short_reason(exc)})") from None
+
+
+_FILE_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def _read_file(path: str) -> list[Any]:
+    suffix = os.path.splitext(path)[1].lower()
+    reader = _FILE_READERS.get(suffix)
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}' (expected {', '.join(FILE_SUFFIXES)})")
+    return reader(path)
+
+
+def _is_saved_dataset(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def _pick_split(dataset_dict: Any, split: str | None, where: str) -> tuple[Any, str]:
+    name = split or "train"
+    if name not in dataset_dict:
+        raise DataError(f"{where}: split '{name}' not found (available: {', '.join(dataset_dict) or 'none'})")
+    return dataset_dict[name], name
+
+
+def _read_saved_folder(folder: str, shown: str, split: str | None) -> tuple[list[dict], str]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(folder)
+    except Exception as exc:
+        raise DataError(f"{shown}: could not load saved dataset ({_short_reason(exc)})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        ds, name = _pick_split(loaded, split, shown)
+        return ds.to_list(), f"{shown}[{name}]"
+    return loaded.to_list(), shown
+
+
+def _read_object(obj: Any, label: str, split: str | None) -> tuple[list[Any], str]:
+    """Rows of an in-memory object: list of dicts, DataFrame, Dataset or DatasetDict."""
+    if isinstance(obj, (list, tuple)):
+        return list(obj), label
+    if _is_instance(obj, "pandas", "DataFrame"):
+        return [_plain(row) for row in obj.to_dict("records")], label
+    if _is_instance(obj, "datasets", "Dataset"):
+        return obj.to_list(), label
+    if _is_instance(obj, "datasets", "DatasetDict"):
+        ds, name = _pick_split(obj, split, label)
+        return ds.to_list(), f"{label}[{name}]"
+    if _is_instance(obj, "datasets", "IterableDataset"):
+        return list(obj), label
+    raise DataError(
+        f"{label}: unsupported data object of type {type(obj).__name__} "
+        "(expected a list of dicts, pandas DataFrame, datasets.Dataset or DatasetDict)"
+    )
+
+
+def _read_hub(name: str, config: str | None, split: str | None, hint: str = "") -> tuple[list[Any], str]:
+    import datasets
+
+    split = split or "train"
+    shown = f"hub:{name}" + (f":{config}" if config else "") + f"[{split}]"
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:
+        raise DataError(
+            f"could not load dataset '{name}' from the Hugging Face Hub ({_short_reason(exc)}){hint}; "
+            "local files (.jsonl, .json, .csv, .parquet) and notebook variables work offline"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds, split = _pick_split(ds, split, shown)
+    return (ds.to_list() if hasattr(ds, "to_list") else list(ds)), shown
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.lower().endswith(FILE_SUFFIXES) or text.startswith(("./", "../", "/", "~", ".\\", "..\\"))
+
+
+def read_source(
+    source: Any,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+) -> tuple[list[dict], str]:
+    """Raw rows and a readable description of where they came from.
+
+    Strings resolve in order: existing file/folder or glob match, then a variable in
+    ``namespace``, then a Hub dataset. Rows that could not be parsed are
+    ``UnreadableRow`` placeholders so indices stay aligned. ``split`` picks a
+    DatasetDict split (default "train"); ``config`` is for the Hub only.
+    """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+        if not os.path.exists(os.path.expanduser(source)):
+            raise DataError(f"file not found: {source}")
+    if not isinstance(source, str):
+        return _read_object(source, _object_label(source), split)
+
+    text = source.strip()
+    if not text:
+        raise DataError("empty data source: pass a file path, a glob, a variable name or a Hub dataset name")
+    path = os.path.expanduser(text)
+    in_namespace = namespace is not None and text.isidentifier() and text in namespace
+
+    if os.path.isfile(path):
+        return _read_file(path), text
+    if os.path.isdir(path):
+        if _is_saved_dataset(path):
+            return _read_saved_folder(path, text, split)
+        if not in_namespace:  # a plain folder named like a variable must not hide the variable
+            raise DataError(
+                f"{text}: folder is not a datasets save_to_disk folder (no state.json or dataset_dict.json); "
+                f"pass a file or a glob such as {os.path.join(text, '*.jsonl')}"
+            )
+    if glob.has_magic(path):
+        matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        if not matches:
+            raise DataError(f"no files match {text}")
+        rows: list[Any] = []
+        for match in matches:
+            rows.extend(_read_file(match))
+        return rows, f"{text} ({len(matches)} file{'s' if len(matches) != 1 else ''})"
+    if in_namespace:
+        return _read_object(namespace[text], f"variable '{text}'", split)
+    if _looks_like_path(text):
+        raise DataError(f"file not found: {text}")
+    hint = ""
+    if namespace is not None and text.isidentifier():
+        hint = f" and there is no notebook variable named '{text}'"
+    return _read_hub(text, config, split, hint)
+
+
+def _object_label(obj: Any) -> str:
+    if isinstance(obj, (list, tuple)):
+        return f"list of {len(obj)} rows"
+    return type(obj).__name__

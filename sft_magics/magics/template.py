@@ -1,0 +1,224 @@
+"""``%sft_template`` and ``%sft_data``: a conversation through a model's eyes, and the data doctor."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.core.magic import line_cell_magic, line_magic
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..display import show
+from ._common import MagicsBase, _conversation, _parse, _user_errors, _yaml_body
+
+
+class TemplateMagics(MagicsBase):
+    """The magics that look at data through the model's tokenizer and chat template."""
+
+    # -- %sft_template ---------------------------------------------------------------------
+    @magic_arguments()
+    @argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="Model whose tokenizer and template to use (default: SftMagics.default_model).",
+    )
+    @argument("--messages", metavar="VAR", help="Notebook variable holding a list of message dicts.")
+    @argument("--data", metavar="SOURCE", help="A dataset (file, folder, Hub name or variable).")
+    @argument("--row", type=int, default=0, help="Row of --data to render (0-based).")
+    @argument(
+        "--add-generation-prompt",
+        action="store_true",
+        help="Render the inference prompt (conversation + assistant header); nothing is trained.",
+    )
+    @argument("--tools", metavar="VAR", help="Notebook variable holding tool (function) schemas for the template.")
+    @argument(
+        "--chat-template",
+        metavar="T",
+        help="Render with another template: a variable holding a Jinja string, or a .jinja file.",
+    )
+    @argument(
+        "-k",
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra chat-template argument (YAML value); repeatable.",
+    )
+    @argument(
+        "--compare", metavar="OTHER", help="Render the same conversation with OTHER model's template, side by side."
+    )
+    @argument(
+        "--inference",
+        action="store_true",
+        help="Show the training rendering beside the inference prompt and mark where they differ.",
+    )
+    @argument("--max-length", type=int, default=None, help="Show where truncation to this many tokens would cut.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the rendering (token ids, labels, checks) to NAME.")
+    @line_cell_magic
+    @_user_errors
+    def sft_template(self, line, cell=None):
+        """Render a conversation through a model's chat template: every token, the message it belongs
+        to, special tokens, and the tokens the loss trains on (exactly as training computes them),
+        with template checks underneath.
+
+        Example::
+
+            msgs = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+            %sft_template smollm2-135m --messages msgs --inference
+
+            %sft_template --data examples/data/train.jsonl --row 3 --max-length 64
+
+            %%sft_template smollm2-135m
+            - {role: user, content: "What is 2+2?"}
+            - {role: assistant, content: "4"}
+        """
+        from ..core.models import load_tokenizer
+        from ..core.render import TemplateError
+        from ..core.template import first_difference, inference_rendering, shown_rendering
+        from ..display._template_view import CompareView, InferenceView, RenderingView
+
+        args = _parse(self.sft_template, line)
+        row, fmt, label = self._template_row(args, cell)
+        kwargs = self._template_kwargs(args)
+        template = self._chat_template_arg(args.chat_template)
+        model = args.model or self.default_model
+
+        def rendering_for(name: str, chat_template):
+            tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
+            try:
+                r = shown_rendering(
+                    tokenizer,
+                    row,
+                    fmt,
+                    chat_template=chat_template,
+                    template_kwargs=kwargs,
+                    generation_prompt=args.add_generation_prompt,
+                    max_length=args.max_length,
+                )
+            except TemplateError as err:
+                raise UsageError(f"{label}: {err}") from None
+            return tokenizer, r
+
+        tokenizer, rendering = rendering_for(model, template)
+        if args.compare:
+            _, other = rendering_for(args.compare, None)
+            view = CompareView(rendering, other, model, args.compare)
+        elif args.inference and fmt == "messages":
+            inference = inference_rendering(
+                tokenizer, row["messages"], chat_template=rendering.chat_template or template, template_kwargs=kwargs
+            )
+            view = InferenceView(rendering, inference, first_difference(rendering.input_ids, inference.input_ids))
+        else:
+            view = RenderingView(rendering, title=f"{model} · {label}")
+        show(view, self.mode)
+        return self._bind(args.output, rendering) if args.output else None
+
+    def _template_row(self, args, cell) -> tuple[dict, str, str]:
+        """The row to render, its format, and how to name it in messages ("row 3", "the cell")."""
+        from ..core.data import load_data
+
+        if cell is not None:
+            return {"messages": _conversation(_yaml_body(cell, "the cell"), "the cell")}, "messages", "the cell"
+        if args.messages:
+            if args.messages not in self.shell.user_ns:
+                raise UsageError(f"--messages: no notebook variable named '{args.messages}'")
+            return (
+                {"messages": _conversation(self.shell.user_ns[args.messages], f"--messages {args.messages}")},
+                "messages",
+                args.messages,
+            )
+        if not args.data:
+            raise UsageError("give --messages VAR, --data SOURCE [--row N], or the conversation in the cell body")
+        data = load_data(args.data, namespace=self.shell.user_ns)
+        if not 0 <= args.row < len(data):
+            raise UsageError(f"--row {args.row} is out of range: the data has {len(data)} rows")
+        return dict(data.dataset[args.row]), data.format, f"row {args.row}"
+
+    def _template_kwargs(self, args) -> dict:
+        import yaml
+
+        kwargs = {}
+        for item in args.kwarg:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"-k {item!r}: expected KEY=VALUE")
+            kwargs[key.strip()] = yaml.safe_load(value) if value else ""
+        if args.tools:
+            if args.tools not in self.shell.user_ns:
+                raise UsageError(f"--tools: no notebook variable named '{args.tools}'")
+            kwargs["tools"] = self.shell.user_ns[args.tools]
+        return kwargs
+
+    def _chat_template_arg(self, value: str | None) -> str | None:
+        from pathlib import Path
+
+        if value is None:
+            return None
+        held = self.shell.user_ns.get(value)
+        if isinstance(held, str):
+            return held
+        path = Path(value).expanduser()
+        if path.suffix == ".jinja":
+            if not path.is_file():
+                raise UsageError(f"--chat-template: file not found: {value}")
+            return path.read_text()
+        raise UsageError(f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file")
+
+    # -- %sft_data ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument(
+        "source", help="A .jsonl/.json/.csv/.parquet file or glob, a save_to_disk folder, a Hub name, or a variable."
+    )
+    @argument("--model", default=None, help="Tokenizer to count tokens with (default: SftMagics.default_model).")
+    @argument("--max-length", type=int, default=None, help="Report what truncation to this many tokens would cut.")
+    @argument("--batch-size", type=int, default=8, help="Batch size for the steps-per-epoch estimate.")
+    @argument("--grad-accum", type=int, default=1, help="Gradient accumulation steps for the steps-per-epoch estimate.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the statistics object to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_data(self, line):
+        """The data doctor: format, invalid rows (index, field, reason), tokens and trained tokens per
+        example, what ``--max-length`` cuts (truncated rows, answers cut mid-way, rows TRL drops),
+        duplicates, roles and turns, tokens and optimizer steps per epoch. Invalid rows are listed and
+        left out, so the report covers the valid ones. In a notebook a row browser follows.
+
+        Example::
+
+            %sft_data examples/data/train.jsonl --max-length 128 --batch-size 8 --grad-accum 2 -o stats
+        """
+        from ..core.data import load_data
+        from ..core.models import load_tokenizer
+        from ..core.stats import data_stats
+
+        args = _parse(self.sft_data, line)
+        for flag, value in (
+            ("--max-length", args.max_length),
+            ("--batch-size", args.batch_size),
+            ("--grad-accum", args.grad_accum),
+        ):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+        data = load_data(args.source, namespace=self.shell.user_ns, strict=False)  # bad rows: listed, not fatal
+        tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
+        stats = data_stats(
+            data, tokenizer, max_length=args.max_length, batch_size=args.batch_size, grad_accum=args.grad_accum
+        )
+        mode = self.mode
+        show(_stats_view(data, stats, args.batch_size), mode)
+        if mode == "widget":
+            from IPython.display import display
+
+            from ..display._data_view import RowBrowser
+
+            display(RowBrowser(data, tokenizer, stats).widget)
+        return self._bind(args.output, stats) if args.output else None
+
+
+def _stats_view(data, stats, batch_size: int | None = None):
+    """The %sft_data report (``batch_size`` overrides the one the statistics were made with)."""
+    from dataclasses import replace
+
+    from ..display._data_view import DataView
+
+    if batch_size is not None and batch_size != stats.batch_size:
+        stats = replace(stats, batch_size=batch_size)
+    return DataView(data, stats)

@@ -1,0 +1,373 @@
+"""``%%sft_train`` and the runs: ``%sft_runs``, ``%sft_attach``, ``%sft_wait``, ``%sft_stop``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import line_cell_magic, line_magic
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..display import show
+from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body
+
+
+class TrainMagics(MagicsBase):
+    """Training from a YAML cell, and the runs it leaves on disk."""
+
+    # -- %%sft_train -------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--name", default=None, help="Run name: the run is saved in <output_dir>/<name>.")
+    @argument(
+        "--resume",
+        metavar="NAME",
+        default=None,
+        help="Continue run NAME from its last checkpoint (the cell may be empty: its saved config is used).",
+    )
+    @argument(
+        "--overwrite",
+        action="store_true",
+        help="Remove an existing (not running) run of the same --name first, and say so.",
+    )
+    @argument(
+        "--resume-anyway",
+        action="store_true",
+        help="With --resume: continue even without optimizer/scheduler state or with changed data (recorded in the run).",
+    )
+    @argument(
+        "--dry-run",
+        action="store_true",
+        help="Show the resolved config, data summary, device, trainable parameters and planned steps; train nothing.",
+    )
+    @argument(
+        "--background",
+        action="store_true",
+        help="Train in a detached worker process and return at once (see %%sft_attach, %%sft_wait, %%sft_stop).",
+    )
+    @argument(
+        "--launcher",
+        choices=["none", "torchrun", "accelerate"],
+        default="none",
+        help="Train in N processes through torchrun or accelerate launch (data parallel).",
+    )
+    @argument("--nproc", type=int, default=1, help="Number of processes for --launcher (e.g. one per GPU).")
+    @argument(
+        "--accelerate-config",
+        metavar="FILE",
+        default=None,
+        help="An accelerate config file (FSDP, DeepSpeed) for --launcher accelerate.",
+    )
+    @argument(
+        "-o", "--output", metavar="NAME", help="Bind the run result (path, status, history, model, tokenizer) to NAME."
+    )
+    @line_cell_magic
+    @_user_errors
+    def sft_train(self, line, cell=None):
+        """Fine-tune from a YAML cell with a live dashboard: ``model``, ``dataset``,
+        ``eval_dataset``/``eval_split``, ``lora`` (LoraConfig fields, or false for a full fine-tune),
+        ``load_in_4bit`` (QLoRA, CUDA) and any TRL ``SFTConfig`` field by its TRL name.
+        The cell blocks until the run ends; Stop (or the kernel's interrupt) ends it gracefully
+        with a checkpoint. The line form ``%sft_train --resume NAME`` continues a run with its
+        saved config.
+
+        Example::
+
+            %%sft_train --name json-lora -o run
+            model: smollm2-135m
+            dataset: examples/data/train.jsonl
+            eval_dataset: examples/data/val.jsonl
+            max_steps: 20
+            learning_rate: 1.0e-3
+        """
+        started = self._start_training(line, cell)
+        if not isinstance(started, tuple):
+            return started  # --dry-run
+        worker, finish = started
+        return finish(worker.wait)
+
+    async def sft_train_async(self, line, cell=None):
+        """``%%sft_train`` for an async cell in ipykernel >= 7: the same run, but the wait awaits,
+        so the kernel keeps handling the Stop button while training (see magics/_runner.py)."""
+        from ..core.errors import SftError
+
+        try:
+            started = self._start_training(line, cell)
+        except (UsageError, SftError) as err:
+            raise _usage_error(err) from None
+        if not isinstance(started, tuple):
+            return started
+        worker, finish = started
+        result_box = {}
+
+        async def wait():
+            result_box["value"] = await worker.wait_async()
+
+        await wait()
+        return finish(lambda: result_box["value"])
+
+    def _start_training(self, line, cell):
+        """Parse, validate, start the training thread; returns (thread, finish) or a dry-run summary."""
+        args = _parse(self.sft_train, line)
+        cell = cell or ""
+        name = _run_name(args, cell)
+        spec = self._train_spec(name, cell, resume=bool(args.resume))
+        if args.dry_run:
+            return self._dry_run(spec, args.output)
+        files = {"cell.txt": f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
+        if args.overwrite and spec.run_dir.exists():
+            print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
+        if args.background or args.launcher != "none":
+            return self._start_outside(spec, args, files)
+        return self._start_in_kernel(spec, args, files)
+
+    def _start_in_kernel(self, spec, args, files):
+        """Train on a thread of this kernel, the dashboard fed directly; (thread, finish)."""
+        from ..core.callbacks import StopFlag
+        from ..core.errors import SftError
+        from ..core.train import train
+        from ..display import make_reporter
+        from ._runner import TrainingThread
+
+        stop = StopFlag()
+        reporter = make_reporter(self.mode, title=spec.name, on_stop=stop.set)
+        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        thread = TrainingThread(
+            lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, files=files, **options),
+            stop.set,
+        )
+
+        def finish(wait):
+            try:
+                result = wait()
+            except SftError as err:
+                raise _usage_error(err) from None
+            finally:
+                reporter.close()
+            return self._bind(args.output, result) if args.output else None
+
+        return thread, finish
+
+    def _start_outside(self, spec, args, files):
+        """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
+        import sys
+
+        from ..core import worker as w
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            print(
+                "CUDA is already initialised in this kernel, and a CUDA context cannot be forked: "
+                "the run starts in fresh processes."
+            )
+        launch = {"launcher": args.launcher, "nproc": args.nproc, "accelerate_config": args.accelerate_config}
+        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        run = w.launch(spec, namespace=self.shell.user_ns, files=files, **launch, **options)
+        if args.background:
+            print(
+                f"run '{run.name}' started in the background (supervisor pid {run.pid}): "
+                f"%sft_attach {run.name} to watch, %sft_wait {run.name} to block, %sft_stop {run.name} to stop"
+            )
+            if self.mode == "widget":
+                attach_dashboard(run.path, self.mode, follow_live=True)
+            return self._bind(args.output, run) if args.output else None
+        return self._follow_until_done(run, args)
+
+    def _follow_until_done(self, run, args):
+        """A launcher run that blocks the cell: the dashboard follows its event stream; (thread, finish)."""
+        from ..core import worker as w
+        from ..display import make_reporter
+        from ._runner import TrainingThread
+
+        reporter = make_reporter(self.mode, title=run.name, on_stop=run.stop)
+        watcher = TrainingThread(lambda: (w.follow(run.path, reporter), w.wait_for(run.path))[1], run.stop)
+
+        def finish(wait):
+            try:
+                record = wait()
+            finally:
+                reporter.close()
+            if record["status"] in ("failed", "stale"):
+                raise UsageError(_failure_line(record))
+            result = w.result_from_disk(run.path)
+            return self._bind(args.output, result) if args.output else None
+
+        return watcher, finish
+
+    def _train_spec(self, name: str, cell: str, *, resume: bool):
+        from pathlib import Path
+
+        from ..core.config import TrainSpec
+
+        if not cell.strip() and resume:
+            saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
+            if not saved.is_file():
+                raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
+            cell = saved.read_text()  # secret keys were left out of it; every other key is as trained
+        config = _yaml_body(cell, "the %%sft_train cell")
+        if not isinstance(config, dict):
+            raise UsageError("the %%sft_train cell must be a YAML mapping of keys (model, dataset, ...)")
+        config.setdefault("model", self.default_model)
+        return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
+
+    def _dry_run(self, spec, output):
+        from ..core.config import count_parameters, plan
+        from ..core.secrets import redact
+        from ..display._views import TableView
+
+        p = plan(spec, namespace=self.shell.user_ns)
+        trainable, total = count_parameters(p)
+        shown = redact(p.config())  # secrets: the key is shown as read, its value never
+        rows = [[k, v] for k, v in shown.items()]
+        notes = [
+            f"data: {p.train_data.source} · {len(p.train_data)} rows ({p.train_data.source_format} → {p.train_data.format})"
+            + (f" · eval {len(p.eval_data)} rows" if p.eval_data is not None else ""),
+            f"device {p.device} · dtype {str(p.dtype).replace('torch.', '')}",
+            f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.2%})",
+            f"planned optimizer steps: {p.steps}",
+            "dry run: nothing was trained",
+        ]
+        show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
+        summary = {
+            "config": shown,
+            "device": p.device,
+            "dtype": str(p.dtype),
+            "trainable_params": trainable,
+            "total_params": total,
+            "steps": p.steps,
+            "train_rows": len(p.train_data),
+        }
+        return self._bind(output, summary) if output else None
+
+    # -- %sft_runs ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-o", "--output", metavar="NAME", help="Bind the list of run records to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_runs(self, line):
+        """List the runs in ``SftMagics.output_dir``: name, model, data, steps, status (a run whose
+        process died without a final status shows as ``stale``), final losses, and their loss
+        curves overlaid (notebook).
+
+        Example::
+
+            %sft_runs
+        """
+        from ..core.lookup import list_runs
+        from ..display._runs_view import RunsView
+
+        args = _parse(self.sft_runs, line)
+        records = list_runs(self.output_dir)
+        show(RunsView(records), self.mode)
+        return self._bind(args.output, records) if args.output else None
+
+    # -- runs in other processes: %sft_attach, %sft_wait, %sft_stop ------------------------------
+    def _run_dir(self, name: str):
+        from ..core.lookup import run_path
+        from ..core.runs import validate_name
+
+        value = self.shell.user_ns.get(name)
+        run_dir = (
+            run_path(name, value, self.output_dir) if value is not None else Path(self.output_dir) / validate_name(name)
+        )
+        if run_dir is None or not (run_dir / "status.json").is_file():
+            raise UsageError(f"no run named '{name}' in {self.output_dir}")
+        return run_dir
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @line_magic
+    @_user_errors
+    def sft_attach(self, line):
+        """Show the full dashboard of a running or finished run — its whole history, then live
+        updates while it trains (in a notebook). Works after a kernel restart.
+
+        Example::
+
+            %sft_attach json-lora
+        """
+
+        args = _parse(self.sft_attach, line)
+        attach_dashboard(self._run_dir(args.name), self.mode, follow_live=True)
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @argument("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+    @argument("-o", "--output", metavar="NAME", help="Bind the finished run's result (model, history) to NAME.")
+    @line_magic
+    @_user_errors
+    def sft_wait(self, line):
+        """Block until a background run ends (so "Run All" works), then show its final state.
+
+        Example::
+
+            %sft_wait json-lora -o run
+        """
+        from ..core.worker import result_from_disk, wait_for
+        from ..display._runs_view import RunsView
+
+        args = _parse(self.sft_wait, line)
+        run_dir = self._run_dir(args.name)
+        try:
+            record = wait_for(run_dir, timeout=args.timeout)
+        except TimeoutError as err:
+            raise UsageError(str(err)) from None
+        show(RunsView([record]), self.mode)
+        if record["status"] in ("failed", "stale"):
+            raise UsageError(_failure_line(record))  # "Run All" stops here, with the cause
+        return self._bind(args.output, result_from_disk(run_dir)) if args.output else None
+
+    @magic_arguments()
+    @argument("name", help="The run's name (or a variable bound by --background -o).")
+    @argument("--no-wait", action="store_true", help="Ask the run to stop and return at once.")
+    @line_magic
+    @_user_errors
+    def sft_stop(self, line):
+        """Stop a background run gracefully: it saves a checkpoint and ends as ``stopped``.
+
+        Example::
+
+            %sft_stop json-lora
+        """
+        from ..core.worker import request_stop, wait_for
+
+        args = _parse(self.sft_stop, line)
+        run_dir = self._run_dir(args.name)
+        request_stop(run_dir)
+        if not args.no_wait:
+            record = wait_for(run_dir)
+            print(f"run '{args.name}': {record['status']} at step {record['steps']}")
+
+
+def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
+    """Show a dashboard fed from ``metrics.jsonl``: the whole history, then (``follow_live``) new
+    events as they arrive, on a background thread that only updates widget values."""
+    from ..core import worker as w
+    from ..display import make_reporter
+
+    run_dir = Path(run_dir)
+    reporter = make_reporter(mode, title=run_dir.name, on_stop=lambda: w.request_stop(run_dir))
+    if follow_live and mode == "widget":
+        threading.Thread(
+            target=w.follow, args=(run_dir, reporter), name=f"sft-follow-{run_dir.name}", daemon=True
+        ).start()
+    else:
+        w.follow(run_dir, reporter, until_final=False)  # replay what is there, here and now
+        reporter.close()
+    return reporter
+
+
+def _run_name(args, cell: str) -> str:
+    """The run's name from the line's flags, after the checks that need no model or data."""
+    import time
+
+    from ..core.runs import validate_name
+
+    if not cell.strip() and args.resume is None:
+        raise UsageError("%%sft_train needs its config in the cell body (or use %sft_train --resume NAME)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite removes it: choose one")
+    if args.resume_anyway and not args.resume:
+        raise UsageError("--resume-anyway goes with --resume NAME")
+    given = args.resume if args.resume is not None else args.name  # an explicit "" is a mistake, not "no name"
+    return validate_name(time.strftime("run-%Y%m%d-%H%M%S") if given is None else given)
