@@ -29,16 +29,24 @@ _CORPUS = [
 
 
 def make_tiny_model(
-    folder: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, vocab_size: int = 320
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    layers: int = 2,
+    vocab_size: int = 320,
+    base: bool = False,
 ) -> Path:
-    """Write a tiny random Llama model and tokenizer to ``folder`` and return its path."""
+    """Write a tiny random Llama model and tokenizer to ``folder`` and return its path. ``base=True``:
+    a *base* model, as a pretrained checkpoint is before chat tuning: no chat template, no chat
+    tokens, ``<|endoftext|>`` as its only special token (like SmolLM2-135M on the Hub)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>"] if base else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,12 +59,13 @@ def make_tiny_model(
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
+        bos_token="<|endoftext|>" if base else "<|im_start|>",
+        eos_token="<|endoftext|>" if base else "<|im_end|>",
+        pad_token="<|endoftext|>" if base else "<|im_end|>",
         unk_token="<|endoftext|>",
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    if not base:
+        tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(folder)
 
     torch.manual_seed(seed)

@@ -39,6 +39,7 @@ CI_PARAMETERS = {
     "03_fine_tuning.ipynb": {"FIRST_STEPS": 1, "STEPS": 2},
     "04_evaluation_and_chat.ipynb": {"STEPS": 24, "FEW_SHOT": 2, "EVAL_LIMIT": 16},
     "05_background_runs.ipynb": {"STEPS": 3, "DDP_STEPS": 2},
+    "06_base_to_chat.ipynb": {"STEPS": 3},
 }
 CELL_TIMEOUT = 1200  # seconds; a shared 2-core machine can be slow, the notebooks are short
 
@@ -202,7 +203,7 @@ def test_03_fine_tuning(tmp_path):
 
     assert f"run 'json-lora': finished at step {first} of {first}" in out(nb, "in {run.train_seconds:.0f} s")
     assert re.search(rf"json-lora\s+smollm2-135m\s.*\s{first}/{first}\s+finished", out(nb, "%sft_runs"))
-    resumed = out(nb, "'--resume json-lora -o run'")
+    resumed = out(nb, "--resume json-lora -o run")
     assert f"<TrainResult json-lora: finished, step {total}/{total}" in resumed
     after = out(nb, 'print(f"run {run.name!r}: {run.status} at step {run.global_step} of {run.max_steps}")\n%sft_runs')
     assert f"finished at step {total} of {total}" in after and re.search(rf"\s{total}/{total}\s+finished", after)
@@ -272,3 +273,17 @@ def test_05_background_runs(tmp_path):
     status = json.loads((runs / "json-ddp" / "status.json").read_text())
     assert status["state"] == "finished" and status["world_size"] == 2
     assert (runs / "json-ddp" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_06_base_to_chat(tmp_path):
+    nb, runs, _ = run_notebook("06_base_to_chat.ipynb", tmp_path)
+
+    doctor = out(nb, "%sft_data {questions}")
+    assert "columns: user ← question, assistant ← answer" in doctor and "system prompt added" in doctor
+    tokens = out(nb, "%sft_template {MODEL}")
+    assert "<|user|>" in tokens and "<|assistant|>" in tokens and "✓ end token trained" in tokens
+    assert "✓ every message rendered" in tokens
+    assert (runs / "chat-from-base" / "final" / "chat_template.jinja").read_text().startswith("{% for message")
+    assert "end-of-turn token: <|im_end|>" in out(nb, "%sft_chat chat-from-base")
+    shipped = out(nb, "%sft_export chat-from-base")
+    assert "<|user|>\nHi<|im_end|>\n<|assistant|>\n" in shipped and "<|im_end|>" in shipped.split("stops on:")[1]

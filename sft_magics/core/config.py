@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,19 @@ DEFAULT_SFT = {
     "report_to": "none",
     "disable_tqdm": True,
 }
-SPEC_KEYS = ("model", "dataset", "eval_dataset", "eval_split", "lora", "load_in_4bit")
+SPEC_KEYS = (
+    "model",
+    "dataset",
+    "eval_dataset",
+    "eval_split",
+    "lora",
+    "load_in_4bit",
+    "load_in_8bit",
+    "quantization",
+    "model_kwargs",
+    "chat_template",
+    "trust_remote_code",
+)
 
 
 def defaults_markdown() -> str:
@@ -132,20 +144,36 @@ class TrainSpec:
     sft: Mapping[str, Any] = field(default_factory=dict)  # SFTConfig fields, TRL names
     output_dir: str = "runs"
     load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes)
+    load_in_8bit: bool = False
+    quantization: Mapping[str, Any] = field(default_factory=dict)  # bnb_* options
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # dtype, attn_implementation, trust_remote_code
+    chat_template: Any = None  # the template to train with (core/chat_templates.py)
+    notes: tuple[str, ...] = ()  # how each TRL recipe key was read
 
     @classmethod
-    def from_mapping(cls, name: str, config: Mapping[str, Any], output_dir: str = "runs") -> TrainSpec:
-        """Split a flat mapping (the YAML cell) into our keys and SFTConfig fields, checking names."""
+    def from_mapping(cls, name: str | None, config: Mapping[str, Any], output_dir: str = "runs") -> TrainSpec:
+        """Split a mapping (the YAML cell, or a TRL recipe) into our keys and SFTConfig fields,
+        checking names. TRL's CLI keys are read with TRL's meaning (core/recipe.py). ``output_dir``
+        in the config is TRL's: the run's own folder (its last part is the run's name)."""
+        import time
+
+        from .recipe import read_recipe
         from .runs import validate_name
 
-        validate_name(name)
-        config = dict(config or {})
+        config, notes = read_recipe(config or {})
+        if config.get("output_dir") is not None:
+            folder = Path(str(config.pop("output_dir"))).expanduser()
+            if name is not None and name != folder.name:
+                raise ConfigError(f"--name {name} and output_dir {folder} name two different run folders: give one")
+            name, output_dir = folder.name, str(folder.parent)
+            notes.append(f"output_dir → the run folder {folder} (as in TRL): runs root {output_dir}, name {name}")
+        name = validate_name(time.strftime("run-%Y%m%d-%H%M%S") if name is None else name)
         valid_sft = sft_config_fields()
         sft = {}
         for key in list(config):
             if key in SPEC_KEYS:
                 continue
-            if key not in valid_sft or key == "output_dir":
+            if key not in valid_sft:
                 raise _unknown_key(key, [*SPEC_KEYS, *valid_sft], "the training config")
             sft[key] = _coerce_number(key, config.pop(key), valid_sft[key])
         lora = config.get("lora", True)
@@ -162,8 +190,12 @@ class TrainSpec:
         if config.get("dataset") is None:
             raise ConfigError("key 'dataset' is required (a file, folder, Hub name or notebook variable)")
         split = config.get("eval_split")
-        if split is not None and not (isinstance(split, (int, float)) and 0 < split < 1):
-            raise ConfigError(f"key 'eval_split' must be a fraction between 0 and 1, got {split!r}")
+        is_count = isinstance(split, int) and not isinstance(split, bool) and split >= 1
+        if split is not None and not is_count and not (isinstance(split, (int, float)) and 0 < split < 1):
+            raise ConfigError(f"key 'eval_split' must be a fraction between 0 and 1 (or a row count), got {split!r}")
+        model_kwargs = dict(config.get("model_kwargs") or {})
+        if "trust_remote_code" in config:
+            model_kwargs["trust_remote_code"] = bool(config["trust_remote_code"])
         return cls(
             name=name,
             model=str(config.get("model") or DEFAULT_MODEL),
@@ -174,6 +206,11 @@ class TrainSpec:
             sft=sft,
             output_dir=output_dir,
             load_in_4bit=bool(config.get("load_in_4bit", False)),
+            load_in_8bit=bool(config.get("load_in_8bit", False)),
+            quantization=dict(config.get("quantization") or {}),
+            model_kwargs=model_kwargs,
+            chat_template=config.get("chat_template"),
+            notes=tuple(notes),
         )
 
     @property
@@ -270,6 +307,8 @@ class Plan:
     train_data: Any
     eval_data: Any
     steps: int
+    template: tuple[str, Any] | None = None  # the chat template to train with, resolved (core/chat_templates.py)
+    notes: list[str] = field(default_factory=list)  # how recipe keys were read, and choices made here
 
     def config(self) -> dict:
         """The resolved config (secrets included, in memory only: RunFolder.write_config leaves them
@@ -282,22 +321,46 @@ class Plan:
                 "eval_split": self.spec.eval_split,
                 "lora": self.lora if self.lora else False,
                 **({"load_in_4bit": True} if self.spec.load_in_4bit else {}),
+                **({"load_in_8bit": True} if self.spec.load_in_8bit else {}),
+                **({"quantization": dict(self.spec.quantization)} if self.spec.quantization else {}),
+                **({"model_kwargs": dict(self.spec.model_kwargs)} if self.spec.model_kwargs else {}),
+                **(
+                    {"chat_template": _describe(self.spec.chat_template)} if self.spec.chat_template is not None else {}
+                ),
                 **self.sft_args,
             }
         )
 
 
-def _describe(source: Any) -> str:
-    return source if isinstance(source, str) else f"<{type(source).__name__}>"
+def _describe(source: Any) -> Any:
+    """A source as config.yaml keeps it: strings and mappings as given (a convert function by its
+    name, so resume finds it in the notebook again), other objects by their type."""
+    if isinstance(source, str):
+        return source
+    if isinstance(source, Mapping):
+        return {
+            k: (
+                getattr(v, "__name__", repr(v))
+                if callable(v)
+                else _describe(v)
+                if isinstance(v, Mapping)
+                else [_describe(x) for x in v]
+                if isinstance(v, list)
+                else v
+            )
+            for k, v in source.items()
+        }
+    return f"<{type(source).__name__}>"
 
 
-def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -> Plan:
-    """Data (validated first: a bad row fails before any model loads), config and hardware."""
-    from .data import load_data, train_val_split
+def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, dry_run: bool = False) -> Plan:
+    """Data (validated first: a bad row fails before any model loads), config and hardware. What
+    would stop the run for want of the network or an account is an error, or (``dry_run``) a note."""
+    from .data import load_dataset_spec, train_val_split
     from .models import choose_device_dtype
 
-    train_data = load_data(spec.dataset, namespace=namespace)
-    eval_data = load_data(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
+    train_data = load_dataset_spec(spec.dataset, namespace=namespace)
+    eval_data = load_dataset_spec(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
     if eval_data is None and spec.eval_split:
         train_data, eval_data = train_val_split(train_data, spec.eval_split, seed=int(spec.sft.get("seed", 42)))
 
@@ -307,10 +370,18 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -
     _check_ranges(spec.sft)
     sft_args = {**DEFAULT_SFT, **spec.sft}
     device, dtype = choose_device_dtype("cpu" if sft_args.get("use_cpu") else None)
-    if spec.load_in_4bit and device != "cuda":
-        raise ConfigError(
-            "key 'load_in_4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device"
-        )
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if getattr(spec, key) and device != "cuda":
+            raise ConfigError(
+                f"key '{key}' ({'QLoRA' if '4' in key else '8-bit'}) needs a CUDA GPU and bitsandbytes; "
+                "this machine has no CUDA device"
+            )
+    template = _check_template(spec, train_data, namespace)
+    notes = list(spec.notes)
+    for problem in _account_problems(sft_args):
+        if not dry_run:
+            raise ConfigError(problem)
+        notes.append(f"would stop before training: {problem}")
     if device == "cpu":
         sft_args.setdefault("use_cpu", True)
         # TRL turns activation checkpointing on by default; it saves GPU memory but on a CPU it
@@ -329,43 +400,135 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1) -
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
     lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
-    return Plan(
-        spec, sft_args, lora, device, dtype, train_data, eval_data, planned_steps(len(train_data), sft_args, world)
-    )
+    asked = spec.model_kwargs.get("dtype")
+    if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):
+        notes.append(f"dtype {asked}: the weights load in float32 on this CPU (bf16: true autocasts instead)")
+    attn = spec.model_kwargs.get("attn_implementation")
+    if attn and str(attn).startswith("flash_attention") and device == "cpu":
+        spec = replace(spec, model_kwargs={k: v for k, v in spec.model_kwargs.items() if k != "attn_implementation"})
+        notes.append(
+            f"attn_implementation {attn}: needs CUDA and flash-attn; this CPU uses transformers' default (sdpa)"
+        )
+    steps = planned_steps(len(train_data), sft_args, world)
+    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes)
 
 
-def _load_for_training(p: Plan):
+def _load_for_training(p: Plan, trust_remote_code: bool = False):
     from .models import load_model
 
     quant = None
-    if p.spec.load_in_4bit:
+    if p.spec.load_in_4bit or p.spec.load_in_8bit:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise ConfigError("key 'load_in_4bit' needs bitsandbytes: pip install bitsandbytes") from None
+            raise ConfigError("quantized training needs bitsandbytes: pip install bitsandbytes") from None
         import torch
         from transformers import BitsAndBytesConfig
 
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+        q = p.spec.quantization
+        quant = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
+                bnb_4bit_use_double_quant=q.get("use_bnb_nested_quant", True),
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_quant_storage=q.get("bnb_4bit_quant_storage", "uint8"),
+            )
+            if p.spec.load_in_4bit
+            else BitsAndBytesConfig(load_in_8bit=True)
         )
-    # Full-precision weights on the CPU; on CUDA the hardware's half precision (the trainer's
-    # autocast handles mixed precision).
+    kwargs = dict(p.spec.model_kwargs)
+    trust = bool(kwargs.pop("trust_remote_code", trust_remote_code))
+    dtype = kwargs.pop("dtype", None)
+    # Full-precision weights on the CPU; on CUDA the recipe's dtype, else the hardware's half
+    # precision (the trainer's autocast handles mixed precision).
+    if p.device == "cpu" or dtype == "auto":
+        dtype = "fp32" if p.device == "cpu" else None
     return load_model(
-        p.spec.model, device=p.device, dtype="fp32" if p.device == "cpu" else None, quantization_config=quant
+        p.spec.model, device=p.device, dtype=dtype, quantization_config=quant, trust_remote_code=trust, **kwargs
     )
+
+
+def _account_problems(sft_args: Mapping[str, Any]) -> list[str]:
+    """Keys that need the network or an account: what would stop them here, said before training
+    (never halfway)."""
+    problems = []
+    report = sft_args.get("report_to") or "none"
+    wanted = [report] if isinstance(report, str) else list(report)
+    wanted = [w for w in wanted if w not in ("none", "all")]
+    if wanted:
+        from transformers.integrations import get_available_reporting_integrations
+
+        missing = [w for w in wanted if w not in get_available_reporting_integrations()]
+        if missing:
+            problems.append(
+                f"report_to: {', '.join(missing)} is not installed here (pip install {missing[0]}), or "
+                "remove report_to: the dashboard and metrics.jsonl record the run either way"
+            )
+    if sft_args.get("push_to_hub"):
+        try:
+            from huggingface_hub import whoami
+
+            whoami(token=sft_args.get("hub_token"))
+        except Exception as err:
+            reason = " ".join(str(err).split())[:160]
+            problems.append(
+                f"push_to_hub: the Hugging Face Hub cannot be reached or no token is set ({reason}); "
+                "log in (hf auth login) or remove push_to_hub: the model is saved in the run folder "
+                "either way"
+            )
+    return problems
+
+
+def _check_template(spec: TrainSpec, data, namespace: Mapping | None) -> tuple[str, Any] | None:
+    """The chat template to train with, resolved (a bad value fails here, not after loading).
+    Conversations need one: the model's own, or the cell's. Without either, a one-line error
+    before any folder is made."""
+    if spec.chat_template is not None:
+        from .chat_templates import resolve_template
+
+        return resolve_template(spec.chat_template, namespace)
+    if data.format not in ("messages", "conversational_prompt_completion"):
+        return None
+    from .models import load_tokenizer
+
+    if not getattr(load_tokenizer(spec.model), "chat_template", None):
+        raise ConfigError(
+            f"model '{spec.model}' has no chat template (a base model?): give it one with chat_template: "
+            "chatml (or a Jinja string, a .jinja file, or a model to copy it from)"
+        )
+
+
+def prepare_model(p: Plan):
+    """The model and tokenizer the plan trains, with its chat template applied (new tokens added,
+    embeddings resized), and the LoRA config (None: a full fine-tune), whose
+    ``trainable_token_indices`` train the new tokens' rows."""
+    loaded = _load_for_training(p)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    lora = dict(p.lora) if p.lora else None
+    if p.template is not None:  # the template is a training choice: set before the data is tokenized
+        from .chat_templates import apply_training_template
+
+        model, tokenizer, added = apply_training_template(model, tokenizer, p.template)
+        if lora is not None and added:
+            # The new tokens' rows must learn (or the model never learns to end a turn). PEFT's
+            # trainable_token_indices would train just those rows, but TRL 1.16's fused LM head reads
+            # lm_head.bias, which PEFT's TrainableTokensWrapper (on a tied lm_head) does not have:
+            # train the embeddings and the head in full instead (a bigger adapter, same effect).
+            lora.setdefault("modules_to_save", [])
+            lora["modules_to_save"] = [
+                *lora["modules_to_save"],
+                *[m for m in ("embed_tokens", "lm_head") if m not in lora["modules_to_save"]],
+            ]
+    return model, tokenizer, lora
 
 
 def count_parameters(p: Plan) -> tuple[int, int]:
     """Trainable and total parameters of the model the plan would train (loads it once)."""
-    loaded = _load_for_training(p)
-    model = loaded.model
-    if p.lora:
+    model, _, lora = prepare_model(p)
+    if lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, _lora_config(p.lora))
+        model = get_peft_model(model, _lora_config(lora))
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     return trainable, sum(x.numel() for x in model.parameters())

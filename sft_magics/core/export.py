@@ -209,7 +209,27 @@ def _kind(model, merge: bool) -> str:
             "merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: export the adapter "
             "without merge, or load the base model in bf16, attach the adapter and merge there"
         )
+    if not merge and _resized_vocabulary(model):
+        raise ExportError(
+            "this run's chat template added tokens to the vocabulary, so its adapter only loads onto a base model "
+            "resized first: export it with --merge (a standalone folder that plain transformers loads)"
+        )
     return "merged" if merge else "adapter"
+
+
+def _resized_vocabulary(model) -> bool:
+    """The adapter's embeddings are bigger than its base model's own vocabulary (added tokens)."""
+    from transformers import AutoConfig
+
+    for cfg in (getattr(model, "peft_config", None) or {}).values():
+        base = getattr(cfg, "base_model_name_or_path", None)
+        try:
+            vocab = AutoConfig.from_pretrained(base).get_text_config().vocab_size if base else None
+        except (OSError, ValueError):
+            vocab = None
+        if vocab is not None and model.get_input_embeddings().weight.shape[0] > vocab:
+            return True
+    return False
 
 
 def _source_paths(model) -> list[Path]:

@@ -226,6 +226,7 @@ def load_model(
     dtype: str | Any | None = None,
     trust_remote_code: bool = False,
     quantization_config: Any = None,
+    **model_kwargs: Any,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, on the chosen device and dtype.
 
@@ -247,7 +248,7 @@ def load_model(
                 {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
             )
             model = AutoModelForCausalLM.from_pretrained(
-                base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra
+                base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra, **model_kwargs
             )
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(resolved, "model", err) from None
@@ -255,6 +256,10 @@ def load_model(
     if resolved.kind == "adapter":
         from peft import PeftModel
 
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            # Trained with a chat template that added tokens: the adapter's embedding rows are for
+            # the bigger vocabulary (PEFT's documented order: resize, then load the adapter).
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model = PeftModel.from_pretrained(model, resolved.location)
         is_peft = True
     if quantization_config is None:  # a quantized model is placed by from_pretrained itself

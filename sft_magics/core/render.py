@@ -87,7 +87,10 @@ def apply_chat_template(tokenizer, conversation, **kwargs):
     many = bool(conversation) and isinstance(conversation[0], (list, tuple))
     scale = min(len(conversation), 8) if many else 1
     if not getattr(tokenizer, "chat_template", None) and not kwargs.get("chat_template"):
-        raise TemplateError("this model has no chat template: give it one (a chat_template), or use a chat model")
+        raise TemplateError(
+            "this model has no chat template (a base model?): give it one — --chat-template chatml here, "
+            "chat_template: chatml in %%sft_train — or use a chat model"
+        )
     try:
         try:
             with _watchdog(RENDER_SECONDS * scale):

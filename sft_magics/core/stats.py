@@ -57,6 +57,7 @@ class DataStats:
     no_trained_left: int  # rows with no trained token left within max_length (TRL drops them silently)
     roles: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    template_drops: tuple[tuple[int, str], ...] = ()  # (row, what) the chat template leaves out
     trained_tokens_full: list[int] = field(default_factory=list)  # trained tokens per example, before truncation
     end_lost: int = 0  # rows whose answer end token is cut while trained tokens remain (trained on a cut answer)
     truncated_rows: list[int] = field(default_factory=list)
@@ -200,6 +201,25 @@ def _conversation(row: dict, fmt: str) -> list[dict]:
     return []
 
 
+def _template_drops(tokenizer, rows: list[dict], fmt: str, method, source_index) -> list[tuple[int, str]]:
+    """Rows whose messages' content (or tool calls) the chat template does not render, from one
+    batched render of each conversation."""
+    from .template import clean_messages, dropped_messages
+    from .token_counts import _render_many
+
+    if fmt != "messages":
+        return []
+    convs = [clean_messages(r["messages"]) for r in rows]
+    texts = _render_many(tokenizer, convs, add_generation_prompt=False, chat_template=method[1] if method else None)
+    out = []
+    for i, (conv, text) in enumerate(zip(convs, texts)):
+        if text is not None:
+            dropped = dropped_messages(conv, text)
+            if dropped:
+                out.append((source_index(i), f"message {dropped[0][0]} {dropped[0][1]}"))
+    return out
+
+
 def data_stats(
     data,
     tokenizer,
@@ -255,6 +275,14 @@ def data_stats(
     )
     problems = tuple(getattr(data, "problems", ()) or ())
     invalid = len({p.row for p in problems})
+    drops = _template_drops(tokenizer, rows, fmt, method, source_index)
+    notes = tuple(data.notes)
+    if drops:
+        shown = "; ".join(f"row {i}: {what}" for i, what in drops[:3])
+        notes += (
+            f"the chat template drops content in {len(drops)} rows ({shown}{'; …' if len(drops) > 3 else ''}): "
+            "the model never sees it and trains on what is left",
+        )
     return DataStats(
         rows=len(rows),
         format=fmt,
@@ -262,7 +290,8 @@ def data_stats(
         total_tokens=counter.total,
         max_length=max_length,
         roles=dict(sorted(roles.items())),
-        notes=tuple(data.notes),
+        notes=notes,
+        template_drops=tuple(drops),
         duplicates=duplicates,
         duplicate_groups=groups,
         duplicate_group_count=n_groups,

@@ -369,6 +369,28 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if n == len(b) else n
 
 
+def dropped_messages(messages: list[dict], rendered: str) -> list[tuple[int, str]]:
+    """``(index, what)`` for each message whose content, or whose tool calls, the rendering lacks."""
+    import json
+
+    out = []
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if isinstance(content, str) and content.strip() and content.strip() not in rendered:
+            out.append((i, f"{m.get('role')} content"))
+        for call in m.get("tool_calls") or []:
+            fn = (call or {}).get("function", call) or {}
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if name and name not in rendered:
+                out.append((i, f"tool call {name}"))
+                break
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if isinstance(args, dict) and args and not any(str(v) in rendered for v in args.values()):
+                out.append((i, f"tool call {name} arguments {json.dumps(args)[:40]}"))
+                break
+    return out
+
+
 def template_checks(
     tokenizer, rendering: Rendering, messages: list[dict], *, chat_template=None, template_kwargs=None
 ) -> list[Check]:
@@ -393,6 +415,21 @@ def template_checks(
         )
     )
 
+    # 1b. Everything the conversation says is in the rendering (a template can drop fields:
+    # SmolLM2's drops tool_calls, some drop system messages).
+    dropped = dropped_messages(messages, full)
+    checks.append(
+        Check(
+            "every message rendered",
+            not dropped,
+            "every message's content (and tool calls) appears in the rendering"
+            if not dropped
+            else "the template drops "
+            + "; ".join(f"message {i} ({what})" for i, what in dropped)
+            + ": the model never sees it, and trains on what is left",
+        )
+    )
+
     # 2. Every trained answer ends on a trained end-of-turn/EOS token.
     from .generation import stop_ids
 
@@ -406,6 +443,16 @@ def template_checks(
             current = []
     if current:
         runs.append(current)
+    empty = [i for i, run in enumerate(runs) if run and all(t.id in stops or not t.text.strip() for t in run)]
+    if empty:
+        checks.append(
+            Check(
+                "trained answer has content",
+                False,
+                f"trained span {empty[0] + 1} is only an end token: the answer (e.g. a tool call the template "
+                "dropped) is missing, so the model learns to answer with nothing",
+            )
+        )
     if not runs:
         checks.append(Check("end token trained", False, "no token is trained in this row"))
     else:

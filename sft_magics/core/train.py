@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import StopFlag, _callback_class
-from .config import ConfigError, Plan, TrainSpec, _load_for_training, _lora_config, plan
+from .config import ConfigError, Plan, TrainSpec, _lora_config, plan, prepare_model
 from .errors import SftError
 from .events import Event, Sink, fan_out
 from .models import DEFAULT_MODEL
@@ -335,8 +335,7 @@ def _data_record(data) -> dict | None:
 
 
 def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
-    loaded = _load_for_training(p)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer, lora = prepare_model(p)
     model.train()
 
     from transformers import PrinterCallback, ProgressCallback
@@ -357,7 +356,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
         if p.eval_data is not None
         else None,
         processing_class=tokenizer,
-        peft_config=_lora_config(p.lora) if p.lora else None,
+        peft_config=_lora_config(lora) if lora else None,
         callbacks=[_callback_class()(emit, stop, folder)],
     )
     # Exactly one progress display: ours. transformers adds its own printer/progress bars.

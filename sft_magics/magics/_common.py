@@ -5,6 +5,7 @@ loading the model behind a target). No magic is defined here."""
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 
 from IPython.core.error import UsageError
@@ -109,3 +110,70 @@ def _yaml_body(text: str, where: str):
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"invalid YAML in {where}{at}: {problem}") from None
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./~+-][A-Za-z0-9_./~+@=-]*$")  # safe unquoted inside a YAML scalar
+_ESCAPED = re.compile(r"\{\{([A-Za-z_][\w.]*)\}\}")
+_VARIABLE = re.compile(r"(?<![{\\])\{([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\}(?!})")
+
+
+def expand_variables(text: str, namespace: dict) -> str:
+    """``{name}`` in a cell body becomes the notebook variable's value, as IPython does for line
+    magics: plain words and paths as they are (so ``{DATA}/train.jsonl`` works), other text, numbers,
+    booleans and None as YAML scalars (quoted, so any text is safe);
+    other objects (a DataFrame, a function) by their name, which the keys that take data or
+    functions resolve in the notebook. ``{{name}}`` is a literal ``{name}``. Lines holding Jinja
+    (``{%``) are left as they are."""
+    import json
+
+    def value(m: re.Match) -> str:
+        path = m.group(1)
+        root, *attrs = path.split(".")
+        if root not in namespace:
+            raise UsageError(
+                f"the cell names {{{path}}}, but there is no notebook variable '{root}' "
+                f"(write {{{{{path}}}}} for a literal {{{path}}})"
+            )
+        obj = namespace[root]
+        for attr in attrs:
+            if not hasattr(obj, attr):
+                raise UsageError(f"the cell names {{{path}}}, but '{root}' has no attribute '{attr}'")
+            obj = getattr(obj, attr)
+        if isinstance(obj, str) and _PLAIN.match(obj):
+            return obj  # a plain word or path: written as is, so "{DATA}/train.jsonl" works
+        if obj is None or isinstance(obj, (str, int, float, bool)):
+            return json.dumps(obj)  # anything else as a quoted YAML scalar: any text is safe
+        if attrs:
+            raise UsageError(
+                f"{{{path}}} is a {type(obj).__name__}: only text and numbers can be written into the cell"
+            )
+        return root
+
+    lines = []
+    for line in text.split("\n"):
+        if "{%" not in line:
+            line = _ESCAPED.sub(lambda m: "\x00" + m.group(1) + "\x01", line)
+            line = _VARIABLE.sub(value, line).replace("\x00", "{").replace("\x01", "}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def data_mapping(columns: str | None, system: str | None, convert: str | None, namespace: dict) -> dict:
+    """``--columns prompt=question,completion=answer``, ``--system TEXT``, ``--convert FUNC`` as
+    ``load_data`` keywords."""
+    out: dict = {}
+    if columns:
+        pairs = [p.strip() for p in columns.split(",") if p.strip()]
+        bad = next(
+            (p for p in pairs if "=" not in p or not p.split("=", 1)[0].strip() or not p.split("=", 1)[1].strip()), None
+        )
+        if bad is not None:
+            raise UsageError(f"--columns {columns!r}: expected NAME=COLUMN pairs separated by commas, got {bad!r}")
+        out["columns"] = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+    if system:
+        out["system"] = system
+    if convert:
+        if not callable(namespace.get(convert)):
+            raise UsageError(f"--convert: no notebook function named '{convert}'")
+        out["convert"] = namespace[convert]
+    return out

@@ -7,7 +7,7 @@ from IPython.core.magic import line_cell_magic, line_magic
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..display import show
-from ._common import MagicsBase, _conversation, _parse, _user_errors, _yaml_body
+from ._common import MagicsBase, _conversation, _parse, _user_errors, _yaml_body, data_mapping
 
 
 class TemplateMagics(MagicsBase):
@@ -71,6 +71,7 @@ class TemplateMagics(MagicsBase):
             - {role: user, content: "What is 2+2?"}
             - {role: assistant, content: "4"}
         """
+        from ..core.chat_templates import KNOWN, template_for_viewing
         from ..core.models import load_tokenizer
         from ..core.render import TemplateError
         from ..core.template import first_difference, inference_rendering, shown_rendering
@@ -84,6 +85,8 @@ class TemplateMagics(MagicsBase):
 
         def rendering_for(name: str, chat_template):
             tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
+            if chat_template in KNOWN:
+                tokenizer, chat_template = template_for_viewing(tokenizer, chat_template), None
             try:
                 r = shown_rendering(
                     tokenizer,
@@ -104,7 +107,10 @@ class TemplateMagics(MagicsBase):
             view = CompareView(rendering, other, model, args.compare)
         elif args.inference and fmt == "messages":
             inference = inference_rendering(
-                tokenizer, row["messages"], chat_template=rendering.chat_template or template, template_kwargs=kwargs
+                tokenizer,
+                row["messages"],
+                chat_template=rendering.chat_template or (None if template in KNOWN else template),
+                template_kwargs=kwargs,
             )
             view = InferenceView(rendering, inference, first_difference(rendering.input_ids, inference.input_ids))
         else:
@@ -151,8 +157,12 @@ class TemplateMagics(MagicsBase):
     def _chat_template_arg(self, value: str | None) -> str | None:
         from pathlib import Path
 
+        from ..core.chat_templates import KNOWN
+
         if value is None:
             return None
+        if value in KNOWN:  # a well-known template, with the special tokens training would add
+            return value
         held = self.shell.user_ns.get(value)
         if isinstance(held, str):
             return held
@@ -161,7 +171,10 @@ class TemplateMagics(MagicsBase):
             if not path.is_file():
                 raise UsageError(f"--chat-template: file not found: {value}")
             return path.read_text()
-        raise UsageError(f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file")
+        raise UsageError(
+            f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file "
+            f"(nor {', '.join(KNOWN)})"
+        )
 
     # -- %sft_data ---------------------------------------------------------------------------
     @magic_arguments()
@@ -169,6 +182,25 @@ class TemplateMagics(MagicsBase):
         "source", help="A .jsonl/.json/.csv/.parquet file or glob, a save_to_disk folder, a Hub name, or a variable."
     )
     @argument("--model", default=None, help="Tokenizer to count tokens with (default: SftMagics.default_model).")
+    @argument(
+        "--columns",
+        metavar="NAME=COL,...",
+        default=None,
+        help="Your columns: prompt=question,completion=answer (or user=..,assistant=.., messages=.., text=..).",
+    )
+    @argument("--system", metavar="TEXT", default=None, help="A system prompt added to every conversation.")
+    @argument(
+        "--convert",
+        metavar="FUNC",
+        default=None,
+        help="A notebook function row -> conversation (a list of messages or a row), applied first.",
+    )
+    @argument(
+        "--chat-template",
+        metavar="T",
+        default=None,
+        help="Count with this chat template (chatml, zephyr, a variable, a .jinja file or a model), e.g. for a base model.",
+    )
     @argument("--max-length", type=int, default=None, help="Report what truncation to this many tokens would cut.")
     @argument("--batch-size", type=int, default=8, help="Batch size for the steps-per-epoch estimate.")
     @argument("--grad-accum", type=int, default=1, help="Gradient accumulation steps for the steps-per-epoch estimate.")
@@ -197,8 +229,14 @@ class TemplateMagics(MagicsBase):
         ):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
-        data = load_data(args.source, namespace=self.shell.user_ns, strict=False)  # bad rows: listed, not fatal
+        ns = self.shell.user_ns
+        mapping = data_mapping(args.columns, args.system, args.convert, ns)
+        data = load_data(args.source, namespace=ns, strict=False, **mapping)  # bad rows: listed, not fatal
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
+        if args.chat_template:
+            from ..core.chat_templates import template_for_viewing
+
+            tokenizer = template_for_viewing(tokenizer, args.chat_template, ns)
         stats = data_stats(
             data, tokenizer, max_length=args.max_length, batch_size=args.batch_size, grad_accum=args.grad_accum
         )

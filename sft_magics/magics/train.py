@@ -10,7 +10,7 @@ from IPython.core.magic import line_cell_magic, line_magic
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..display import show
-from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body
+from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body, expand_variables
 
 
 class TrainMagics(MagicsBase):
@@ -110,8 +110,8 @@ class TrainMagics(MagicsBase):
         """Parse, validate, start the training thread; returns (thread, finish) or a dry-run summary."""
         args = _parse(self.sft_train, line)
         cell = cell or ""
-        name = _run_name(args, cell)
-        spec = self._train_spec(name, cell, resume=bool(args.resume))
+        spec = self._train_spec(_run_name(args, cell), cell, resume=bool(args.resume))
+        name = spec.name
         if args.dry_run:
             return self._dry_run(spec, args.output)
         files = {"cell.txt": f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
@@ -203,11 +203,15 @@ class TrainMagics(MagicsBase):
             saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
             if not saved.is_file():
                 raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
-            cell = saved.read_text()  # secret keys were left out of it; every other key is as trained
-        config = _yaml_body(cell, "the %%sft_train cell")
+            config = _yaml_body(saved.read_text(), f"{saved}")  # secret keys left out; every other key as trained
+        else:
+            config = _yaml_body(expand_variables(cell, self.shell.user_ns), "the %%sft_train cell")
         if not isinstance(config, dict):
             raise UsageError("the %%sft_train cell must be a YAML mapping of keys (model, dataset, ...)")
-        config.setdefault("model", self.default_model)
+        if "model" not in config and "model_name_or_path" not in config:
+            config["model"] = self.default_model
+        if self.trust_remote_code:
+            config.setdefault("trust_remote_code", True)
         return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
 
     def _dry_run(self, spec, output):
@@ -215,7 +219,7 @@ class TrainMagics(MagicsBase):
         from ..core.secrets import redact
         from ..display._views import TableView
 
-        p = plan(spec, namespace=self.shell.user_ns)
+        p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
         trainable, total = count_parameters(p)
         shown = redact(p.config())  # secrets: the key is shown as read, its value never
         rows = [[k, v] for k, v in shown.items()]
@@ -225,6 +229,12 @@ class TrainMagics(MagicsBase):
             f"device {p.device} · dtype {str(p.dtype).replace('torch.', '')}",
             f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.2%})",
             f"planned optimizer steps: {p.steps}",
+            *(
+                f"chat template: {p.template[0]} {p.template[1] if p.template[0] != 'jinja' else '(a Jinja template)'}"
+                for _ in [0]
+                if p.template
+            ),
+            *(f"read: {n}" for n in p.notes),
             "dry run: nothing was trained",
         ]
         show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
@@ -236,6 +246,8 @@ class TrainMagics(MagicsBase):
             "total_params": total,
             "steps": p.steps,
             "train_rows": len(p.train_data),
+            "notes": list(p.notes),
+            "run_dir": str(spec.run_dir),
         }
         return self._bind(output, summary) if output else None
 
@@ -357,10 +369,9 @@ def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
     return reporter
 
 
-def _run_name(args, cell: str) -> str:
-    """The run's name from the line's flags, after the checks that need no model or data."""
-    import time
-
+def _run_name(args, cell: str) -> str | None:
+    """The run's name from the line's flags (None: not given; the cell's output_dir or the time
+    names it), after the checks that need no model or data."""
     from ..core.runs import validate_name
 
     if not cell.strip() and args.resume is None:
@@ -370,4 +381,4 @@ def _run_name(args, cell: str) -> str:
     if args.resume_anyway and not args.resume:
         raise UsageError("--resume-anyway goes with --resume NAME")
     given = args.resume if args.resume is not None else args.name  # an explicit "" is a mistake, not "no name"
-    return validate_name(time.strftime("run-%Y%m%d-%H%M%S") if given is None else given)
+    return None if given is None else validate_name(given)
