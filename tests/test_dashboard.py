@@ -18,7 +18,8 @@ import pytest
 from sft_magics.core.events import Event
 from sft_magics.core.progress import ProgressState
 from sft_magics.display import make_reporter
-from sft_magics.display._dashboard import PlainDashboard, RichDashboard, WidgetDashboard
+from sft_magics.display._dashboard import PlainDashboard, WidgetDashboard
+from sft_magics.display._rich_dashboard import RichDashboard
 from sft_magics.display._runs_view import RunsView
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -705,10 +705,17 @@ def test_split_takes_at_least_one_row():
     assert (len(train), len(val)) == (2, 1)
 
 
-@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True, "0.1"])
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5, True, "0.1"])
 def test_split_rejects_bad_fractions(fraction):
     with pytest.raises(DataError, match="validation fraction must be between 0 and 1"):
         train_val_split(load_data(list(PC)), fraction)
+
+
+def test_a_whole_number_is_a_row_count():  # alignment-handbook's test_split_size: 1000
+    train, val = train_val_split(load_data(list(PC)), 1)
+    assert (len(train), len(val)) == (1, 1)
+    with pytest.raises(DataError, match="validation rows 2 of 2 rows leaves no training rows"):
+        train_val_split(load_data(list(PC)), 2)
 
 
 def test_split_rejects_too_few_rows():

@@ -54,7 +54,8 @@ def test_a_base_model_given_chatml_trains_exports_and_stops_on_its_end_token(she
     cell = (
         f"model: {base_model}\n"
         f"dataset: {{path: {qa_csv}, columns: {{user: question, assistant: answer}}, system: You add numbers.}}\n"
-        "chat_template: chatml\nmax_steps: 6\nper_device_train_batch_size: 4\nlearning_rate: 1.0e-2\n"
+        "chat_template: chatml\nmax_steps: 40\nper_device_train_batch_size: 8\nlearning_rate: 1.0e-2\n"
+        "lr_scheduler_type: constant\nwarmup_steps: 0\n"
     )
     run = shell.run_cell_magic("sft_train", "--name base -o run", cell)
     assert run.status == "finished"
@@ -66,7 +67,10 @@ def test_a_base_model_given_chatml_trains_exports_and_stops_on_its_end_token(she
     final = AutoTokenizer.from_pretrained(_run_dir(shell, "base") / "final")
     assert final.chat_template == CHATML and final.convert_tokens_to_ids("<|im_end|>") == im_end
     out = tmp_path / "export"
-    shell.run_line_magic("sft_export", f"base --to {out} --merge")
+    exported = shell.run_line_magic("sft_export", f"base --to {out} --merge --probe 'What is 3 plus 3?' -o e")
+    # Reloaded with plain transformers, it answers and stops on the template's end token (the
+    # export's verification compared these ids with the notebook model's, token for token).
+    assert exported.token_ids[-1] == im_end and len(exported.token_ids) < 32
     tok = AutoTokenizer.from_pretrained(out)
     messages = [{"role": "user", "content": "What is 2 plus 2?"}]
     assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
@@ -97,6 +101,12 @@ def test_another_template_family_is_the_one_trained_evaluated_and_chatted_with(s
     loaded = load_model(str(_run_dir(shell, "zeph") / "final"))
     prompt = ChatSession(loaded.model, loaded.tokenizer)._render([{"role": "user", "content": "Hi"}])
     assert prompt.startswith("<|user|>\nHi") and prompt.endswith("<|assistant|>\n")
+    # %sft_eval evaluates through the same template: its prompts are rendered by the run's tokenizer.
+    report = shell.run_line_magic("sft_eval", f"zeph --data {qa_jsonl} --limit 2 --metrics loss,exact_match -o rep")
+    assert report["tuned"].mean_prompt_tokens > 0
+    from sft_magics.core.generation import render_prompts
+
+    assert render_prompts(loaded.tokenizer, [report.eval_examples[0].prompt])[0].startswith("<|user|>")
 
 
 def test_chat_template_path_is_the_template_trained_with(shell, tiny_model, qa_jsonl, tmp_path):
@@ -143,6 +153,12 @@ def test_your_columns_in_the_doctor_and_in_the_cell(shell, tiny_model, qa_csv, c
         f"model: {tiny_model}\ndataset: {{path: {qa_csv}, columns: {{user: question, assistant: answer}}}}\nmax_steps: 1\n",
     )
     assert run.status == "finished"
+    report = shell.run_line_magic(
+        "sft_eval",
+        f"cols --data {qa_csv} --columns user=question,assistant=answer --limit 2 --metrics exact_match -o rep",
+    )
+    assert [e.reference for e in report.eval_examples] == ["0", "2"]
+    assert report.eval_examples[1].question == "What is 1 plus 1?"
 
 
 def test_a_notebook_function_converts_rows(shell, tiny_model, qa_csv):
@@ -424,3 +440,23 @@ def test_a_template_that_drops_tool_calls_is_flagged(shell, tiny_model, tmp_path
     assert not checks["trained answer has content"].ok
     stats = shell.run_line_magic("sft_data", f"{data} --model {tiny_model} -o s")
     assert len(stats.template_drops) == 3 and any("drops content in 3 rows" in n for n in stats.notes)
+
+
+def test_trust_remote_code_in_a_recipe_is_honoured(shell, tiny_model, qa_jsonl, tmp_path):
+    import shutil
+
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_model, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(
+        model_type="xmodel",
+        auto_map={"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"},
+    )
+    (remote / "config.json").write_text(json.dumps(config))
+    cell = f"model_name_or_path: {remote}\ndataset_name: {qa_jsonl}\nmax_steps: 1\n"
+    with pytest.raises(UsageError, match="trust_remote_code is off"):
+        shell.run_cell_magic("sft_train", "--name rc --dry-run", cell)
+    # Asked for: the model's own code is run (here it is missing: a one-line error that says so).
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic("sft_train", "--name rc --dry-run", cell + "trust_remote_code: true\n")
+    assert "trust_remote_code is off" not in str(info.value) and "configuration_x" in str(info.value)

@@ -13,8 +13,8 @@ from sft_magics.core.template import (
     first_difference,
     inference_rendering,
     render,
-    template_checks,
 )
+from sft_magics.core.template_checks import template_checks
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 # Same, with generation markers around the assistant's content and end token.
@@ -50,7 +50,13 @@ def test_all_checks_pass_on_a_good_template(tok):
     r, checks = _checks(tok, CHATML, TWO)
     assert r.mask_source == MASK_PREFIX
     assert all(c.ok for c in checks.values()), checks
-    assert set(checks) == {"prefix-preserving", "end token trained", "inference matches training", "generation markers"}
+    assert set(checks) == {
+        "prefix-preserving",
+        "every message rendered",
+        "end token trained",
+        "inference matches training",
+        "generation markers",
+    }
     assert "'<|im_end|>'" in checks["end token trained"].detail
     assert [m["trained"] > 0 for m in r.per_message()] == [False, True, False, True]
 

@@ -86,8 +86,12 @@ def test_bad_data_fails_before_the_model_loads(tmp_path, tiny_model, monkeypatch
         ({"dataset": "x", "lora": {"rank": 4}}, "unknown key 'rank' in lora"),
         ({"dataset": "x", "lora": "yes"}, "key 'lora' must be a mapping of LoraConfig fields or false"),
         ({"learning_rate": 1}, "key 'dataset' is required"),
-        ({"dataset": "x", "eval_split": 2}, "key 'eval_split' must be a fraction between 0 and 1"),
-        ({"dataset": "x", "output_dir": "elsewhere"}, "unknown key 'output_dir'"),
+        ({"dataset": "x", "eval_split": 2.5}, "key 'eval_split' must be a fraction between 0 and 1"),
+        # output_dir is TRL's: the run folder itself, so it must agree with the run's name.
+        (
+            {"dataset": "x", "output_dir": "elsewhere"},
+            "--name x and output_dir elsewhere name two different run folders",
+        ),
     ],
 )
 def test_config_errors_name_the_key(config, message):

@@ -356,7 +356,8 @@ def _describe(source: Any) -> Any:
 def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, dry_run: bool = False) -> Plan:
     """Data (validated first: a bad row fails before any model loads), config and hardware. What
     would stop the run for want of the network or an account is an error, or (``dry_run``) a note."""
-    from .data import load_dataset_spec, train_val_split
+    from .data import train_val_split
+    from .dataset_spec import load_dataset_spec
     from .models import choose_device_dtype
 
     train_data = load_dataset_spec(spec.dataset, namespace=namespace)
@@ -413,42 +414,6 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes)
 
 
-def _load_for_training(p: Plan, trust_remote_code: bool = False):
-    from .models import load_model
-
-    quant = None
-    if p.spec.load_in_4bit or p.spec.load_in_8bit:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise ConfigError("quantized training needs bitsandbytes: pip install bitsandbytes") from None
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        q = p.spec.quantization
-        quant = (
-            BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
-                bnb_4bit_use_double_quant=q.get("use_bnb_nested_quant", True),
-                bnb_4bit_compute_dtype=torch.bfloat16,
-                bnb_4bit_quant_storage=q.get("bnb_4bit_quant_storage", "uint8"),
-            )
-            if p.spec.load_in_4bit
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-    kwargs = dict(p.spec.model_kwargs)
-    trust = bool(kwargs.pop("trust_remote_code", trust_remote_code))
-    dtype = kwargs.pop("dtype", None)
-    # Full-precision weights on the CPU; on CUDA the recipe's dtype, else the hardware's half
-    # precision (the trainer's autocast handles mixed precision).
-    if p.device == "cpu" or dtype == "auto":
-        dtype = "fp32" if p.device == "cpu" else None
-    return load_model(
-        p.spec.model, device=p.device, dtype=dtype, quantization_config=quant, trust_remote_code=trust, **kwargs
-    )
-
-
 def _account_problems(sft_args: Mapping[str, Any]) -> list[str]:
     """Keys that need the network or an account: what would stop them here, said before training
     (never halfway)."""
@@ -492,43 +457,9 @@ def _check_template(spec: TrainSpec, data, namespace: Mapping | None) -> tuple[s
         return None
     from .models import load_tokenizer
 
-    if not getattr(load_tokenizer(spec.model), "chat_template", None):
+    trust = bool(spec.model_kwargs.get("trust_remote_code", False))
+    if not getattr(load_tokenizer(spec.model, trust_remote_code=trust), "chat_template", None):
         raise ConfigError(
             f"model '{spec.model}' has no chat template (a base model?): give it one with chat_template: "
             "chatml (or a Jinja string, a .jinja file, or a model to copy it from)"
         )
-
-
-def prepare_model(p: Plan):
-    """The model and tokenizer the plan trains, with its chat template applied (new tokens added,
-    embeddings resized), and the LoRA config (None: a full fine-tune), whose
-    ``trainable_token_indices`` train the new tokens' rows."""
-    loaded = _load_for_training(p)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    lora = dict(p.lora) if p.lora else None
-    if p.template is not None:  # the template is a training choice: set before the data is tokenized
-        from .chat_templates import apply_training_template
-
-        model, tokenizer, added = apply_training_template(model, tokenizer, p.template)
-        if lora is not None and added:
-            # The new tokens' rows must learn (or the model never learns to end a turn). PEFT's
-            # trainable_token_indices would train just those rows, but TRL 1.16's fused LM head reads
-            # lm_head.bias, which PEFT's TrainableTokensWrapper (on a tied lm_head) does not have:
-            # train the embeddings and the head in full instead (a bigger adapter, same effect).
-            lora.setdefault("modules_to_save", [])
-            lora["modules_to_save"] = [
-                *lora["modules_to_save"],
-                *[m for m in ("embed_tokens", "lm_head") if m not in lora["modules_to_save"]],
-            ]
-    return model, tokenizer, lora
-
-
-def count_parameters(p: Plan) -> tuple[int, int]:
-    """Trainable and total parameters of the model the plan would train (loads it once)."""
-    model, _, lora = prepare_model(p)
-    if lora:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, _lora_config(lora))
-    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    return trainable, sum(x.numel() for x in model.parameters())

@@ -20,3 +20,8 @@ class SftError(Exception):
 class EvalError(SftError, ValueError):
     """A user-facing evaluation problem (bad metric name, no few-shot data, ...); one line.
     Here rather than in core/evaluate.py because the metric registry (core/metrics.py) raises it too."""
+
+
+class ExportError(SftError, RuntimeError):
+    """An export that cannot be written or does not verify; one line. Here because both the writer
+    (core/export.py) and the verifier (core/export_verify.py) raise it."""

@@ -163,10 +163,10 @@ def _hub_error(name: str, err: Exception) -> ModelError:
     )
 
 
-def _load_error(resolved: ResolvedModel, what: str, err: Exception) -> ModelError:
+def _load_error(resolved: ResolvedModel, what: str, err: Exception, trust_remote_code: bool = False) -> ModelError:
     """A loading failure as one line that says what to do."""
     text = " ".join(str(err).split())
-    if "trust_remote_code" in text or "custom code" in text:
+    if not trust_remote_code and ("trust_remote_code" in text or "custom code" in text):
         return ModelError(
             f"'{resolved.name}' contains its own Python code (custom code), and trust_remote_code is off: "
             "read that code first; if you trust it, %config SftMagics.trust_remote_code = True "
@@ -212,7 +212,7 @@ def load_tokenizer(name: str | None = None, *, trust_remote_code: bool = False, 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
-        raise _load_error(resolved, "tokenizer", err) from None
+        raise _load_error(resolved, "tokenizer", err, trust_remote_code) from None
     if tokenizer.pad_token is None:
         # Batching needs a pad token; the end-of-sequence token is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token
@@ -251,7 +251,7 @@ def load_model(
                 base_location, dtype=dtype, trust_remote_code=trust_remote_code, **extra, **model_kwargs
             )
     except (OSError, ValueError, KeyError) as err:
-        raise _load_error(resolved, "model", err) from None
+        raise _load_error(resolved, "model", err, trust_remote_code) from None
     is_peft = False
     if resolved.kind == "adapter":
         from peft import PeftModel

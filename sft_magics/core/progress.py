@@ -1,8 +1,11 @@
-"""Training progress: one state model fed by events, thin renderers on top (tqdm's pattern).
+"""Progress: one state model per kind of work, thin renderers on top (tqdm's pattern).
 
 :class:`ProgressState` is the only place that interprets training events: the widget, rich and
-plain dashboards in :mod:`sft_magics.display._dashboard` only read it. It is core (plain Python, no
-display imports): a script, a test or another frontend reads the same state from the same events.
+plain dashboards in :mod:`sft_magics.display._dashboard` only read it. :class:`StageProgress` is
+the same for an evaluation's stages (loss, generating, for each model compared): the evaluation
+calls it with ``(stage, done, total)``; the renderers in :mod:`sft_magics.display._eval_view` read
+it. Both are core (plain Python, no display imports): a script, a test or another frontend reads
+the same state.
 """
 
 from __future__ import annotations
@@ -263,3 +266,41 @@ class ProgressState:
 
     def line(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.fields())
+
+
+@dataclass
+class StageProgress:
+    """An evaluation's progress: the current stage (``"tuned: generating"``), items done of total,
+    and the pace of this stage so far (for the ETA). Call it as the evaluation's ``progress``."""
+
+    stage: str = "starting"
+    done: int = 0
+    total: int = 0
+    started: float | None = None  # when the evaluation started
+    stage_started: float | None = None  # when this stage started
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        if stage != self.stage:
+            self.stage, self.stage_started = stage, now
+        self.done, self.total = int(done), int(total)
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None else max(0.0, self.clock() - self.started)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left in this stage, at this stage's pace."""
+        if self.stage_started is None or self.done <= 0 or self.total <= 0:
+            return None
+        spent = self.clock() - self.stage_started
+        return max(0.0, spent / self.done * (self.total - self.done))
+
+    def text(self) -> str:
+        """``tuned: generating 16/40 · 00:05 elapsed · ETA 00:07``."""
+        eta = f" · ETA {_fmt_seconds(self.eta)}" if self.done < self.total else ""
+        return f"{self.stage} {self.done}/{self.total} · {_fmt_seconds(self.elapsed)} elapsed{eta}"

@@ -204,7 +204,8 @@ def _conversation(row: dict, fmt: str) -> list[dict]:
 def _template_drops(tokenizer, rows: list[dict], fmt: str, method, source_index) -> list[tuple[int, str]]:
     """Rows whose messages' content (or tool calls) the chat template does not render, from one
     batched render of each conversation."""
-    from .template import clean_messages, dropped_messages
+    from .template import clean_messages
+    from .template_checks import dropped_messages
     from .token_counts import _render_many
 
     if fmt != "messages":

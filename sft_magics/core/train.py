@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import StopFlag, _callback_class
-from .config import ConfigError, Plan, TrainSpec, _lora_config, plan, prepare_model
+from .config import ConfigError, Plan, TrainSpec, _lora_config, plan
 from .errors import SftError
 from .events import Event, Sink, fan_out
 from .models import DEFAULT_MODEL
+from .preparation import prepare_model
 
 
 @dataclass

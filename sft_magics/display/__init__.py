@@ -59,5 +59,9 @@ def make_reporter(mode: str, title: str = "training", on_stop=None):
                 print("ipywidgets is not installed: showing training progress as text", flush=True)
                 make_reporter._said = True
             mode = "plain"
-    cls = {"widget": d.WidgetDashboard, "rich": d.RichDashboard}.get(mode, d.PlainDashboard)
+    if mode == "rich":
+        from ._rich_dashboard import RichDashboard
+
+        return RichDashboard(title, on_stop=on_stop)
+    cls = d.WidgetDashboard if mode == "widget" else d.PlainDashboard
     return cls(title, on_stop=on_stop)

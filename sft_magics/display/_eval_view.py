@@ -253,31 +253,74 @@ class EvalBrowser:
 
 
 class LineProgress:
-    """A line per batch (plain text and terminal IPython)."""
+    """A line per batch (plain text), from the core :class:`StageProgress`."""
+
+    def __init__(self):
+        from ..core.progress import StageProgress
+
+        self.state = StageProgress()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        print(f"[eval] {stage} {done}/{total}", flush=True)
+        self.state(stage, done, total)
+        print(f"[eval] {self.state.text()}", flush=True)
 
     def close(self) -> None:
         pass
 
 
+class RichProgress:
+    """Terminal IPython: a rich progress bar with the stage, elapsed time and ETA; kept when done."""
+
+    def __init__(self, console=None):
+        from rich.live import Live
+
+        from ..core.progress import StageProgress
+
+        self.state = StageProgress()
+        self._live = Live(self, console=console, refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def __rich__(self):
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        s = self.state
+        row = Table.grid(padding=(0, 1))
+        row.add_row(
+            Text("eval", style="bold"), ProgressBar(total=max(1, s.total), completed=s.done, width=30), Text(s.text())
+        )
+        return row
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.state(stage, done, total)
+
+    def close(self) -> None:
+        self._live.refresh()
+        self._live.stop()
+
+
 class WidgetProgress:
-    """An ``IntProgress`` bar with the stage beside it; removed when the evaluation ends."""
+    """An ``IntProgress`` bar with the stage, elapsed time and ETA beside it; removed when the
+    evaluation ends (the report takes its place)."""
 
     def __init__(self):
         import ipywidgets as w
         from IPython.display import display
 
+        from ..core.progress import StageProgress
+
+        self.state = StageProgress()
         self.bar = w.IntProgress(value=0, min=0, max=1, description="eval")
         self.label = w.Label("starting")
         self.box = w.HBox([self.bar, self.label])
         display(self.box)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        self.state(stage, done, total)
         self.bar.max = max(1, total)
         self.bar.value = done
-        self.label.value = f"{stage} {done}/{total}"
+        self.label.value = self.state.text()
 
     def close(self) -> None:
         self.box.close()
@@ -290,4 +333,6 @@ def eval_progress(mode: str):
             return WidgetProgress()
         except ImportError:
             pass
+    if mode == "rich":
+        return RichProgress()
     return LineProgress()

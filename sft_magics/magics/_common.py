@@ -61,10 +61,10 @@ class MagicsBase:
             self.shell.user_ns[name] = value
         return value
 
-    def _data(self, source: str):
+    def _data(self, source: str, **mapping):
         from ..core.data import load_data
 
-        return load_data(source, namespace=self.shell.user_ns)
+        return load_data(source, namespace=self.shell.user_ns, **mapping)
 
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""

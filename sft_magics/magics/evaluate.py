@@ -7,7 +7,7 @@ from IPython.core.magic import line_magic
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..display import show
-from ._common import MagicsBase, _parse, _user_errors
+from ._common import MagicsBase, _parse, _user_errors, data_mapping
 
 
 class EvalMagics(MagicsBase):
@@ -17,6 +17,16 @@ class EvalMagics(MagicsBase):
     @magic_arguments()
     @argument("target", help="A run (name or -o variable), a model/adapter folder, or a model id.")
     @argument("--data", required=True, metavar="SOURCE", help="Validation data with reference answers.")
+    @argument(
+        "--columns",
+        metavar="NAME=COL,...",
+        default=None,
+        help="Your columns, as in %%sft_data: prompt=question,completion=answer or user=..,assistant=..",
+    )
+    @argument(
+        "--system", metavar="TEXT", default=None, help="A system prompt added to every conversation (as in training)."
+    )
+    @argument("--convert", metavar="FUNC", default=None, help="A notebook function row -> conversation, applied first.")
     @argument(
         "--baseline",
         choices=["base"],
@@ -93,7 +103,8 @@ class EvalMagics(MagicsBase):
         _check_eval_flags(limit=args.limit, few_shot=args.few_shot, **gen)
         metrics, custom = parse_metric_names(args.metrics), custom_metrics(args.metric, ns)
         run_dir = run_path(args.target, ns.get(args.target), self.output_dir)
-        examples = ev.examples_from(self._data(args.data))[: args.limit]
+        mapping = data_mapping(args.columns, args.system, args.convert, ns)
+        examples = ev.examples_from(self._data(args.data, **mapping))[: args.limit]
         model, tokenizer = self._target_model(args.target)
         progress = eval_progress(self.mode)
         try:

@@ -215,7 +215,8 @@ class TrainMagics(MagicsBase):
         return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
 
     def _dry_run(self, spec, output):
-        from ..core.config import count_parameters, plan
+        from ..core.config import plan
+        from ..core.preparation import count_parameters
         from ..core.secrets import redact
         from ..display._views import TableView
 

@@ -1,0 +1,162 @@
+"""What a ``dataset:`` key names, beyond a plain source: your columns (``columns``), a system
+prompt (``system``), a conversion function (``convert``), a split or config, and mixtures of
+datasets (alignment-handbook's ``dataset_mixture``). :func:`remap_rows` is applied by
+:func:`core.data.load_data` to the raw rows, before the format is detected."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from .data import DataError, LoadedData, UnreadableRow, _fingerprint, _one_line, _short, _type, load_data
+
+DATASET_KEYS = ("path", "config", "name", "split", "columns", "system", "convert")
+MIXTURE_KEYS = ("mixture", "seed", "test_split_size")
+
+
+def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None, strict: bool = True) -> LoadedData:
+    """What a ``dataset:`` key names: a source (file, folder, variable, Hub id), or a mapping
+    ``{path, config, split, columns, system, convert}`` (``convert``: a function, or the name of a
+    notebook function), or ``{mixture: [...], seed, test_split_size}`` (each entry a mapping with an
+    optional ``weight``: the fraction of its rows kept)."""
+    if not isinstance(value, Mapping):
+        return load_data(value, namespace=namespace, strict=strict)
+    if "mixture" in value:
+        return _load_mixture(value, namespace)
+    unknown = [k for k in value if k not in DATASET_KEYS]
+    if unknown:
+        raise DataError(f"dataset: unknown key '{unknown[0]}' (use {', '.join(DATASET_KEYS)})")
+    if value.get("path") is None:
+        raise DataError("dataset: 'path' is required (a file, folder, Hub id or notebook variable)")
+    convert = value.get("convert")
+    if isinstance(convert, str):
+        if not (namespace and callable(namespace.get(convert))):
+            raise DataError(f"dataset: convert: no notebook function named '{convert}'")
+        convert = namespace[convert]
+    return load_data(
+        value["path"],
+        split=value.get("split"),
+        config=value.get("config") or value.get("name"),
+        namespace=namespace,
+        strict=strict,
+        columns=value.get("columns"),
+        system=value.get("system"),
+        convert=convert,
+    )
+
+
+def _load_mixture(value: Mapping, namespace: Mapping[str, Any] | None) -> LoadedData:
+    """alignment-handbook's ``dataset_mixture``: each dataset's rows, a ``weight`` fraction of them
+    (seeded), concatenated. They must normalise to one format."""
+    from datasets import concatenate_datasets
+
+    entries = value.get("mixture")
+    if not isinstance(entries, list) or not entries:
+        raise DataError("dataset mixture: expected a list of datasets")
+    seed = int(value.get("seed", 42))
+    parts, described = [], []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise DataError(f"dataset mixture entry {k}: expected a mapping with a path")
+        entry = dict(entry)
+        weight = entry.pop("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+            raise DataError(f"dataset mixture entry {k}: weight must be a fraction in (0, 1], got {weight!r}")
+        data = load_dataset_spec(entry, namespace=namespace)
+        if weight < 1:
+            keep = max(1, int(len(data) * weight))
+            data = replace(data, dataset=data.dataset.shuffle(seed=seed).select(range(keep)))
+        parts.append(data)
+        described.append(f"{data.source} ×{weight:g} ({len(data)} rows)")
+    formats = {p.format for p in parts}
+    if len(formats) > 1:
+        raise DataError(f"dataset mixture: the datasets have different formats ({', '.join(sorted(formats))})")
+    joined = concatenate_datasets([p.dataset for p in parts])
+    return LoadedData(
+        dataset=joined,
+        format=parts[0].format,
+        source_format=parts[0].source_format,
+        source="mixture of " + " + ".join(described),
+        notes=tuple(n for p in parts for n in p.notes),
+        fingerprint=_fingerprint(joined.to_list()),
+    )
+
+
+TARGET_COLUMNS = ("messages", "prompt", "completion", "text", "tools", "user", "assistant")
+
+
+def remap_rows(
+    rows: list[Any],
+    *,
+    columns: Mapping[str, str] | None = None,
+    system: str | None = None,
+    convert: Any = None,
+    where: str = "the data",
+) -> tuple[list[Any], list[str]]:
+    """Your data in sft_magics' terms: ``convert(row)`` first (a dict row, or a list of messages),
+    then ``columns`` (target -> your column; ``user``/``assistant`` make a two-turn conversation),
+    then ``system`` prepended to every conversation. Returns the rows and a note of what was done."""
+    columns = dict(columns or {})
+    for target, column in columns.items():
+        if target not in TARGET_COLUMNS:
+            raise DataError(f"columns: unknown name '{target}' (use {', '.join(TARGET_COLUMNS)})")
+        if not isinstance(column, str):
+            raise DataError(f"columns: '{target}' must name one of your columns, got {_type(column)}")
+    if convert is not None and not callable(convert):
+        raise DataError(f"convert: expected a function row -> conversation, got {_type(convert)}")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, UnreadableRow):
+            out.append(row)
+            continue
+        if convert is not None:
+            try:
+                row = convert(dict(row) if isinstance(row, Mapping) else row)
+            except Exception as err:
+                raise DataError(
+                    f"{where}: row {i}: convert raised {type(err).__name__}: {_one_line(str(err))[:200]}"
+                ) from None
+            if isinstance(row, list):
+                row = {"messages": row}
+            if not isinstance(row, Mapping):
+                raise DataError(
+                    f"{where}: row {i}: convert returned {_type(row)}; expected a dict row or a list of messages"
+                )
+        if columns:
+            missing = next((c for c in columns.values() if not isinstance(row, Mapping) or c not in row), None)
+            if missing is not None:
+                have = ", ".join(map(str, row)) if isinstance(row, Mapping) else _type(row)
+                raise DataError(f"{where}: row {i}: no column '{missing}' (it has: {have}); fix columns:")
+            picked = {target: row[column] for target, column in columns.items()}
+            if "user" in picked or "assistant" in picked:
+                turns = [{"role": r, "content": picked.pop(r)} for r in ("user", "assistant") if r in picked]
+                picked["messages"] = turns
+            row = picked
+        if system:
+            row = _with_system(dict(row), system)
+        out.append(row)
+    notes = []
+    if convert is not None:
+        notes.append(f"converted every row with {getattr(convert, '__name__', 'a function')}()")
+    if columns:
+        notes.append("columns: " + ", ".join(f"{t} ← {c}" for t, c in columns.items()))
+    if system:
+        notes.append(f"system prompt added: {_short(system)}")
+    return out, notes
+
+
+def _with_system(row: dict, system: str) -> dict:
+    """A system message first: in a conversation, or turning prompt/completion strings into one."""
+    message = {"role": "system", "content": system}
+    if isinstance(row.get("messages"), list):
+        msgs = row["messages"]
+        row["messages"] = (
+            msgs if msgs and isinstance(msgs[0], Mapping) and msgs[0].get("role") == "system" else [message, *msgs]
+        )
+    elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        row["prompt"] = [message, {"role": "user", "content": row["prompt"]}]
+        row["completion"] = [{"role": "assistant", "content": row["completion"]}]
+    elif isinstance(row.get("prompt"), list):
+        row["prompt"] = [message, *row["prompt"]]
+    return row

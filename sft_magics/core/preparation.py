@@ -1,0 +1,78 @@
+"""The model a plan trains: loaded (quantized where asked, on the plan's device and dtype), given
+the chat template it trains with (new tokens added, embeddings resized), and the LoRA config that
+trains the new tokens' rows too. Used by training and by ``--dry-run``'s parameter count."""
+
+from __future__ import annotations
+
+from .config import ConfigError, Plan, _lora_config
+
+
+def _load_for_training(p: Plan, trust_remote_code: bool = False):
+    from .models import load_model
+
+    quant = None
+    if p.spec.load_in_4bit or p.spec.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("quantized training needs bitsandbytes: pip install bitsandbytes") from None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        q = p.spec.quantization
+        quant = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
+                bnb_4bit_use_double_quant=q.get("use_bnb_nested_quant", True),
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_quant_storage=q.get("bnb_4bit_quant_storage", "uint8"),
+            )
+            if p.spec.load_in_4bit
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    kwargs = dict(p.spec.model_kwargs)
+    trust = bool(kwargs.pop("trust_remote_code", trust_remote_code))
+    dtype = kwargs.pop("dtype", None)
+    # Full-precision weights on the CPU; on CUDA the recipe's dtype, else the hardware's half
+    # precision (the trainer's autocast handles mixed precision).
+    if p.device == "cpu" or dtype == "auto":
+        dtype = "fp32" if p.device == "cpu" else None
+    return load_model(
+        p.spec.model, device=p.device, dtype=dtype, quantization_config=quant, trust_remote_code=trust, **kwargs
+    )
+
+
+def prepare_model(p: Plan):
+    """The model and tokenizer the plan trains, with its chat template applied (new tokens added,
+    embeddings resized), and the LoRA config (None: a full fine-tune), whose
+    ``trainable_token_indices`` train the new tokens' rows."""
+    loaded = _load_for_training(p)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    lora = dict(p.lora) if p.lora else None
+    if p.template is not None:  # the template is a training choice: set before the data is tokenized
+        from .chat_templates import apply_training_template
+
+        model, tokenizer, added = apply_training_template(model, tokenizer, p.template)
+        if lora is not None and added:
+            # The new tokens' rows must learn (or the model never learns to end a turn). PEFT's
+            # trainable_token_indices would train just those rows, but TRL 1.16's fused LM head reads
+            # lm_head.bias, which PEFT's TrainableTokensWrapper (on a tied lm_head) does not have:
+            # train the embeddings and the head in full instead (a bigger adapter, same effect).
+            lora.setdefault("modules_to_save", [])
+            lora["modules_to_save"] = [
+                *lora["modules_to_save"],
+                *[m for m in ("embed_tokens", "lm_head") if m not in lora["modules_to_save"]],
+            ]
+    return model, tokenizer, lora
+
+
+def count_parameters(p: Plan) -> tuple[int, int]:
+    """Trainable and total parameters of the model the plan would train (loads it once)."""
+    model, _, lora = prepare_model(p)
+    if lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config(lora))
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    return trainable, sum(x.numel() for x in model.parameters())
