@@ -507,6 +507,7 @@ def test_hostile_templates_are_bounded_one_line_errors(shell, tiny_model, qa_jso
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}": r"the chat template ran for more than 1 s and was stopped",
         "{% include 'x.jinja' %}": r"the chat template failed: TypeError: no loader for this environment specified",
         "{% for i in range(10**9) %}{% endfor %}": r"the chat template failed: OverflowError: Range too big",
+        "{{ 1/0 }}": r"the chat template failed: ZeroDivisionError",
         "{{ ''.__class__.__mro__ }}": r"the chat template was refused by the sandbox|the chat template failed",
     }
     for i, (text, message) in enumerate(cases.items()):
@@ -598,3 +599,69 @@ def test_a_fresh_run_that_fails_to_load_leaves_no_folder(shell, qa_jsonl, tmp_pa
     with pytest.raises(UsageError, match="model folder not found"):
         shell.run_cell_magic("sft_train", "--name typo", f"model: ./no-such-model\ndataset: {qa_jsonl}\n")
     assert not (tmp_path / "runs" / "typo").exists()  # so the fixed cell can use the name at once
+
+
+# -- found in review -------------------------------------------------------------------------------------
+
+
+def test_a_home_relative_output_dir_is_the_home_folder(tmp_path):
+    from sft_magics.core.config import TrainSpec
+
+    spec = TrainSpec.from_mapping("r", {"dataset": "x.jsonl"}, output_dir="~/runs-of-mine")
+    assert spec.output_dir == str(Path.home() / "runs-of-mine") and "~" not in str(spec.run_dir)
+
+
+def test_a_failure_while_saving_the_final_model_is_one_line_and_recorded(
+    shell, tiny_model, qa_jsonl, tmp_path, monkeypatch
+):
+    from sft_magics.core import runs
+
+    def full_disk(self, partial):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.RunFolder, "publish_final", full_disk)
+    with pytest.raises(
+        UsageError, match=r"^run 'fin' failed: OSError: \[Errno 28\] No space left on device — the disk is full"
+    ):
+        shell.run_cell_magic("sft_train", "--name fin", _cell(tiny_model, qa_jsonl))
+    status = read_json(tmp_path / "runs" / "fin" / "status.json")
+    assert status["state"] == "failed" and status["step"] == 2 and not (tmp_path / "runs" / "fin" / "final").exists()
+
+
+def test_secrets_inside_lists_are_split_out_too():
+    from sft_magics.core.secrets import merge_secrets, split_secrets
+
+    config = {"callbacks": [{"name": "a", "token": "s3cret"}], "eos_token": "<|im_end|>"}
+    clean, secrets = split_secrets(config)
+    assert clean == {"callbacks": [{"name": "a"}], "eos_token": "<|im_end|>"}
+    assert merge_secrets(clean, secrets) == config
+
+
+def test_following_a_run_whose_processes_are_gone_ends(tmp_path):
+    from sft_magics.core.worker import follow
+
+    folder = RunFolder.create(tmp_path / "runs", "ghost")
+    folder.update_status(state="training", step=3)
+    folder.append_event({"kind": "log", "time": 1.0, "step": 3, "loss": 1.0})
+    folder.lock.release()  # its process died without a final status
+    seen = []
+    started = time.monotonic()
+    follow(folder.path, seen.append, poll=0.05)
+    assert [e.kind for e in seen] == ["log"] and time.monotonic() - started < 5
+
+
+def test_a_background_run_takes_your_columns_and_a_template_variable(shell, tiny_model, tmp_path):
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"What is {i} plus {i}?,{2 * i}\n" for i in range(12)))
+    shell.user_ns["my_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    cell = (
+        f"model: {tiny_model}\ndataset: {{path: {data}, columns: {{user: question, assistant: answer}}}}\n"
+        "chat_template: my_template\nmax_steps: 2\nper_device_train_batch_size: 4\n"
+    )
+    handle = shell.run_cell_magic("sft_train", "--background --name bgcols -o h", cell)
+    record = handle.wait(timeout=120)
+    assert record["status"] == "finished", read_json(handle.path / "status.json")
+    assert (handle.path / "final" / "chat_template.jinja").read_text() == shell.user_ns["my_template"]

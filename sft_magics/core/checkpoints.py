@@ -32,7 +32,10 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(f.read(n))
     except (OSError, ValueError) as err:
         return f"{path.name} cannot be read ({err.__class__.__name__})"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return f"{path.name} has a header that is not a safetensors header"
     if 8 + n + end != size:
         return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
     return None

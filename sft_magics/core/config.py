@@ -150,6 +150,9 @@ class TrainSpec:
     chat_template: Any = None  # the template to train with (core/chat_templates.py)
     notes: tuple[str, ...] = ()  # how each TRL recipe key was read
 
+    def __post_init__(self):  # "~/runs" means the home folder's runs, everywhere a path is made
+        object.__setattr__(self, "output_dir", str(Path(self.output_dir).expanduser()))
+
     @classmethod
     def from_mapping(cls, name: str | None, config: Mapping[str, Any], output_dir: str = "runs") -> TrainSpec:
         """Split a mapping (the YAML cell, or a TRL recipe) into our keys and SFTConfig fields,

@@ -222,8 +222,14 @@ class RunFolder:
         pid = self.live_pid()
         if pid:
             raise RunBusy(f"run '{self.name}' is still training (process {pid}): stop it before --overwrite")
+        self.lock.acquire()  # refuses a live owner; held until the folder is moved away
         trash = self.root / f".{self.name}.removed-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(path, trash)  # atomic: the name is free at once, the old files go next
+        try:
+            os.rename(path, trash)  # atomic: the name is free at once, the old files go next
+        except OSError as err:
+            self.lock.release()
+            raise RunError(f"could not remove the old run {path}: {_reason(err)}") from None
+        self.lock.held = False  # the lock file went with the old folder
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- reading ------------------------------------------------------------------------------
@@ -296,6 +302,7 @@ class RunFolder:
 
         problems = []
         cause = scrub_text(cause)
+        extra = {k: scrub_text(v) if isinstance(v, str) else v for k, v in extra.items()}
         if traceback_text is not None:
             try:
                 self.write_text("error.log", scrub_text(traceback_text))
@@ -366,11 +373,16 @@ class RunFolder:
     def publish_final(self, partial: Path) -> Path:
         """``final/`` appears whole or not at all: the model is saved to ``.final.partial`` first."""
         final = self.path / "final"
+        old = self.path / f".final.old-{time.monotonic_ns()}"
         if final.exists():
-            old = self.path / f".final.old-{time.monotonic_ns()}"
             os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(partial, final)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            if old.exists():
+                os.rename(old, final)  # the previous final model stays
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         return final
 
 

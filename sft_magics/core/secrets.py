@@ -83,6 +83,8 @@ def split_secrets(config: Mapping[str, Any]) -> tuple[dict, dict]:
                 else:
                     out[k] = walk(v, (*path, k))
             return out
+        if isinstance(value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
         return value
 
     return walk(dict(config), ()), secrets
@@ -96,7 +98,7 @@ def merge_secrets(config: Mapping[str, Any], secrets: Mapping[tuple, Any]) -> di
     for path, value in secrets.items():
         node = out
         for k in path[:-1]:
-            node = node.setdefault(k, {})
+            node = node[k] if isinstance(node, list) else node.setdefault(k, {})
         node[path[-1]] = value
     return out
 

@@ -117,8 +117,10 @@ def train(
     missing optimizer state or changed data, and records that). ``claimed=True``: the folder was
     already claimed by :func:`core.worker.launch` for this process. ``files``: extra text files
     for the folder (the cell as typed), written with credentials scrubbed."""
+    import os
+
     from ._quiet import quiet_libraries
-    from .runs import RunFolder
+    from .runs import RunBusy, RunFolder
 
     with quiet_libraries():
         # 1. Data and config, validated before any folder is touched: a bad key or row leaves nothing behind.
@@ -127,6 +129,9 @@ def train(
             return _train(p, None, sink=sink, stop=stop or StopFlag(), resume=resume, resume_anyway=resume_anyway)
         if resume or claimed:
             folder = RunFolder.existing(spec.output_dir, spec.name)
+            live = folder.live_pid()
+            if not claimed and live and live != os.getpid():  # e.g. a background run still starting
+                raise RunBusy(f"run '{spec.name}' is in use by process {live}: wait for it or stop it first")
             folder.lock.acquire(wait=30.0 if claimed else 0.0)  # a launcher hands its lock over within seconds
         else:
             folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
@@ -288,19 +293,22 @@ def _train(
                 step=folder.status().get("step"),
                 traceback_text="".join(traceback.format_exception(err)),
             )
-        raise
+        if isinstance(err, (SftError, KeyboardInterrupt)):
+            raise
+        raise TrainingFailed(spec.name, _one_line(err), _failure_hint(err)) from None
 
-    # 3. Fit. Every exit path records a final status.
-    failure = None
+    # 3. Fit, then the final model. Every exit path records a final status, in one line on screen.
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        state = "stopped" if stop.is_set() else "finished"
-    except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
-        state = "stopped"
-        trainer._save_checkpoint(trainer.model, trial=None)
-        if folder:
-            folder.mark_whole(Path(folder.path) / f"checkpoint-{trainer.state.global_step}")
-    except Exception as err:
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            state = "stopped" if stop.is_set() else "finished"
+        except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
+            state = "stopped"
+            trainer._save_checkpoint(trainer.model, trial=None)
+            if folder:
+                folder.mark_whole(Path(folder.path) / f"checkpoint-{trainer.state.global_step}")
+        return _finish(p, folder, trainer, tokenizer, state, started, emit)
+    except BaseException as err:  # recorded, then raised as a one-line TrainingFailed
         failure = TrainingFailed(spec.name, _one_line(err), _failure_hint(err))
         step = trainer.state.global_step
         problems = (
@@ -314,15 +322,13 @@ def _train(
             failure = TrainingFailed(spec.name, failure.cause, f"{failure.hint}; also: {'; '.join(problems)}")
         err.__traceback__ = None  # the traceback's frames hold the model: let it go
         del err
-    if failure is not None:
-        # Release the model's memory: no reference stays in the traceback or the result.
-        del trainer
-        gc.collect()
-        _empty_cuda_cache()
-        if sink is not None:
-            sink(Event("failed", {"step": step, "error": failure.cause, "hint": failure.hint}))
-        raise failure
-    return _finish(p, folder, trainer, tokenizer, state, started, emit)
+    # Release the model's memory: no reference stays in the traceback or the result.
+    del trainer
+    gc.collect()
+    _empty_cuda_cache()
+    if sink is not None:
+        sink(Event("failed", {"step": step, "error": failure.cause, "hint": failure.hint}))
+    raise failure
 
 
 def _one_line(err: BaseException) -> str:
@@ -381,6 +387,9 @@ def _sft_config(output_dir: str, sft_args: dict):
             # Rebuilt as a plain SFTConfig (stdlib reconstructor): loading it needs only trl.
             return copyreg._reconstructor, (SFTConfig, object, None), redact(dict(self.__dict__))
 
+        def to_dict(self):  # what report_to integrations (tensorboard, wandb) write to disk
+            return redact(super().to_dict())
+
         def __deepcopy__(self, memo):
             new = object.__new__(type(self))
             new.__dict__.update(copy.deepcopy(self.__dict__, memo))
@@ -398,6 +407,10 @@ def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emi
     spec = p.spec
     emit(Event("status", {"state": "saving", "step": trainer.state.global_step}))
     partial = spec.run_dir / FINAL_PARTIAL
+    if folder:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)  # what an earlier, interrupted save left
     trainer.save_model(str(partial))  # the trainer saves on the main process only
     if folder:
         tokenizer.save_pretrained(str(partial))

@@ -66,11 +66,14 @@ def load_spec(run_dir: Path):
 
 
 def materialize_data(spec, namespace: Mapping | None):
-    """A worker cannot see the notebook: data given as a notebook variable (or an object) is
-    validated here and written into the run folder as JSONL; file paths become absolute."""
+    """A worker cannot see the notebook: data given as a notebook variable, an object or a mapping
+    (your columns, a conversion function, a mixture) is loaded here, as the kernel would, and
+    written into the run folder as JSONL; file paths become absolute; a chat template held in a
+    notebook variable travels as its text."""
     import dataclasses
 
-    from .data import load_data
+    from .chat_templates import resolve_template
+    from .dataset_spec import load_dataset_spec
 
     def resolve(source: Any, label: str):
         if source is None:
@@ -81,7 +84,7 @@ def materialize_data(spec, namespace: Mapping | None):
                 return str(path.resolve()) if path.exists() else os.path.abspath(source)
             if not (namespace and source in namespace):
                 return source  # a Hub dataset name: the worker loads it itself
-        data = load_data(source, namespace=namespace)
+        data = load_dataset_spec(source, namespace=namespace)
         out = spec.run_dir / "data" / f"{label}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w") as f:
@@ -89,11 +92,15 @@ def materialize_data(spec, namespace: Mapping | None):
                 f.write(json.dumps(row, default=str) + "\n")
         return str(out.resolve())
 
+    template = spec.chat_template
+    if template is not None and resolve_template(template, namespace)[0] == "jinja":
+        template = resolve_template(template, namespace)[1]
     return dataclasses.replace(
         spec,
         dataset=resolve(spec.dataset, "train"),
         eval_dataset=resolve(spec.eval_dataset, "eval"),
         output_dir=str(Path(spec.output_dir).resolve()),
+        chat_template=template,
     )
 
 
@@ -164,7 +171,8 @@ def launch(
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
-    p = plan(spec, namespace=namespace)  # a bad key or row fails here, before any folder exists
+    world = nproc if launcher != "none" else 1  # steps depend on it: the resume checks must agree with the worker's
+    p = plan(spec, namespace=namespace, world=world)  # a bad key or row fails here, before any folder exists
     if resume:
         folder = RunFolder.existing(spec.output_dir, spec.name)
         folder.lock.acquire()
@@ -319,6 +327,8 @@ def follow(
         state = read_json(Path(run_dir) / "status.json").get("state")
         if state in FINAL_STATES and not chunk:
             return  # final status without a final event (should not happen): stop following
+        if not chunk and RunFolder(Path(run_dir).parent, Path(run_dir).name).live_pid() is None:
+            return  # nothing alive works on it (a crashed supervisor): it is stale, stop following
         time.sleep(poll)
 
 
@@ -388,7 +398,7 @@ def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = Fa
         from .secrets import scrub_text
 
         if not isinstance(err, SftError):
-            traceback.print_exc()
+            print(scrub_text(traceback.format_exc()), file=sys.stderr)  # worker.log: no credentials either
         cause = scrub_text(f"{type(err).__name__}: {' '.join(str(err).split())[:240]}")
         print(cause, file=sys.stderr)
         if rank() == 0 and RunFolder.existing(run_dir.parent, run_dir.name).status().get("state") not in FINAL_STATES:
