@@ -10,13 +10,13 @@ Every key uses TRL's own names: any ``SFTConfig`` field at the top level, ``lora
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import SftError
+from .config_checks import _check_ranges, _check_value, _coerce_number
+from .errors import ConfigError
 from .models import DEFAULT_MODEL
 
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -60,10 +60,6 @@ def defaults_markdown() -> str:
     return "\n".join(rows)
 
 
-class ConfigError(SftError, ValueError):
-    """A bad key or value in a training spec; one line naming the key."""
-
-
 def sft_config_fields() -> dict[str, Any]:
     """SFTConfig's field names and types (imports trl, so call it lazily)."""
     import dataclasses
@@ -90,20 +86,6 @@ def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown key '{key}' in {where}{hint}")
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _coerce_number(key: str, value: Any, expected: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; users keep writing it. For a float field, a
-    string that is a number is that number."""
-    import typing
-
-    options = typing.get_args(expected) or (expected,)
-    if isinstance(value, str) and float in options and str not in options and _NUMBER.match(value.strip()):
-        return float(value)
-    return value
 
 
 def _check_lora(lora: Mapping[str, Any]) -> None:
@@ -219,71 +201,6 @@ class TrainSpec:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
-
-
-def _check_value(key: str, value: Any, expected: Any) -> None:
-    """A wrong type names the key and the expected type (only for simple scalar fields)."""
-    import types
-    import typing
-
-    options = (
-        typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
-    )
-    simple = {int, float, bool, str, type(None)}
-    if not options or not all(o in simple for o in options):
-        return  # lists, enums, dicts: TRL validates those itself
-    if value is None and type(None) in options:
-        return
-    ok = any(
-        (o is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (o is int and isinstance(value, int) and not isinstance(value, bool))
-        or (o is bool and isinstance(value, bool))
-        or (o is str and isinstance(value, str))
-        for o in options
-    )
-    if not ok:
-        from .secrets import is_secret_key, redact
-
-        names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
-        shown = "<redacted>" if is_secret_key(key) else repr(redact(value))
-        raise ConfigError(f"key '{key}' expects {names}, got {shown} ({type(value).__name__})")
-
-
-# Checked before the model loads (TRL would only fail later, or deep in a traceback).
-_AT_LEAST_ONE = (
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "eval_accumulation_steps",
-    "dataset_num_proc",
-)
-_ABOVE_ZERO = ("learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps")
-_AT_LEAST_ZERO = ("warmup_steps", "weight_decay", "max_grad_norm", "save_total_limit")
-
-
-def _check_ranges(sft: Mapping[str, Any]) -> None:
-    def bad(key, rule):
-        raise ConfigError(f"key '{key}' must be {rule}, got {sft[key]!r}")
-
-    for key in _AT_LEAST_ONE:
-        v = sft.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            bad(key, "a whole number of at least 1")
-    for key in _ABOVE_ZERO:
-        v = sft.get(key)
-        if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and v <= 0:
-            bad(key, "above 0")
-    for key in _AT_LEAST_ZERO:
-        v = sft.get(key)
-        if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and v < 0:
-            bad(key, "0 or more")
-    v = sft.get("max_steps")
-    if isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v < -1):
-        bad("max_steps", "a positive number of steps (or -1: train num_train_epochs)")
-    v = sft.get("warmup_ratio")
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v <= 1:
-        bad("warmup_ratio", "a fraction between 0 and 1")
 
 
 def planned_steps(rows: int, sft_args: Mapping[str, Any], world_size: int = 1) -> int:

@@ -25,3 +25,8 @@ class EvalError(SftError, ValueError):
 class ExportError(SftError, RuntimeError):
     """An export that cannot be written or does not verify; one line. Here because both the writer
     (core/export.py) and the verifier (core/export_verify.py) raise it."""
+
+
+class ConfigError(SftError, ValueError):
+    """A bad key or value in a training spec; one line naming the key. Here because the config
+    (core/config.py) and its value checks (core/config_checks.py) raise it."""
