@@ -517,7 +517,7 @@ def test_widget_mode_shows_progress_then_summary_and_pager(shell, tiny_model, qa
     progress, summary, pager = shown
     bar, label = progress.children
     assert isinstance(bar, w.IntProgress) and (bar.value, bar.max) == (5, 5)  # updated through generate(on_batch=...)
-    assert label.value == "model: generating 5/5"
+    assert label.value.startswith("model: generating 5/5 · ")  # with the elapsed time (and ETA while running)
     assert isinstance(summary, EvalView) and summary.worst == 0  # the pager shows the examples
     assert isinstance(pager, w.VBox) and "Person 0 is 20." in pager.children[1].value
     assert report["model"].predictions and len(report.examples) == 5

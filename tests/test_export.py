@@ -348,7 +348,9 @@ def test_magic_reports_a_failed_verification_as_one_line(shell, runs_dir, tmp_pa
 
     runs, _ = runs_dir
     shell.run_line_magic("config", f"SftMagics.output_dir = {str(runs)!r}")
-    original = export_mod._reload
+    from sft_magics.core import export_verify
+
+    original = export_verify._reload
 
     def reload_perturbed(to, dtype, device):
         model, tok = original(to, dtype, device)
@@ -356,7 +358,7 @@ def test_magic_reports_a_failed_verification_as_one_line(shell, runs_dir, tmp_pa
             model.get_input_embeddings().weight.mul_(-1.0)
         return model, tok
 
-    monkeypatch.setattr(export_mod, "_reload", reload_perturbed)
+    monkeypatch.setattr(export_verify, "_reload", reload_perturbed)
     with pytest.raises(UsageError, match=r"verification failed: .* at generated token \d+") as info:
         shell.run_line_magic("sft_export", f"full --to {tmp_path / 'bad'}")
     assert "\n" not in str(info.value) and (tmp_path / "bad" / MARK_FAILED).is_file()
