@@ -71,10 +71,8 @@ class TemplateMagics(MagicsBase):
             - {role: user, content: "What is 2+2?"}
             - {role: assistant, content: "4"}
         """
-        from ..core.chat_templates import KNOWN, template_for_viewing
-        from ..core.models import load_tokenizer
-        from ..core.render import TemplateError
-        from ..core.template import first_difference, inference_rendering, shown_rendering
+        from ..core.chat_templates import KNOWN
+        from ..core.template import first_difference, inference_rendering
         from ..display._template_view import CompareView, InferenceView, RenderingView
 
         args = _parse(self.sft_template, line)
@@ -84,22 +82,7 @@ class TemplateMagics(MagicsBase):
         model = args.model or self.default_model
 
         def rendering_for(name: str, chat_template):
-            tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
-            if chat_template in KNOWN:
-                tokenizer, chat_template = template_for_viewing(tokenizer, chat_template), None
-            try:
-                r = shown_rendering(
-                    tokenizer,
-                    row,
-                    fmt,
-                    chat_template=chat_template,
-                    template_kwargs=kwargs,
-                    generation_prompt=args.add_generation_prompt,
-                    max_length=args.max_length,
-                )
-            except TemplateError as err:
-                raise UsageError(f"{label}: {err}") from None
-            return tokenizer, r
+            return self._rendering(name, chat_template, row, fmt, label, kwargs, args)
 
         tokenizer, rendering = rendering_for(model, template)
         if args.compare:
@@ -117,6 +100,26 @@ class TemplateMagics(MagicsBase):
             view = RenderingView(rendering, title=f"{model} · {label}")
         show(view, self.mode)
         return self._bind(args.output, rendering) if args.output else None
+
+    def _rendering(self, name: str, chat_template, row: dict, fmt: str, label: str, kwargs: dict, args):
+        """(tokenizer, rendering) of ``row`` with model ``name``'s tokenizer (a well-known template
+        name: with the special tokens training would add)."""
+        from ..core.chat_templates import KNOWN, template_for_viewing
+        from ..core.models import load_tokenizer
+        from ..core.render import TemplateError
+        from ..core.template import shown_rendering
+
+        tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
+        if chat_template in KNOWN:
+            tokenizer, chat_template = template_for_viewing(tokenizer, chat_template), None
+        options = {"generation_prompt": args.add_generation_prompt, "max_length": args.max_length}
+        try:
+            rendering = shown_rendering(
+                tokenizer, row, fmt, chat_template=chat_template, template_kwargs=kwargs, **options
+            )
+        except TemplateError as err:
+            raise UsageError(f"{label}: {err}") from None
+        return tokenizer, rendering
 
     def _template_row(self, args, cell) -> tuple[dict, str, str]:
         """The row to render, its format, and how to name it in messages ("row 3", "the cell")."""
