@@ -501,9 +501,14 @@ def test_kill_9_during_checkpoint_saves_always_leaves_a_resumable_run(shell, tin
 def test_hostile_templates_are_bounded_one_line_errors(shell, tiny_model, qa_jsonl, monkeypatch):
     from sft_magics.core import render
 
+    # The case, under the default bound (10 s): far too much text, refused by size.
+    shell.user_ns["huge"] = "{{ 'a' * 100000000 }}"
+    with pytest.raises(
+        UsageError, match=r"^row 0: the chat template produced 100,000,000 characters \(the limit is 4,000,000\)"
+    ):
+        shell.run_line_magic("sft_template", f"{tiny_model} --data {qa_jsonl} --chat-template huge")
     monkeypatch.setattr(render, "RENDER_SECONDS", 1.0)
     cases = {
-        "{{ 'a' * 100000000 }}": r"the chat template produced 100,000,000 characters \(the limit is 4,000,000\)",
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}": r"the chat template ran for more than 1 s and was stopped",
         "{% include 'x.jinja' %}": r"the chat template failed: TypeError: no loader for this environment specified",
         "{% for i in range(10**9) %}{% endfor %}": r"the chat template failed: OverflowError: Range too big",

@@ -30,7 +30,7 @@ from typing import Any
 from .events import Event
 from .files import read_events, read_json, write_json
 from .lookup import run_record
-from .runs import FINAL_STATES, RunFolder, _pid_alive
+from .runs import FINAL_STATES, LIVE_STATES, RunFolder, _pid_alive
 
 SPEC_FILE = "spec.json"
 STOP_FILE = "STOP"
@@ -327,8 +327,12 @@ def follow(
         state = read_json(Path(run_dir) / "status.json").get("state")
         if state in FINAL_STATES and not chunk:
             return  # final status without a final event (should not happen): stop following
-        if not chunk and RunFolder(Path(run_dir).parent, Path(run_dir).name).live_pid() is None:
-            return  # nothing alive works on it (a crashed supervisor): it is stale, stop following
+        if (
+            not chunk
+            and state in LIVE_STATES
+            and RunFolder(Path(run_dir).parent, Path(run_dir).name).live_pid() is None
+        ):
+            return  # it says it is live, but nothing alive works on it (a crashed supervisor): stale
         time.sleep(poll)
 
 
