@@ -460,6 +460,7 @@ RECORDS = [
         "status": "finished",
         "train_loss": 0.4123,
         "eval_loss": 0.38,
+        "best": "json_match 0.975 @ step 40",
         "history": [(i, 2.0 / i) for i in range(1, 61)],
     },
     {
@@ -490,9 +491,13 @@ def test_runs_view_text_table():
         "loss",
         "eval",
         "loss",
+        "best",
     ]
-    assert lines[2].split() == ["lora-r16", "smollm2-135m", "train.jsonl", "60/60", "finished", "0.4123", "0.3800"]
-    assert lines[3].split()[3:] == ["12/60", "stopped", "–", "–"]
+    assert lines[2].split() == [
+        "lora-r16", "smollm2-135m", "train.jsonl", "60/60", "finished", "0.4123", "0.3800",
+        "json_match", "0.975", "@", "step", "40",
+    ]  # fmt: skip
+    assert lines[3].split()[3:] == ["12/60", "stopped", "–", "–", "–"]
     assert RunsView([]).to_text() == "runs: no runs"
 
 
@@ -526,6 +531,6 @@ def test_runs_view_rich():
     from rich.console import Console
 
     out = io.StringIO()
-    Console(file=out, width=120).print(RunsView(RECORDS))
+    Console(file=out, width=170).print(RunsView(RECORDS))
     text = out.getvalue()
     assert "lora-r16" in text and "0.4123" in text and "<script>x</script>" in text and "$x$_empty" in text

@@ -130,6 +130,7 @@ class TrainSpec:
     quantization: Mapping[str, Any] = field(default_factory=dict)  # bnb_* options
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # dtype, attn_implementation, trust_remote_code
     chat_template: Any = None  # the template to train with (core/chat_templates.py)
+    watch: Mapping[str, Any] = field(default_factory=dict)  # eval_generate, early stopping (core/watch.py)
     notes: tuple[str, ...] = ()  # how each TRL recipe key was read
 
     def __post_init__(self):  # "~/runs" means the home folder's runs, everywhere a path is made
@@ -144,6 +145,7 @@ class TrainSpec:
 
         from .recipe import read_recipe
         from .runs import validate_name
+        from .watch import WATCH_KEYS, check_watch_keys
 
         config, notes = read_recipe(config or {})
         if config.get("output_dir") is not None:
@@ -156,10 +158,10 @@ class TrainSpec:
         valid_sft = sft_config_fields()
         sft = {}
         for key in list(config):
-            if key in SPEC_KEYS:
+            if key in SPEC_KEYS or key in WATCH_KEYS:
                 continue
             if key not in valid_sft:
-                raise _unknown_key(key, [*SPEC_KEYS, *valid_sft], "the training config")
+                raise _unknown_key(key, [*SPEC_KEYS, *WATCH_KEYS, *valid_sft], "the training config")
             sft[key] = _coerce_number(key, config.pop(key), valid_sft[key])
         lora = config.get("lora", True)
         if isinstance(lora, Mapping):
@@ -195,6 +197,7 @@ class TrainSpec:
             quantization=dict(config.get("quantization") or {}),
             model_kwargs=model_kwargs,
             chat_template=config.get("chat_template"),
+            watch=check_watch_keys(config),
             notes=tuple(notes),
         )
 
@@ -229,6 +232,8 @@ class Plan:
     steps: int
     template: tuple[str, Any] | None = None  # the chat template to train with, resolved (core/chat_templates.py)
     notes: list[str] = field(default_factory=list)  # how recipe keys were read, and choices made here
+    watch: Any = None  # core.watch.Watch: answers generated at each evaluation, early stopping
+    answers: Any = None  # core.watch.AnswerWatch, when answers are generated
 
     def config(self) -> dict:
         """The resolved config (secrets included, in memory only: RunFolder.write_config leaves them
@@ -247,6 +252,7 @@ class Plan:
                 **(
                     {"chat_template": _describe(self.spec.chat_template)} if self.spec.chat_template is not None else {}
                 ),
+                **dict(self.spec.watch),
                 **self.sft_args,
             }
         )
@@ -279,6 +285,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     from .data import train_val_split
     from .dataset_spec import load_dataset_spec
     from .models import choose_device_dtype
+    from .watch import AnswerWatch, plan_watch
 
     train_data = load_dataset_spec(spec.dataset, namespace=namespace)
     eval_data = load_dataset_spec(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
@@ -320,6 +327,12 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     if eval_data is not None:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
+    watch = plan_watch(spec.watch, spec.sft, sft_args, eval_data, notes, namespace)
+    answers = (
+        AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42)))
+        if watch and watch.generate
+        else None
+    )
     lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
     asked = spec.model_kwargs.get("dtype")
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):
@@ -331,7 +344,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
             f"attn_implementation {attn}: needs CUDA and flash-attn; this CPU uses transformers' default (sdpa)"
         )
     steps = planned_steps(len(train_data), sft_args, world)
-    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes)
+    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes, watch, answers)
 
 
 def _account_problems(sft_args: Mapping[str, Any]) -> list[str]:

@@ -42,6 +42,7 @@ class EvalResult:
     # Corpus-level values that are not the mean of the per-example ones (loss: token-weighted).
     totals: dict[str, float] = field(default_factory=dict)
     few_shot: int = 0
+    ended: list[bool] = field(default_factory=list)  # per answer: ended on a stop token (not max_new_tokens)
 
     def mean(self, metric: str) -> float:
         if metric in self.totals:

@@ -240,6 +240,7 @@ def evaluate_model(
             totals["perplexity"] = math.exp(total)
         answer_metrics = [m for m in metrics if m.name not in LOSS_METRICS]
         predictions = [""] * len(examples)
+        ended: list[bool] = []
         if answer_metrics:
             tick = (lambda d, t: progress(f"{label}: generating", d, t)) if progress else None
             predictions = generate(
@@ -251,6 +252,7 @@ def evaluate_model(
                 temperature=temperature,
                 top_p=top_p,
                 on_batch=tick,
+                ended=ended,
             )
             for m in answer_metrics:
                 scores[m.name] = score(m, predictions, examples)
@@ -265,6 +267,7 @@ def evaluate_model(
         prompt_tokens=prompt_token_counts(tokenizer, [e.prompt for e in examples]),
         totals=totals,
         few_shot=len(shots),
+        ended=ended,
     )
 
 

@@ -46,8 +46,11 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     on_batch: Callable[[int, int], None] | None = None,
+    ended: list[bool] | None = None,
 ) -> list[str]:
-    """Answers for each prompt (a message list or a raw string), batched and left-padded."""
+    """Answers for each prompt (a message list or a raw string), batched and left-padded.
+    ``ended``: a list that receives, per prompt, whether the answer ended on a stop token (False:
+    it ran into ``max_new_tokens``)."""
     import torch
 
     texts = render_prompts(tokenizer, prompts)
@@ -57,6 +60,7 @@ def generate(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     answers: list[str] = [""] * len(encoded)
+    stopped = [False] * len(encoded)
     device = next(model.parameters()).device
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
@@ -78,10 +82,18 @@ def generate(
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
-        for i, text in zip(chunk, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
-            answers[i] = text.strip()
+        new = out[:, width:]
+        hit = (
+            torch.isin(new, torch.tensor(stops, device=new.device)).any(dim=1).tolist()
+            if stops
+            else [False] * len(chunk)
+        )
+        for i, text, stop in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True), hit):
+            answers[i], stopped[i] = text.strip(), bool(stop)
         if on_batch:
             on_batch(min(start + batch_size, len(encoded)), len(encoded))
+    if ended is not None:
+        ended[:] = stopped
     return answers
 
 

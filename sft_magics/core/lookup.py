@@ -15,6 +15,9 @@ def run_record(run_dir: Path) -> dict:
     """One row of %sft_runs: name, model, data, steps, status, final losses, loss history."""
     import yaml
 
+    from .events import Event
+    from .progress import ProgressState
+
     run_dir = Path(run_dir)
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -24,7 +27,10 @@ def run_record(run_dir: Path) -> dict:
         config = {}
     status = read_json(run_dir / "status.json")
     history, eval_history = [], []
+    progress = ProgressState()  # the followed generated metric and its best value (core/watch.py)
     for e in read_events(run_dir / "metrics.jsonl"):
+        if e.get("kind") in ("started", "eval", *FINAL_STATES):
+            progress.update(Event(e["kind"], e, float(e.get("time") or 0)))
         if e.get("kind") == "log" and "loss" in e:
             history.append((e.get("step", 0), e["loss"]))
         elif e.get("kind") == "eval" and "eval_loss" in e:
@@ -53,6 +59,8 @@ def run_record(run_dir: Path) -> dict:
         "world_size": status.get("world_size", 1),
         "error": status.get("error"),
         "hint": status.get("hint"),
+        "best": f"{progress.watch['metric']} {progress.best_text()}" if progress.best else None,
+        "early_stop": status.get("early_stop"),
     }
 
 

@@ -71,6 +71,13 @@ class ProgressState:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), every log
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), every eval
     alerts: list[str] = field(default_factory=list)  # short, human, one per kind of problem
+    # Watching the answers (core/watch.py): the followed metric at each evaluation, its best value,
+    # the latest sample answers, and why the run ended early.
+    watch: dict[str, Any] = field(default_factory=dict)  # the `started` event's "watch"
+    metric_points: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_<metric>)
+    best: tuple[float, int] | None = None  # (value, step) of the followed metric so far
+    answers: dict[str, Any] = field(default_factory=dict)  # the latest `answers` event
+    early_stop: str | None = None
     version: int = 0  # bumped when the loss histories change (renderers redraw charts on change)
     started: float | None = None  # time of the first event
     ended: float | None = None  # time of the final event
@@ -106,12 +113,15 @@ class ProgressState:
                     self._token_window.append((t, 0.0))
         elif kind == "started":
             self.info = dict(d)
+            self.watch = dict(d.get("watch") or {})
             if not (max_steps and max_steps > 0):  # with max_steps set, the trainer ignores num_train_epochs
                 self.num_train_epochs = _number(d.get("num_train_epochs")) or self.num_train_epochs
         elif kind == "log":
             self._log(d, t)
         elif kind == "eval":
             self._eval(d)
+        elif kind == "answers":
+            self._answers(d)
         elif kind == "checkpoint":
             self.checkpoint = d.get("path")
         elif kind in FINAL:
@@ -119,6 +129,10 @@ class ProgressState:
             self.error = None if d.get("error") is None else str(d["error"])
             self.hint = None if d.get("hint") is None else str(d["hint"])
             self.seconds = _number(d.get("seconds"))
+            self.early_stop = d.get("early_stop") or self.early_stop
+            best = d.get("best") or {}
+            if _number(best.get("value")) is not None and best.get("metric") == self.watch.get("metric"):
+                self.best = (float(best["value"]), int(best.get("step") or 0))
 
     def _log(self, d: dict, t: float) -> None:
         loss = _number(d.get("loss"))
@@ -177,6 +191,7 @@ class ProgressState:
             self.tokens_per_second = (n1 - n0) / (t1 - t0)
 
     def _eval(self, d: dict) -> None:
+        self._metric(d)
         value = _number(d.get("eval_loss"))
         if value is None:
             return
@@ -193,6 +208,42 @@ class ProgressState:
                 f"eval loss rose 3 evaluations in a row (step {self.step}): "
                 "overfitting? fewer steps or a lower learning_rate",
             )
+
+    def _metric(self, d: dict) -> None:
+        """The followed generated metric: its curve, the best so far, and an alert when it gets worse
+        while the eval loss gets better (the loss no longer tracks what the answers are)."""
+        name = self.watch.get("metric")
+        value = _number(d.get(f"eval_{name}")) if name else None
+        if value is None or not math.isfinite(value):
+            return
+        higher = self.watch.get("greater_is_better", True)
+        previous = self.metric_points[-1][1] if self.metric_points else None
+        self.metric_points.append((self.step, value))
+        self.version += 1
+        if self.best is None or (value > self.best[0] if higher else value < self.best[0]):
+            self.best = (value, self.step)
+        loss, last_loss = _number(d.get("eval_loss")), self.eval_loss
+        worse = previous is not None and (value < previous if higher else value > previous)
+        if worse and loss is not None and last_loss is not None and loss < last_loss:
+            self._alert(
+                "metric-falls",
+                f"{name} got worse ({previous:.3f} → {value:.3f}) while the eval loss fell ({last_loss:.4f} → "
+                f"{loss:.4f}) at step {self.step}: the loss no longer tracks the answers; keep the best checkpoint "
+                "(metric_for_best_model, load_best_model_at_end) or stop",
+            )
+
+    def _answers(self, d: dict) -> None:
+        self.answers = dict(d)
+        rows, step = int(_number(d.get("rows")) or 0), self.step
+        never, empty = int(_number(d.get("never_ended")) or 0), int(_number(d.get("empty")) or 0)
+        if never:
+            self._alert(
+                "never-ended",
+                f"{never} of {rows} answers never ended at step {step}: no end-of-turn token within "
+                f"{d.get('max_new_tokens')} new tokens (raise eval_max_new_tokens, or check the template's end token)",
+            )
+        if empty:
+            self._alert("empty-answers", f"{empty} of {rows} answers are empty at step {step}")
 
     def _alert(self, key: str, text: str) -> None:
         if key not in self._alert_keys:
@@ -249,7 +300,15 @@ class ProgressState:
         ]
         if self.gpu_memory_gb is not None:
             rows.append(("GPU memory", f"{self.gpu_memory_gb:.2f} GB"))
+        if self.watch.get("metric"):
+            name = str(self.watch["metric"])
+            rows.append((name, _fmt(self.metric_points[-1][1] if self.metric_points else None, ".3f")))
+            rows.append((f"best {name}", self.best_text() or "–"))
         return rows
+
+    def best_text(self) -> str | None:
+        """``0.975 @ step 30``: the followed metric's best value so far."""
+        return None if self.best is None else f"{self.best[0]:.3f} @ step {self.best[1]}"
 
     def fields(self) -> list[tuple[str, str]]:
         """Label/value pairs of one plain log line."""

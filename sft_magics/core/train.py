@@ -34,6 +34,8 @@ class TrainResult:
     is_peft: bool = True
     train_seconds: float = 0.0
     error: str | None = None
+    best: dict | None = None  # the best checkpoint by metric_for_best_model (core/watch.py)
+    early_stop: str | None = None  # why EarlyStoppingCallback ended the run, when it did
 
     def losses(self) -> list[tuple[int, float]]:
         return [(h["step"], h["loss"]) for h in self.history if "loss" in h]
@@ -279,6 +281,7 @@ def _train(
                     "num_train_epochs": p.sft_args.get("num_train_epochs"),
                     "resumed_from": str(checkpoint) if checkpoint else None,
                     "resume_overrides": overrides,
+                    **({"watch": p.answers.describe()} if p.answers else {}),
                 },
             )
         )
@@ -345,9 +348,10 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     model, tokenizer, lora = prepare_model(p)
     model.train()
 
-    from transformers import PrinterCallback, ProgressCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
-    from trl import SFTTrainer
+
+    from .watch import trainer_class
 
     sft_args = dict(p.sft_args)
     # Loss masks are ours (see to_trl_rows): assistant-only for conversations, completion-only for
@@ -355,7 +359,10 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     loss_switches = [sft_args.pop("assistant_only_loss", None), sft_args.pop("completion_only_loss", None)]
     train_on_all = False in loss_switches
     args = _sft_config(str(p.spec.run_dir), sft_args)
-    trainer = SFTTrainer(
+    callbacks = [_callback_class()(emit, stop, folder)]
+    if p.watch and p.watch.patience:  # transformers' own, fed with the generated metrics
+        callbacks.append(EarlyStoppingCallback(p.watch.patience, p.watch.threshold))
+    trainer = trainer_class(p.answers, emit)(
         model=model,
         args=args,
         train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all),
@@ -364,7 +371,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
         else None,
         processing_class=tokenizer,
         peft_config=_lora_config(lora) if lora else None,
-        callbacks=[_callback_class()(emit, stop, folder)],
+        callbacks=callbacks,
     )
     # Exactly one progress display: ours. transformers adds its own printer/progress bars.
     for cb in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
@@ -403,6 +410,7 @@ def _sft_config(output_dir: str, sft_args: dict):
 
 def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emit: Sink) -> TrainResult:
     from .runs import FINAL_PARTIAL, now
+    from .watch import best_record, early_stop_reason
 
     spec = p.spec
     emit(Event("status", {"state": "saving", "step": trainer.state.global_step}))
@@ -417,9 +425,16 @@ def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emi
         folder.publish_final(partial)  # final/ appears whole or not at all
     ts = trainer.state
     ended = now()
+    # The best checkpoint (metric_for_best_model) and why the run ended early, when it did.
+    outcome = {k: v for k, v in (("best", best_record(trainer)), ("early_stop", early_stop_reason(trainer))) if v}
     if folder:
-        folder.update_status(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=ended)
-    emit(Event(state, {"step": ts.global_step, "max_steps": ts.max_steps, "seconds": round(ended - started, 2)}))
+        folder.update_status(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=ended, **outcome)
+    emit(
+        Event(
+            state,
+            {"step": ts.global_step, "max_steps": ts.max_steps, "seconds": round(ended - started, 2), **outcome},
+        )
+    )
     # Without accelerate's autocast wrapper on forward(): the model behaves as it will once saved.
     trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     trained.eval()
@@ -435,6 +450,8 @@ def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emi
         base_model=spec.model,
         is_peft=bool(p.lora),
         train_seconds=ended - started,
+        best=outcome.get("best"),
+        early_stop=outcome.get("early_stop"),
     )
 
 

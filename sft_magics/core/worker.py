@@ -150,6 +150,19 @@ class BackgroundRun:
         return f"<BackgroundRun {self.name}: {self.status}, supervisor pid {self.pid}, {self.path}>"
 
 
+def _check_metrics_reach_the_worker(p) -> None:
+    from .errors import ConfigError
+    from .metrics import METRICS
+
+    custom = [m.name for m in (p.answers.metrics if p.answers else []) if m.name not in METRICS]
+    if custom:
+        raise ConfigError(
+            f"key 'eval_metrics': {', '.join(custom)} is a notebook function, which a background run cannot see; "
+            "train in the foreground, or register it with sft_magics.core.metrics.register_metric in a module "
+            "the run imports"
+        )
+
+
 def launch(
     spec,
     *,
@@ -173,6 +186,7 @@ def launch(
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
     world = nproc if launcher != "none" else 1  # steps depend on it: the resume checks must agree with the worker's
     p = plan(spec, namespace=namespace, world=world)  # a bad key or row fails here, before any folder exists
+    _check_metrics_reach_the_worker(p)
     if resume:
         folder = RunFolder.existing(spec.output_dir, spec.name)
         folder.lock.acquire()

@@ -73,21 +73,33 @@ def _finite(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[fl
 
 
 class LossChart:
-    """Train loss line + eval loss points on one reused Figure (one PNG ≈ tens of ms)."""
+    """Train loss line + eval loss points on one reused Figure (one PNG ≈ tens of ms); with
+    ``metric``, the generated metric's curve on a second axes beside it, its best point marked."""
 
-    def __init__(self, size: tuple[float, float] = (6.4, 2.6), dpi: int = 90):
+    def __init__(self, size: tuple[float, float] = (6.4, 2.6), dpi: int = 90, metric: str | None = None):
         from matplotlib.figure import Figure
 
-        self.fig = Figure(figsize=size, dpi=dpi)
-        self.ax = self.fig.add_subplot()
-        self.fig.subplots_adjust(left=0.1, right=0.98, top=0.95, bottom=0.18)
+        self.metric = metric
+        self.fig = Figure(figsize=(size[0] * 1.6, size[1]) if metric else size, dpi=dpi)
+        if metric:
+            self.ax, self.max = self.fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+            self.fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.18, wspace=0.25)
+        else:
+            self.ax, self.max = self.fig.add_subplot(), None
+            self.fig.subplots_adjust(left=0.1, right=0.98, top=0.95, bottom=0.18)
         self.ax.set_xlabel("step")
         self.ax.set_ylabel("loss")
         self.ax.grid(alpha=0.3)
         (self.train,) = self.ax.plot([], [], lw=1.5, color="#0d6efd", label="train loss")
         (self.eval,) = self.ax.plot([], [], "o", ms=5, color="#dc3545", label="eval loss")
+        if self.max is not None:
+            self.max.set_xlabel("step")
+            self.max.set_title(f"{metric} (generated answers)", fontsize="small")
+            self.max.grid(alpha=0.3)
+            (self.curve,) = self.max.plot([], [], "o-", ms=4, lw=1.5, color="#198754")
+            (self.best_point,) = self.max.plot([], [], "*", ms=12, color="#b35c00", label="best")
 
-    def render(self, losses, eval_losses, max_steps: int = 0) -> bytes:
+    def render(self, losses, eval_losses, max_steps: int = 0, metric_points=(), best=None) -> bytes:
         tx, ty = _finite(losses)
         ex, ey = _finite(eval_losses)
         self.train.set_data(tx, ty)
@@ -99,7 +111,65 @@ class LossChart:
         handles = [h for h, xs in ((self.train, tx), (self.eval, ex)) if xs]
         if handles:
             self.ax.legend(handles=handles, loc="upper right", fontsize="small")
+        if self.max is not None:
+            mx, my = _finite(metric_points)
+            self.curve.set_data(mx, my)
+            self.best_point.set_data([best[1]] if best else [], [best[0]] if best else [])
+            self.max.set_xlim(0, right)
+            low, high = min(my, default=0.0), max(my, default=1.0)
+            self.max.set_ylim(min(0.0, low) - 0.05, max(1.0, high) + 0.05)
         return figure_png(self.fig)
+
+
+def samples_html(state: ProgressState) -> str:
+    """The latest sample answers: prompt, reference, the answer now (where it differs from the
+    reference marked) and at the previous evaluation. Every text is escaped."""
+    from ..core.watch import diff_segments
+
+    a = state.answers
+    samples = a.get("samples") or []
+    if not samples:
+        return ""
+    cell = "padding:2px 8px;vertical-align:top;text-align:left;font-family:monospace;white-space:pre-wrap"
+
+    def marked(answer: str, reference: str) -> str:
+        return "".join(
+            _E(text) if same else f'<mark style="background:#ffd6d6">{_E(text)}</mark>'
+            for text, same in diff_segments(answer, reference)
+        )
+
+    rows = []
+    for x in samples:
+        answer, reference = str(x.get("answer") or ""), str(x.get("reference") or "")
+        note = "" if x.get("ended", True) is not False else ' <span style="color:#8a5300">(no end token)</span>'
+        previous = x.get("previous")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f'<td style="{cell}">{v}</td>'
+                for v in (
+                    _E(str(x.get("prompt") or "")),
+                    _E(reference),
+                    (marked(answer, reference) or "<i>(empty)</i>") + note,
+                    "–" if previous is None else _E(str(previous)) or "<i>(empty)</i>",
+                )
+            )
+            + "</tr>"
+        )
+    head = "".join(f'<th style="{cell}">{h}</th>' for h in ("prompt", "reference", "answer now", "previous answer"))
+    scores = " · ".join(f"{_E(str(k))} {float(v):.3f}" for k, v in (a.get("metrics") or {}).items() if _number_ok(v))
+    caption = (
+        f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows"
+        f"{', ' + str(a.get('never_ended')) + ' never ended' if a.get('never_ended') else ''}): {scores}"
+    )
+    return (
+        f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>'
+        f'<table style="border-collapse:collapse;font-size:85%"><tr>{head}</tr>{"".join(rows)}</table></div>'
+    )
+
+
+def _number_ok(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # -- HTML pieces (shared by the live widget and the static summary) -------------------------------
@@ -150,12 +220,17 @@ def alerts_html(state: ProgressState) -> str:
     return f'<div class="sft-alerts">{"".join(parts)}</div>' if parts else ""
 
 
+def outcome_html(state: ProgressState) -> str:
+    """Why the run ended early and which checkpoint final/ holds, when it is not the last step."""
+    return f'<div style="color:#0a5c36"><b>{_E(state.early_stop)}</b></div>' if state.early_stop else ""
+
+
 def summary_html(title: str, state: ProgressState, png: bytes | None) -> str:
     """A self-contained record of the run for a saved notebook: no widget state needed."""
     return (
         f'<div class="sft-train-summary">{header_html(title, state)}'
-        f"<div>{_E(state.progress_text())}</div>{metrics_html(state)}{alerts_html(state)}"
-        f"{png_img(png)}</div>"
+        f"<div>{_E(state.progress_text())}</div>{metrics_html(state)}{outcome_html(state)}{alerts_html(state)}"
+        f"{png_img(png)}{samples_html(state)}</div>"
     )
 
 
@@ -262,7 +337,8 @@ class WidgetDashboard(_Dashboard):
         self.label = w.Label(self.state.progress_text())
         self.metrics = w.HTML(metrics_html(self.state))
         self.alerts = w.HTML("")
-        self.image = w.Image(value=b"", format="png", layout=w.Layout(max_width="640px"))
+        self.image = w.Image(value=b"", format="png", layout=w.Layout(max_width="1024px"))
+        self.samples = w.HTML("")
         self.stop_button = w.Button(
             description="Stop",
             icon="stop",
@@ -271,7 +347,7 @@ class WidgetDashboard(_Dashboard):
             disabled=on_stop is None,
         )
         self.stop_button.on_click(self._stop_clicked)
-        children = [self.header, w.HBox([self.bar, self.label]), self.metrics, self.alerts, self.image]
+        children = [self.header, w.HBox([self.bar, self.label]), self.metrics, self.alerts, self.image, self.samples]
         if on_stop is not None:
             children.append(self.stop_button)
         self.box = w.VBox(children)
@@ -310,7 +386,8 @@ class WidgetDashboard(_Dashboard):
         self.bar.bar_style = {"finished": "success", "stopped": "warning", "failed": "danger"}.get(s.status, "")
         self.label.value = s.progress_text()
         self.metrics.value = metrics_html(s)
-        self.alerts.value = alerts_html(s)
+        self.alerts.value = outcome_html(s) + alerts_html(s)
+        self.samples.value = samples_html(s)
         if s.final:
             self.stop_button.disabled = True
             if self._stop_requested:
@@ -331,10 +408,12 @@ class WidgetDashboard(_Dashboard):
         now = self.clock()
         if force or self._chart_last is None or now - self._chart_last >= self.chart_interval:
             s = self.state
-            if self._chart is None:
-                self._chart = LossChart()
+            if self._chart is None or self._chart.metric != s.watch.get("metric"):
+                self._chart = LossChart(metric=s.watch.get("metric"))
             # A stopped or failed run is drawn over the steps it ran, not the ones it never reached.
-            self.png = self._chart.render(s.losses, s.eval_losses, s.step if s.final else s.max_steps)
+            self.png = self._chart.render(
+                s.losses, s.eval_losses, s.step if s.final else s.max_steps, s.metric_points, s.best
+            )
             self._chart_version, self._chart_last = s.version, now
             self._final_chart = self._final_chart or force
             self.charts += 1
@@ -382,6 +461,8 @@ class PlainDashboard(_Dashboard):
             now = self.clock()
             if event.kind == "started":
                 self._print(self._started_line(event.data))
+            elif event.kind == "answers":
+                self._print(self._answers_line())
             elif event.kind in ("eval", *FINAL) or (
                 event.kind == "log" and (self._last is None or now - self._last >= self.interval)
             ):
@@ -403,9 +484,24 @@ class PlainDashboard(_Dashboard):
             f"{count(d.get('trainable_params'))} trainable of {count(d.get('total_params'))} parameters"
         )
 
+    def _answers_line(self) -> str:
+        a = self.state.answers
+        scores = "  ".join(f"{k} {float(v):.3f}" for k, v in (a.get("metrics") or {}).items() if _number_ok(v))
+        first = (a.get("samples") or [{}])[0]
+        sample = f"  e.g. {str(first.get('answer') or '(empty)')[:80]!r}" if first else ""
+        return (
+            f"answers at step {a.get('step')} ({a.get('rows')} rows, {a.get('never_ended', 0)} never ended, "
+            f"{a.get('empty', 0)} empty): {scores}{sample}"
+        )
+
     def _status_line(self) -> str:
         s = self.state
-        return s.line() + (f"  error: {s.error}" if s.error else "") + (f"  hint: {s.hint}" if s.hint else "")
+        return (
+            s.line()
+            + (f"  {s.early_stop}" if s.early_stop else "")
+            + (f"  error: {s.error}" if s.error else "")
+            + (f"  hint: {s.hint}" if s.hint else "")
+        )
 
     def close(self) -> None:
         if not self._finish():
@@ -417,4 +513,4 @@ class PlainDashboard(_Dashboard):
         self._warn_errors()
 
 
-__all__ = ["LossChart", "PlainDashboard", "WidgetDashboard", "summary_html", "figure_png", "png_img"]
+__all__ = ["LossChart", "PlainDashboard", "WidgetDashboard", "samples_html", "summary_html", "figure_png", "png_img"]

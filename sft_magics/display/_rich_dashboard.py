@@ -38,6 +38,18 @@ class _RichView:
             metrics.add_column(k, justify="right")
         metrics.add_row(*[v for _, v in rows])
         parts = [head, bar, metrics]
+        answers = s.answers
+        for x in (answers.get("samples") or [])[:3]:  # compact: one line per sample answer
+            answer = " ".join(str(x.get("answer") or "(empty)").split())
+            same = answer == " ".join(str(x.get("reference") or "").split())
+            line = Text.assemble(
+                ("✓ " if same else "✗ ", "green" if same else "red"),
+                (f"step {answers.get('step')}: ", "dim"),
+                answer[:100] + ("…" if len(answer) > 100 else ""),
+            )
+            parts.append(line)
+        if s.early_stop:
+            parts.append(Text(s.early_stop, style="bold green"))
         parts += [Text(f"⚠ {a}", style="yellow") for a in list(s.alerts)]
         if s.error:
             parts.append(Text(f"error: {s.error}", style="bold red"))

@@ -1,7 +1,7 @@
 """A table of training runs and, in HTML, one chart with every run's loss curve.
 
 Records are plain dicts (what a run folder's ``status.json`` / ``metrics.jsonl`` give):
-``{name, model, dataset, steps, max_steps, status, train_loss, eval_loss, history}`` with
+``{name, model, dataset, steps, max_steps, status, train_loss, eval_loss, best, history}`` with
 ``history`` a list of ``(step, loss)``. Missing keys show as "–".
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from ._views import _View
 
 _E = html.escape
-HEADER = ("run", "model", "dataset", "steps", "status", "train loss", "eval loss")
+HEADER = ("run", "model", "dataset", "steps", "status", "train loss", "eval loss", "best")
 
 
 def _cell_loss(v: Any) -> str:
@@ -52,7 +52,8 @@ def _status(r: Mapping[str, Any]) -> str:
 
 
 class RunsView(_View):
-    """Runs side by side: name, model, dataset, steps, status, final train and eval loss."""
+    """Runs side by side: name, model, dataset, steps, status, final train and eval loss, and the best
+    value of the generated metric the run followed (``json_match 0.975 @ step 30``)."""
 
     def __init__(self, records: Sequence[Mapping[str, Any]], title: str = "runs"):
         self.records = [dict(r) for r in records]
@@ -72,6 +73,7 @@ class RunsView(_View):
                     _status(r),
                     _cell_loss(r.get("train_loss")),
                     _cell_loss(r.get("eval_loss")),
+                    str(r.get("best") or "–"),
                 ]
             )
         return out

@@ -1,0 +1,335 @@
+"""Watching the model learn: at each evaluation during training, answers generated for the eval
+prompts (all of them, or a fixed seeded sample) and scored with ``%sft_eval``'s metric registry
+through the same function, :func:`core.evaluate.evaluate_model` — so the numbers equal a later
+``%sft_eval`` of that checkpoint. The scores join the trainer's eval metrics (``eval_json_match``,
+...), which is what lets transformers' own ``metric_for_best_model`` / ``load_best_model_at_end`` /
+``EarlyStoppingCallback`` keep the best checkpoint and stop a run whose metric has plateaued.
+
+Keys of a ``%%sft_train`` cell (transformers' style of names):
+
+- ``eval_generate``: ``false`` (default: generation costs time) | ``true`` (every eval row) | ``N``
+  (a fixed seeded sample of N rows, the same at every evaluation);
+- ``eval_metrics``: registry names or notebook functions ``f(prediction, reference)`` (default: every
+  registry metric that applies to the references, as ``%sft_eval``);
+- ``eval_max_new_tokens``: the answer length limit (64, as ``%sft_eval``);
+- ``early_stopping_patience`` / ``early_stopping_threshold``: transformers' ``EarlyStoppingCallback``.
+
+Each evaluation emits an ``answers`` event (recorded in ``metrics.jsonl``): the scores, how many
+answers never ended or were empty, every answer (the first :data:`RECORDED_ROWS`), and
+:data:`SHOWN` samples with the answer at the previous evaluation, for the dashboards' panel.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError, EvalError
+from .events import Event, Sink
+
+WATCH_KEYS = (
+    "eval_generate",
+    "eval_metrics",
+    "eval_max_new_tokens",
+    "early_stopping_patience",
+    "early_stopping_threshold",
+)
+SHOWN = 3  # sample answers shown in the dashboards' panel (the same rows at every evaluation)
+RECORDED_ROWS = 100  # answers kept per evaluation in metrics.jsonl
+MAX_CHARS = 2000  # per recorded text
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The resolved keys: which rows to generate for, which metrics, the length limit, early stopping."""
+
+    generate: bool  # answers generated and scored at each evaluation
+    sample: int | None = None  # None: every eval row
+    metrics: tuple[str, ...] | None = None  # None: every registry metric that applies
+    max_new_tokens: int = 64
+    patience: int | None = None
+    threshold: float = 0.0
+    watched: str | None = None  # the metric the dashboards follow (and best/early stopping use)
+
+
+def check_watch_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Types of the keys as the cell gives them; returns the ones given (for config.yaml and resume)."""
+    out = {k: config[k] for k in WATCH_KEYS if config.get(k) is not None}
+    gen = out.get("eval_generate")
+    if gen is not None and not isinstance(gen, bool) and not (isinstance(gen, int) and gen >= 1):
+        raise ConfigError(f"key 'eval_generate' must be true, false or a number of eval rows (≥ 1), got {gen!r}")
+    metrics = out.get("eval_metrics")
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if metrics is not None:
+        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ConfigError(f"key 'eval_metrics' must be a list of metric names, got {out['eval_metrics']!r}")
+        out["eval_metrics"] = metrics
+    for key in ("eval_max_new_tokens", "early_stopping_patience"):
+        value = out.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"key '{key}' must be a whole number ≥ 1, got {value!r}")
+    threshold = out.get("early_stopping_threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0
+    ):
+        raise ConfigError(f"key 'early_stopping_threshold' must be a number ≥ 0, got {threshold!r}")
+    return out
+
+
+def _generated(name: str | None, custom: Sequence[str]) -> str | None:
+    """The metric name if ``name`` (``json_match`` or ``eval_json_match``) is scored on answers."""
+    from .metrics import LOSS_METRICS, METRICS
+
+    if not name:
+        return None
+    bare = name[5:] if name.startswith("eval_") else name
+    return bare if (bare in METRICS and bare not in LOSS_METRICS) or bare in custom else None
+
+
+def plan_watch(
+    given: Mapping[str, Any],
+    user_sft: Mapping[str, Any],
+    sft_args: dict,
+    eval_data,
+    notes: list[str],
+    namespace: Mapping | None = None,
+) -> Watch | None:
+    """Check the keys against the eval data, and set transformers' best-model keys they imply in
+    ``sft_args``: a generated ``metric_for_best_model`` turns generation on; early stopping keeps
+    the best checkpoint (``load_best_model_at_end``); the best model needs a checkpoint at every
+    evaluation (``save_steps`` = ``eval_steps`` unless set)."""
+    from .metrics import LOSS_METRICS, METRICS
+
+    metrics = given.get("eval_metrics")
+    custom = [m for m in metrics or [] if m not in METRICS]
+    best = _generated(sft_args.get("metric_for_best_model"), custom)
+    gen = given.get("eval_generate")
+    patience = given.get("early_stopping_patience")
+    if best and gen is False:
+        raise ConfigError(
+            f"metric_for_best_model {sft_args['metric_for_best_model']} is scored on generated answers, "
+            "but eval_generate is false: set eval_generate to true (or a row count)"
+        )
+    if best and gen is None:
+        gen = True
+        notes.append(f"metric_for_best_model {best} is scored on answers: eval_generate on (every eval row)")
+    if gen is None and metrics is not None:
+        gen = True
+    wants = [k for k in WATCH_KEYS if k in given and given[k] is not False]
+    if eval_data is None:
+        if wants or best:
+            raise ConfigError(
+                f"key '{(wants or ['metric_for_best_model'])[0]}' needs eval data: set eval_dataset or eval_split"
+            )
+        return None
+    if gen and eval_data.format == "text":
+        raise ConfigError(
+            "key 'eval_generate': a 'text' eval dataset has no prompts and references to score answers on"
+        )
+    if not gen and (metrics is not None or "eval_max_new_tokens" in given):
+        raise ConfigError("keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true (or a row count)")
+    if metrics is not None:
+        for name in metrics:
+            if name in LOSS_METRICS:
+                raise ConfigError(
+                    f"key 'eval_metrics': '{name}' is not scored on answers (the trainer's eval_loss is always there)"
+                )
+            if name not in METRICS and not callable((namespace or {}).get(name)):
+                close = difflib.get_close_matches(name, [m for m in METRICS if m not in LOSS_METRICS], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"key 'eval_metrics': unknown metric '{name}' (not in the registry, and no notebook function "
+                    f"f(prediction, reference) of that name){hint}"
+                )
+    watched = best or (metrics[0] if metrics else None)
+    if patience:
+        if not sft_args.get("metric_for_best_model"):
+            sft_args["metric_for_best_model"] = watched or "loss"
+            notes.append(f"early stopping follows {sft_args['metric_for_best_model']} (metric_for_best_model)")
+        sft_args.setdefault("load_best_model_at_end", True)
+    if sft_args.get("load_best_model_at_end"):
+        metric = _generated(sft_args.get("metric_for_best_model"), custom)
+        if metric and "greater_is_better" not in user_sft:
+            sft_args["greater_is_better"] = METRICS[metric].higher_is_better if metric in METRICS else True
+        if "save_steps" not in user_sft and "save_strategy" not in user_sft:
+            sft_args["save_strategy"] = sft_args.get("eval_strategy", "steps")
+            sft_args["save_steps"] = sft_args.get("eval_steps")
+            notes.append("a checkpoint at every evaluation, so the best one can be kept (save_steps = eval_steps)")
+    if not gen and not patience:
+        return None
+    return Watch(
+        generate=bool(gen),
+        sample=None if gen is True or not gen else int(gen),
+        metrics=tuple(metrics) if metrics else None,
+        max_new_tokens=int(given.get("eval_max_new_tokens") or 64),
+        patience=patience,
+        threshold=float(given.get("early_stopping_threshold") or 0.0),
+        watched=watched,
+    )
+
+
+class AnswerWatch:
+    """Generates and scores answers for the watched eval rows; called at every evaluation."""
+
+    def __init__(self, watch: Watch, eval_data, *, namespace: Mapping | None = None, seed: int = 42):
+        from .evaluate import examples_from
+        from .metrics import LOSS_METRICS, METRICS, custom_metrics, select_metrics
+
+        examples = examples_from(eval_data)
+        if watch.sample and watch.sample < len(examples):
+            keep = sorted(random.Random(seed).sample(range(len(examples)), watch.sample))
+            examples = [examples[i] for i in keep]
+        names = list(watch.metrics) if watch.metrics else None
+        try:
+            custom = custom_metrics([n for n in names or [] if n not in METRICS], namespace or {})
+        except EvalError as err:
+            raise ConfigError(f"key 'eval_metrics': {str(err).split(': ', 1)[-1]}") from None
+        registry = [n for n in names if n in METRICS] if names else None
+        self.metrics = [m for m in select_metrics(registry, examples, custom) if m.name not in LOSS_METRICS]
+        if not self.metrics:
+            raise ConfigError("eval_generate: no metric applies to these references; name one in eval_metrics")
+        self.watch, self.examples = watch, examples
+        self.watched = watch.watched or self.metrics[0].name
+        self.previous: list[str] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the ``started`` event says about it (the dashboards' metric curve follows ``metric``)."""
+        from .metrics import METRICS
+
+        metric = METRICS.get(self.watched)
+        return {
+            "metric": self.watched,
+            "greater_is_better": True if metric is None else metric.higher_is_better,
+            "metrics": [m.name for m in self.metrics],
+            "rows": len(self.examples),
+            "max_new_tokens": self.watch.max_new_tokens,
+            "early_stopping_patience": self.watch.patience,
+        }
+
+    def __call__(self, model, tokenizer, step: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """(``eval_<metric>`` values for the trainer, the ``answers`` event's data)."""
+        from .evaluate import evaluate_model
+
+        try:
+            result = evaluate_model(
+                model, tokenizer, self.examples, self.metrics, max_new_tokens=self.watch.max_new_tokens
+            )
+        except EvalError as err:  # a notebook metric that raised: the run fails with its one line
+            raise ConfigError(f"eval_metrics: {err}") from None
+        summary = result.summary()
+        answers, previous = result.predictions, self.previous
+        self.previous = answers
+
+        def cut(text: str) -> str:
+            return text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + "…"
+
+        samples = [
+            {
+                "prompt": cut(ex.question),
+                "reference": cut(ex.reference),
+                "answer": cut(answers[i]),
+                "previous": None if previous is None else cut(previous[i]),
+                "ended": bool(result.ended[i]) if result.ended else None,
+                "scores": {name: values[i] for name, values in result.scores.items()},
+            }
+            for i, ex in enumerate(self.examples[:SHOWN])
+        ]
+        record = {
+            "step": step,
+            "metrics": summary,
+            "rows": len(answers),
+            "never_ended": sum(not e for e in result.ended),
+            "empty": sum(not a.strip() for a in answers),
+            "max_new_tokens": self.watch.max_new_tokens,
+            "seconds": round(result.seconds, 3),
+            "samples": samples,
+            "answers": [cut(a) for a in answers[:RECORDED_ROWS]],
+        }
+        return {f"eval_{k}": v for k, v in summary.items()}, record
+
+
+def trainer_class(watch: AnswerWatch | None, emit: Sink):
+    """TRL's ``SFTTrainer``, whose evaluation also generates and scores answers: the scores are
+    added to the evaluation's metrics before the trainer logs them, compares them for the best
+    checkpoint and hands them to ``EarlyStoppingCallback``."""
+    from trl import SFTTrainer
+
+    if watch is None:
+        return SFTTrainer
+
+    class WatchingSFTTrainer(SFTTrainer):
+        def evaluation_loop(
+            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+        ):
+            output = super().evaluation_loop(
+                dataloader,
+                description,
+                prediction_loss_only,
+                ignore_keys=ignore_keys,
+                metric_key_prefix=metric_key_prefix,
+            )
+            if metric_key_prefix == "eval":
+                model = self.accelerator.unwrap_model(self.model)
+                values, record = watch(model, self.processing_class, self.state.global_step)
+                output.metrics.update(values)
+                emit(Event("answers", record))
+            return output
+
+    return WatchingSFTTrainer
+
+
+def best_record(trainer) -> dict[str, Any] | None:
+    """The best checkpoint transformers kept (``metric_for_best_model``), as the run records it."""
+    from pathlib import Path
+
+    state, args = trainer.state, trainer.args
+    if not args.metric_for_best_model or state.best_metric is None or not state.best_model_checkpoint:
+        return None
+    name = Path(state.best_model_checkpoint).name
+    step = name.rsplit("-", 1)[-1]
+    return {
+        "metric": args.metric_for_best_model.removeprefix("eval_"),
+        "value": float(state.best_metric),
+        "step": int(step) if step.isdigit() else None,
+        "checkpoint": name,
+        "final_is_best": bool(args.load_best_model_at_end),
+    }
+
+
+def early_stop_reason(trainer) -> str | None:
+    """Why the run ended before max_steps, when transformers' EarlyStoppingCallback ended it."""
+    from transformers import EarlyStoppingCallback
+
+    state, args = trainer.state, trainer.args
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, EarlyStoppingCallback) and cb.early_stopping_patience_counter >= cb.early_stopping_patience:
+            if state.global_step >= state.max_steps:
+                return None
+            best = best_record(trainer)
+            at = f" (best {best['value']:.4g} at step {best['step']})" if best else ""
+            by = f" by more than {cb.early_stopping_threshold:g}" if cb.early_stopping_threshold else ""
+            return (
+                f"early stop at step {state.global_step}/{state.max_steps}: "
+                f"{args.metric_for_best_model.removeprefix('eval_')} did not improve{by} for "
+                f"{cb.early_stopping_patience} evaluation{'s' if cb.early_stopping_patience != 1 else ''}{at}"
+            )
+    return None
+
+
+def diff_segments(answer: str, reference: str) -> list[tuple[str, bool]]:
+    """The answer cut into (text, same as the reference) runs, word by word (words, spaces and
+    punctuation marks are the units; difflib aligns them), for marking where an answer differs."""
+    import re
+
+    units = re.compile(r"\w+|\s+|[^\w\s]")
+    a, b = units.findall(answer), units.findall(reference)
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    out: list[tuple[str, bool]] = []
+    for op, a0, a1, _b0, _b1 in matcher.get_opcodes():
+        if a1 > a0:
+            out.append(("".join(a[a0:a1]), op == "equal"))
+    return out

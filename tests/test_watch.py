@@ -1,0 +1,271 @@
+"""Watching the model learn (core/watch.py): answers generated and scored at each evaluation during
+training, the best checkpoint and early stopping through transformers, what the dashboards show,
+and what a run folder keeps of it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from sft_magics.core.config import ConfigError, TrainSpec, plan
+from sft_magics.core.events import Event
+from sft_magics.core.progress import ProgressState
+from sft_magics.core.train import train
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _spec(tmp_path, tiny_model, qa_jsonl, name="w", **extra):
+    config = {
+        "model": tiny_model,
+        "dataset": qa_jsonl,
+        "eval_dataset": qa_jsonl,
+        "max_steps": 8,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "eval_steps": 2,
+        **extra,
+    }
+    return TrainSpec.from_mapping(name, config, output_dir=str(tmp_path / "runs"))
+
+
+def test_generated_metrics_at_each_evaluation_equal_sft_eval_on_that_checkpoint(shell, tmp_path, tiny_model, qa_jsonl):
+    # A high learning rate, so that the tiny model's answers change between evaluations (not all empty).
+    shell.user_ns["n_chars"] = lambda prediction, reference: float(len(prediction))
+    cell = (
+        f"model: {tiny_model}\ndataset: {qa_jsonl}\neval_dataset: {qa_jsonl}\nmax_steps: 8\n"
+        "per_device_train_batch_size: 4\nlearning_rate: 3.0e-2\neval_steps: 4\nsave_steps: 4\nsave_total_limit: 5\n"
+        "eval_generate: true\neval_max_new_tokens: 16\neval_metrics: [chrf, bleu, token_f1, n_chars]\n"
+    )
+    shell.run_cell_magic("sft_train", "--name w", cell)
+    run_dir = tmp_path / "runs" / "w"
+    events = _events(run_dir)
+    answers = [e for e in events if e["kind"] == "answers"]
+    evals = {e["step"]: e for e in events if e["kind"] == "eval"}
+    assert [a["step"] for a in answers] == [4, 8] and sorted(evals) == [4, 8]
+    assert any(n for a in answers for n in [a["metrics"]["n_chars"]])  # the answers are not all empty
+    assert answers[0]["answers"] != answers[1]["answers"]  # and they changed while training
+    for a in answers:
+        step = a["step"]
+        shell.run_line_magic(
+            "sft_eval",
+            f"{run_dir}/checkpoint-{step} --data {qa_jsonl} --metrics chrf,bleu,token_f1 --metric n_chars "
+            "--max-new-tokens 16 -o r",
+        )
+        result = next(iter(shell.user_ns["r"].values()))
+        assert result.predictions == a["answers"]  # the same answers, row by row
+        for name, value in result.summary().items():
+            assert math.isclose(evals[step][f"eval_{name}"], value, rel_tol=1e-9, abs_tol=1e-12), (step, name)
+            assert math.isclose(a["metrics"][name], value, rel_tol=1e-9, abs_tol=1e-12)
+        # The panel's samples: the same rows every time, with the previous evaluation's answer.
+        assert [s["prompt"] for s in a["samples"]] == ["Person 0 is 20.", "Person 1 is 21.", "Person 2 is 22."]
+    assert [s["previous"] for s in answers[1]["samples"]] == answers[0]["answers"][:3]
+    assert answers[0]["samples"][0]["previous"] is None
+
+
+def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tmp_path, tiny_model, qa_jsonl):
+    from safetensors.torch import load_file
+
+    # The tiny model never answers valid JSON: json_match stays 0, so it plateaus from the first evaluation.
+    spec = _spec(
+        tmp_path, tiny_model, qa_jsonl, max_steps=20, eval_generate=True, eval_max_new_tokens=8,
+        metric_for_best_model="json_match", early_stopping_patience=2,
+    )  # fmt: skip
+    p = plan(spec)
+    assert p.sft_args["load_best_model_at_end"] is True and p.sft_args["greater_is_better"] is True
+    assert p.sft_args["save_steps"] == p.sft_args["eval_steps"] == 2  # a checkpoint at every evaluation
+    result = train(spec)
+    assert result.status == "finished" and result.global_step == 6 < 20
+    reason = "early stop at step 6/20: json_match did not improve for 2 evaluations (best 0 at step 2)"
+    assert result.early_stop == reason
+    assert result.best == {
+        "metric": "json_match", "value": 0.0, "step": 2, "checkpoint": "checkpoint-2", "final_is_best": True,
+    }  # fmt: skip
+    status = json.loads((result.path / "status.json").read_text())
+    assert status["early_stop"] == reason and status["best"]["step"] == 2
+    final = load_file(result.path / "final" / "adapter_model.safetensors")
+    best = load_file(result.path / "checkpoint-2" / "adapter_model.safetensors")
+    last = load_file(result.path / "checkpoint-6" / "adapter_model.safetensors")
+    assert final.keys() == best.keys()
+    assert all((final[k] == best[k]).all() for k in final)  # final/ is the best step's model
+    assert any(not (final[k] == last[k]).all() for k in final)  # not the last step's
+    events = _events(result.path)
+    assert events[-1]["kind"] == "finished" and events[-1]["early_stop"] == reason
+    assert [e["eval_json_match"] for e in events if e["kind"] == "eval"] == [0.0, 0.0, 0.0]
+
+    # %sft_runs: the best value per run, from the run folder alone.
+    from sft_magics.core.lookup import run_record
+    from sft_magics.display._runs_view import RunsView
+
+    record = run_record(result.path)
+    assert record["best"] == "json_match 0.000 @ step 2" and record["early_stop"] == reason
+    assert "json_match 0.000 @ step 2" in RunsView([record]).to_text()
+
+    # The keys are in config.yaml as given, and read back the same way (resume).
+    import yaml
+
+    config = yaml.safe_load((result.path / "config.yaml").read_text())
+    assert config["eval_generate"] is True and config["early_stopping_patience"] == 2
+    again = TrainSpec.from_mapping("w", config, output_dir=str(tmp_path / "runs"))
+    assert again.watch == {"eval_generate": True, "eval_max_new_tokens": 8, "early_stopping_patience": 2}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"eval_dataset": None, "eval_generate": True}, "key 'eval_generate' needs eval data: set eval_dataset or eval_split"),
+        ({"eval_generate": 0}, "key 'eval_generate' must be true, false or a number of eval rows (≥ 1), got 0"),
+        ({"eval_generate": "yes"}, "key 'eval_generate' must be true, false or a number of eval rows"),
+        ({"eval_metrics": ["json_mach"]}, "unknown metric 'json_mach' (not in the registry, and no notebook function f(prediction, reference) of that name); did you mean 'json_match'?"),
+        ({"eval_metrics": ["loss"]}, "'loss' is not scored on answers (the trainer's eval_loss is always there)"),
+        ({"eval_metrics": []}, "key 'eval_metrics' must be a list of metric names"),
+        ({"metric_for_best_model": "json_match", "eval_generate": False}, "metric_for_best_model json_match is scored on generated answers, but eval_generate is false"),
+        ({"early_stopping_patience": 0}, "key 'early_stopping_patience' must be a whole number ≥ 1, got 0"),
+        ({"early_stopping_threshold": -1}, "key 'early_stopping_threshold' must be a number ≥ 0, got -1"),
+        ({"eval_max_new_tokens": 32}, "keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true"),
+    ],
+)  # fmt: skip
+def test_watch_keys_are_checked_before_anything_is_written(tmp_path, tiny_model, qa_jsonl, extra, message):
+    with pytest.raises(ConfigError) as err:
+        train(_spec(tmp_path, tiny_model, qa_jsonl, **extra))
+    assert message in str(err.value)
+    assert not (tmp_path / "runs" / "w").exists()
+
+
+def test_a_generated_metric_for_best_model_turns_generation_on_and_the_dry_run_says_so(tmp_path, tiny_model, qa_jsonl):
+    p = plan(_spec(tmp_path, tiny_model, qa_jsonl, metric_for_best_model="eval_json_fields", load_best_model_at_end=True))
+    assert p.watch.generate and p.answers is not None and p.answers.watched == "json_fields"
+    assert "metric_for_best_model json_fields is scored on answers: eval_generate on (every eval row)" in p.notes
+    assert p.sft_args["greater_is_better"] is True
+    # a sample of N rows, the same at every evaluation (seeded)
+    p = plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=5))
+    assert len(p.answers.examples) == 5 and p.answers.examples == plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=5)).answers.examples
+    assert "json_match" in [m.name for m in p.answers.metrics] and "loss" not in [m.name for m in p.answers.metrics]
+
+
+def _watched_state(events: list[tuple[str, dict]], higher: bool = True) -> ProgressState:
+    state = ProgressState()
+    state.update(Event("started", {"max_steps": 10, "watch": {"metric": "json_match", "greater_is_better": higher}}))
+    for kind, data in events:
+        state.update(Event(kind, data))
+    return state
+
+
+def test_progress_follows_the_metric_its_best_and_raises_the_users_alerts():
+    state = _watched_state(
+        [
+            ("eval", {"step": 2, "eval_loss": 1.0, "eval_json_match": 0.5}),
+            ("answers", {"step": 2, "rows": 4, "never_ended": 3, "empty": 1, "max_new_tokens": 16, "samples": []}),
+            ("eval", {"step": 4, "eval_loss": 0.8, "eval_json_match": 0.75}),
+            ("eval", {"step": 6, "eval_loss": 0.6, "eval_json_match": 0.25}),
+        ]
+    )
+    assert state.metric_points == [(2, 0.5), (4, 0.75), (6, 0.25)]
+    assert state.best == (0.75, 4) and state.best_text() == "0.750 @ step 4"
+    assert ("best json_match", "0.750 @ step 4") in state.metrics() and ("json_match", "0.250") in state.metrics()
+    assert state.alerts == [
+        "3 of 4 answers never ended at step 2: no end-of-turn token within 16 new tokens "
+        "(raise eval_max_new_tokens, or check the template's end token)",
+        "1 of 4 answers are empty at step 2",
+        "json_match got worse (0.750 → 0.250) while the eval loss fell (0.8000 → 0.6000) at step 6: the loss no "
+        "longer tracks the answers; keep the best checkpoint (metric_for_best_model, load_best_model_at_end) or stop",
+    ]
+    # lower is better: the best is the smallest; a metric that rises while the loss falls is the alarm
+    state = _watched_state(
+        [("eval", {"step": 2, "eval_loss": 1.0, "eval_json_match": 0.5}), ("eval", {"step": 4, "eval_loss": 0.9, "eval_json_match": 0.2})],
+        higher=False,
+    )  # fmt: skip
+    assert state.best == (0.2, 4) and state.alerts == []
+
+
+def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
+    from sft_magics.display._dashboard import PlainDashboard, WidgetDashboard, samples_html, summary_html
+
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    answers = {
+        "step": 4,
+        "rows": 1,
+        "never_ended": 1,
+        "empty": 0,
+        "metrics": {"json_match": 0.0},
+        "samples": [
+            {
+                "prompt": "<b>who</b> & what",
+                "reference": '{"name": "<i>Ann</i>"}',
+                "answer": hostile,
+                "previous": "</td></tr></table><script>x()</script>",
+                "ended": False,
+            }
+        ],
+    }
+    state = _watched_state([("answers", answers)])
+    for page in (samples_html(state), summary_html("run <x>", state, None)):
+        assert "<script" not in page and "<img" not in page and "<b>who" not in page and "<i>Ann" not in page
+        # the answer is cut into marked runs where it differs from the reference: each run escaped
+        unmarked = re.sub(r'<mark style="background:#ffd6d6">|</mark>', "", page)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in unmarked
+        assert "&lt;b&gt;who&lt;/b&gt; &amp; what" in page
+        assert "&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;" in page
+        assert '<mark style="background:#ffd6d6">' in page and "(no end token)" in page
+    dashboard = WidgetDashboard("w", show=False)
+    dashboard(Event("started", {"max_steps": 10, "watch": {"metric": "json_match", "greater_is_better": True}}))
+    dashboard(Event("answers", answers))
+    assert "&lt;script&gt;" in dashboard.samples.value and "<script" not in dashboard.samples.value
+    dashboard._finish()
+    plain = PlainDashboard("w")
+    plain(Event("started", {"watch": {"metric": "json_match"}}))
+    plain(Event("answers", answers))  # a plain log line: no HTML to escape, the text as generated
+    assert plain.state.answers["samples"][0]["answer"] == hostile
+    from sft_magics.core.watch import diff_segments
+
+    assert diff_segments('{"name": "Bo", "age": 3}', '{"name": "Ann", "age": 3}') == [
+        ('{"name": "', True), ("Bo", False), ('", "age": 3}', True),
+    ]  # fmt: skip
+
+
+def test_the_chart_draws_the_metric_beside_the_loss():
+    from sft_magics.display._dashboard import LossChart
+
+    chart = LossChart(metric="json_match")
+    png = chart.render([(1, 2.0), (2, 1.5)], [(2, 1.6)], 10, [(2, 0.25), (4, 0.5)], (0.5, 4))
+    assert png.startswith(b"\x89PNG") and list(chart.curve.get_xdata()) == [2, 4]
+    assert list(chart.best_point.get_xdata()) == [4] and list(chart.best_point.get_ydata()) == [0.5]
+    assert chart.max.get_title() == "json_match (generated answers)"
+    assert LossChart().max is None  # without a watched metric: the loss chart alone
+
+
+def test_answers_and_the_best_survive_a_kernel_restart(shell, tmp_path, tiny_model, qa_jsonl, capsys):
+    cell = (
+        f"model: {tiny_model}\ndataset: {qa_jsonl}\neval_dataset: {qa_jsonl}\nmax_steps: 4\n"
+        "per_device_train_batch_size: 4\nlearning_rate: 1.0e-3\neval_steps: 2\neval_generate: 4\n"
+        "eval_max_new_tokens: 4\nmetric_for_best_model: json_fields\n"
+    )
+    shell.run_cell_magic("sft_train", "--name again", cell)
+    capsys.readouterr()
+    shell.user_ns.clear()  # what a restarted kernel has: only the run folder
+    shell.run_line_magic("sft_attach", "again")
+    out = capsys.readouterr().out
+    assert "[again] answers at step 2 (4 rows, 4 never ended" in out
+    assert "[again] answers at step 4 (4 rows" in out
+    assert "best json_fields 0.000 @ step 2" in out
+    shell.run_line_magic("sft_runs", "")
+    assert "json_fields 0.000 @ step 2" in capsys.readouterr().out
+
+
+def test_a_background_run_records_its_answers_and_refuses_notebook_metrics(tmp_path, tiny_model, qa_jsonl):
+    from sft_magics.core.worker import launch, wait_for
+
+    with pytest.raises(ConfigError, match="n_chars is a notebook function, which a background run cannot see"):
+        launch(_spec(tmp_path, tiny_model, qa_jsonl, eval_metrics=["n_chars"]), namespace={"n_chars": len})
+    assert not (tmp_path / "runs" / "w").exists()
+    launch(_spec(tmp_path, tiny_model, qa_jsonl, max_steps=4, eval_generate=3, eval_max_new_tokens=4))
+    record = wait_for(tmp_path / "runs" / "w", timeout=300)
+    assert record["status"] == "finished"
+    answers = [e for e in _events(tmp_path / "runs" / "w") if e["kind"] == "answers"]
+    assert [a["step"] for a in answers] == [2, 4] and all(a["rows"] == 3 and len(a["answers"]) == 3 for a in answers)
