@@ -1,10 +1,13 @@
 """The end-to-end demo, headless: the same magics a notebook user runs, in a real IPython shell.
 
-    python -m sft_magics demo [--steps 60] [--output-dir runs]
+    python -m sft_magics demo [--steps 40] [--output-dir runs]
 
 1. render one training example through SmolLM2's chat template (trained tokens in «…»);
 2. report the dataset's statistics;
-3. fine-tune briefly with LoRA;
+3. fine-tune with LoRA until the validation metric stops improving: every 10 steps the model answers
+   16 validation questions (``eval_generate``), scored by ``json_match``; transformers' early
+   stopping ends the run when two evaluations in a row bring no improvement, and ``final/`` is
+   the best checkpoint (at most ``--steps`` steps; learning rate 2e-3, batch 8);
 4. compare the base model, the base model prompted with 3 examples (few-shot) and the tuned model
    on the held-out validation split; print the numbers.
 """
@@ -24,10 +27,12 @@ def _cells(train: Path, val: Path, steps: int) -> list[tuple[str, str]]:
         ("Render one example through the chat template", f"%sft_template smollm2-135m --data {train} --row 0"),
         ("Dataset statistics", f"%sft_data {train} --max-length 128"),
         (
-            f"Fine-tune with LoRA for {steps} steps",
+            f"Fine-tune with LoRA until json_match stops improving (at most {steps} steps)",
             f"%%sft_train --name demo -o run\n"
-            f"model: smollm2-135m\ndataset: {train}\nmax_steps: {steps}\nlearning_rate: 1.0e-3\n"
-            f"per_device_train_batch_size: 8\nlogging_steps: 5\nsave_steps: {max(steps, 1)}\n",
+            f"model: smollm2-135m\ndataset: {train}\neval_dataset: {val}\nmax_steps: {steps}\n"
+            "learning_rate: 2.0e-3\nper_device_train_batch_size: 8\nlogging_steps: 5\n"
+            f"eval_steps: {max(1, min(10, steps))}\neval_generate: 16\neval_max_new_tokens: 48\n"
+            "metric_for_best_model: json_match\nearly_stopping_patience: 2\n",
         ),
         (
             "Base vs tuned vs few-shot prompting on the validation split",
@@ -36,7 +41,7 @@ def _cells(train: Path, val: Path, steps: int) -> list[tuple[str, str]]:
     ]
 
 
-def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLES) -> dict:
+def run_demo(steps: int = 40, output_dir: str = "runs", data_dir: Path = EXAMPLES) -> dict:
     from IPython.core.interactiveshell import InteractiveShell
 
     wall = time.perf_counter()
@@ -66,6 +71,8 @@ def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLE
     reply = generate(run.model, run.tokenizer, [[{"role": "user", "content": probe}]], max_new_tokens=32)[0]
     summary = {
         "steps": run.global_step,
+        "best": run.best,
+        "early_stop": run.early_stop,
         "final_train_loss": run.losses()[-1][1] if run.losses() else None,
         "base": scores["base"].summary(),
         "few_shot": scores["few_shot"].summary(),
@@ -79,13 +86,14 @@ def run_demo(steps: int = 80, output_dir: str = "runs", data_dir: Path = EXAMPLE
     print("\n=== Summary ===")
     print("json_match: " + "   ".join(f"{k} {summary[k]['json_match']:.1%}" for k in ("base", "few_shot", "tuned")))
     print(f"tuned reply to {probe!r}: {reply!r}")
+    print(run.early_stop or f"trained all {run.global_step} steps")
     print(f"steps {run.global_step}, wall time {summary['wall_s']} s; details in {output_dir}/demo/demo_summary.json")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_magics demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=80, help="LoRA training steps (batch 8)")
+    parser.add_argument("--steps", type=int, default=40, help="the most LoRA training steps (batch 8)")
     parser.add_argument("--output-dir", default="runs")
     args = parser.parse_args(argv)
     run_demo(steps=args.steps, output_dir=args.output_dir)

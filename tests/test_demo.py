@@ -1,4 +1,4 @@
-"""The headless demo on the real embedded model, shortened (the README's command runs 60 steps)."""
+"""The headless demo on the real embedded model, shortened (the README's command runs at most 40 steps)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
     for title in (
         "Render one example through the chat template",
         "Dataset statistics",
-        "Fine-tune with LoRA for 4 steps",
+        "Fine-tune with LoRA until json_match stops improving (at most 4 steps)",
         "Base vs tuned vs few-shot prompting on the validation split",
         "Summary",
     ):
@@ -24,6 +24,10 @@ def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
     assert "<|im_start|>assistant\n«" in out and "<|im_end|>\n»" in out  # the answer (and only it) is trained
     assert "format: messages → messages · 500 rows" in out
     assert summary["steps"] == 4
+    # one evaluation (at step 4) answered 16 validation questions; the run's best is that step
+    assert "[demo] answers at step 4 (16 rows" in out
+    assert summary["best"]["metric"] == "json_match" and summary["best"]["step"] == 4
+    assert summary["early_stop"] is None and "trained all 4 steps" in out
     assert summary["base"]["json_match"] <= 0.10  # the task is one the base model fails
     assert summary["prompt_tokens"]["few_shot"] > summary["prompt_tokens"]["base"]  # few-shot costs prompt tokens
     saved = json.loads((tmp_path / "runs" / "demo" / "demo_summary.json").read_text())

@@ -218,6 +218,17 @@ def test_03_fine_tuning(tmp_path):
     resumed_logs = [e["step"] for e in events if e["kind"] == "log" and "loss" in e]
     assert resumed_logs == list(range(1, total + 1))  # every step logged once: the resume continued
     assert "config.yaml" in out(nb, "for path in sorted(run_dir.rglob")
+    # Watching the answers: each evaluation answered the same 8 validation questions, and the
+    # saved notebook keeps the sample panel in the run's static summary.
+    answers = [e for e in events if e["kind"] == "answers"]
+    assert answers and all(a["rows"] == 8 and len(a["samples"]) == 3 for a in answers)
+    assert len({tuple(s["prompt"] for s in a["samples"]) for a in answers}) == 1
+    summary = "\n".join(
+        o.get("data", {}).get("text/html", "")
+        for o in cell_with(nb, "max_steps: {FIRST_STEPS}").outputs
+        if o.output_type in ("display_data", "execute_result")
+    )
+    assert 'class="sft-samples"' in summary and "answers at step" in summary and "json_match" in summary
 
 
 def test_04_evaluation_and_chat(tmp_path):

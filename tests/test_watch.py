@@ -69,51 +69,87 @@ def test_generated_metrics_at_each_evaluation_equal_sft_eval_on_that_checkpoint(
     assert answers[0]["samples"][0]["previous"] is None
 
 
-def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tmp_path, tiny_model, qa_jsonl):
+def _scripted(values: list[float], rows: int):
+    """A notebook metric whose value at the k-th evaluation is values[k] (it is called once per row)."""
+    calls = []
+
+    def scripted(prediction: str, reference: str) -> float:
+        calls.append(1)
+        return values[min((len(calls) - 1) // rows, len(values) - 1)]
+
+    return scripted
+
+
+def _adapter(run_dir: Path, folder: str) -> dict:
     from safetensors.torch import load_file
 
-    # The tiny model never answers valid JSON: json_match stays 0, so it plateaus from the first evaluation.
+    return load_file(run_dir / folder / "adapter_model.safetensors")
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tmp_path, tiny_model, qa_jsonl):
+    # The metric, scripted per evaluation: best at the 2nd (step 4), then two evaluations without improvement.
+    metric = _scripted([0.5, 0.75, 0.25, 0.25, 1.0], rows=4)
     spec = _spec(
-        tmp_path, tiny_model, qa_jsonl, max_steps=20, eval_generate=True, eval_max_new_tokens=8,
-        metric_for_best_model="json_match", early_stopping_patience=2,
+        tmp_path, tiny_model, qa_jsonl, max_steps=20, eval_generate=4, eval_max_new_tokens=4,
+        eval_metrics=["scripted"], metric_for_best_model="scripted", early_stopping_patience=2,
     )  # fmt: skip
-    p = plan(spec)
+    p = plan(spec, namespace={"scripted": metric})
     assert p.sft_args["load_best_model_at_end"] is True and p.sft_args["greater_is_better"] is True
     assert p.sft_args["save_steps"] == p.sft_args["eval_steps"] == 2  # a checkpoint at every evaluation
-    result = train(spec)
-    assert result.status == "finished" and result.global_step == 6 < 20
-    reason = "early stop at step 6/20: json_match did not improve for 2 evaluations (best 0 at step 2)"
+    result = train(spec, namespace={"scripted": metric})
+    assert result.status == "finished" and result.global_step == 8 < 20
+    reason = "early stop at step 8/20: scripted did not improve for 2 evaluations (best 0.75 at step 4)"
     assert result.early_stop == reason
     assert result.best == {
-        "metric": "json_match", "value": 0.0, "step": 2, "checkpoint": "checkpoint-2", "final_is_best": True,
+        "metric": "scripted", "value": 0.75, "step": 4, "checkpoint": "checkpoint-4", "final_is_best": True,
     }  # fmt: skip
     status = json.loads((result.path / "status.json").read_text())
-    assert status["early_stop"] == reason and status["best"]["step"] == 2
-    final = load_file(result.path / "final" / "adapter_model.safetensors")
-    best = load_file(result.path / "checkpoint-2" / "adapter_model.safetensors")
-    last = load_file(result.path / "checkpoint-6" / "adapter_model.safetensors")
-    assert final.keys() == best.keys()
-    assert all((final[k] == best[k]).all() for k in final)  # final/ is the best step's model
-    assert any(not (final[k] == last[k]).all() for k in final)  # not the last step's
+    assert status["early_stop"] == reason and status["best"]["step"] == 4
+    final = _adapter(result.path, "final")
+    assert _same(final, _adapter(result.path, "checkpoint-4"))  # final/ is the best step's model
+    assert not _same(final, _adapter(result.path, "checkpoint-8"))  # not the last step's
     events = _events(result.path)
     assert events[-1]["kind"] == "finished" and events[-1]["early_stop"] == reason
-    assert [e["eval_json_match"] for e in events if e["kind"] == "eval"] == [0.0, 0.0, 0.0]
+    assert [e["eval_scripted"] for e in events if e["kind"] == "eval"] == [0.5, 0.75, 0.25, 0.25]
 
     # %sft_runs: the best value per run, from the run folder alone.
     from sft_magics.core.lookup import run_record
     from sft_magics.display._runs_view import RunsView
 
     record = run_record(result.path)
-    assert record["best"] == "json_match 0.000 @ step 2" and record["early_stop"] == reason
-    assert "json_match 0.000 @ step 2" in RunsView([record]).to_text()
+    assert record["best"] == "scripted 0.750 @ step 4" and record["early_stop"] == reason
+    assert "scripted 0.750 @ step 4" in RunsView([record]).to_text()
 
     # The keys are in config.yaml as given, and read back the same way (resume).
     import yaml
 
     config = yaml.safe_load((result.path / "config.yaml").read_text())
-    assert config["eval_generate"] is True and config["early_stopping_patience"] == 2
+    assert config["eval_generate"] == 4 and config["early_stopping_patience"] == 2
     again = TrainSpec.from_mapping("w", config, output_dir=str(tmp_path / "runs"))
-    assert again.watch == {"eval_generate": True, "eval_max_new_tokens": 8, "early_stopping_patience": 2}
+    assert again.watch == {
+        "eval_generate": 4, "eval_metrics": ["scripted"], "eval_max_new_tokens": 4, "early_stopping_patience": 2,
+    }  # fmt: skip
+
+
+def test_a_tie_on_the_metric_goes_to_the_checkpoint_with_the_lower_eval_loss(tmp_path, tiny_model, qa_jsonl):
+    # json_match stays 0 on the tiny model (it never answers JSON): every evaluation ties, while the
+    # eval loss falls; transformers alone would keep the first checkpoint.
+    spec = _spec(
+        tmp_path, tiny_model, qa_jsonl, max_steps=20, eval_generate=True, eval_max_new_tokens=8,
+        metric_for_best_model="json_match", early_stopping_patience=2,
+    )  # fmt: skip
+    result = train(spec)
+    evals = [e for e in _events(result.path) if e["kind"] == "eval"]
+    assert [e["eval_json_match"] for e in evals] == [0.0, 0.0, 0.0] and result.global_step == 6
+    lowest = min(evals, key=lambda e: e["eval_loss"])["step"]
+    assert lowest != evals[0]["step"]  # without the tie rule, the first evaluation would be kept
+    assert result.best["step"] == lowest and result.best["value"] == 0.0
+    assert result.early_stop.startswith("early stop at step 6/20: json_match did not improve for 2 evaluations")
+    assert _same(_adapter(result.path, "final"), _adapter(result.path, f"checkpoint-{lowest}"))
 
 
 @pytest.mark.parametrize(
@@ -129,6 +165,7 @@ def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tm
         ({"early_stopping_patience": 0}, "key 'early_stopping_patience' must be a whole number ≥ 1, got 0"),
         ({"early_stopping_threshold": -1}, "key 'early_stopping_threshold' must be a number ≥ 0, got -1"),
         ({"eval_max_new_tokens": 32}, "keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true"),
+        ({"eval_generate": 4, "eval_strategy": "no"}, "key 'eval_generate' needs evaluations during training, but eval_strategy is 'no'"),
     ],
 )  # fmt: skip
 def test_watch_keys_are_checked_before_anything_is_written(tmp_path, tiny_model, qa_jsonl, extra, message):
@@ -139,14 +176,22 @@ def test_watch_keys_are_checked_before_anything_is_written(tmp_path, tiny_model,
 
 
 def test_a_generated_metric_for_best_model_turns_generation_on_and_the_dry_run_says_so(tmp_path, tiny_model, qa_jsonl):
-    p = plan(_spec(tmp_path, tiny_model, qa_jsonl, metric_for_best_model="eval_json_fields", load_best_model_at_end=True))
+    p = plan(
+        _spec(tmp_path, tiny_model, qa_jsonl, metric_for_best_model="eval_json_fields", load_best_model_at_end=True)
+    )
     assert p.watch.generate and p.answers is not None and p.answers.watched == "json_fields"
     assert "metric_for_best_model json_fields is scored on answers: eval_generate on (every eval row)" in p.notes
     assert p.sft_args["greater_is_better"] is True
     # a sample of N rows, the same at every evaluation (seeded)
     p = plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=5))
-    assert len(p.answers.examples) == 5 and p.answers.examples == plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=5)).answers.examples
+    assert (
+        len(p.answers.examples) == 5
+        and p.answers.examples == plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=5)).answers.examples
+    )
     assert "json_match" in [m.name for m in p.answers.metrics] and "loss" not in [m.name for m in p.answers.metrics]
+    # metric_for_best_model is always computed, even when eval_metrics leaves it out
+    p = plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_metrics=["chrf"], metric_for_best_model="exact_match"))
+    assert [m.name for m in p.answers.metrics] == ["chrf", "exact_match"] and p.answers.watched == "exact_match"
 
 
 def _watched_state(events: list[tuple[str, dict]], higher: bool = True) -> ProgressState:
@@ -227,6 +272,30 @@ def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
     assert diff_segments('{"name": "Bo", "age": 3}', '{"name": "Ann", "age": 3}') == [
         ('{"name": "', True), ("Bo", False), ('", "age": 3}', True),
     ]  # fmt: skip
+
+
+def test_the_rich_view_shows_the_samples_compactly_and_why_the_run_stopped():
+    import io
+
+    from rich.console import Console
+
+    from sft_magics.display._rich_dashboard import RichDashboard
+
+    out = io.StringIO()
+    dashboard = RichDashboard("w", console=Console(file=out, width=160, force_terminal=False))
+    dashboard(Event("started", {"max_steps": 10, "watch": {"metric": "json_match", "greater_is_better": True}}))
+    dashboard(Event("eval", {"step": 2, "eval_loss": 1.0, "eval_json_match": 0.5}))
+    samples = [
+        {"prompt": "p", "reference": "[b]x[/b]", "answer": "[b]x[/b]", "previous": None, "ended": True},
+        {"prompt": "q", "reference": "y", "answer": "z" * 300, "previous": None, "ended": False},
+    ]
+    dashboard(Event("answers", {"step": 2, "rows": 2, "never_ended": 1, "empty": 0, "samples": samples}))
+    dashboard(Event("finished", {"step": 6, "early_stop": "early stop at step 6/10: json_match did not improve"}))
+    dashboard.close()
+    text = out.getvalue()
+    assert "✓ step 2: [b]x[/b]" in text  # model text is not rich markup
+    assert "✗ step 2: " + "z" * 100 + "…" in text  # one line per sample, cut
+    assert "early stop at step 6/10: json_match did not improve" in text and "best json_match" in text
 
 
 def test_the_chart_draws_the_metric_beside_the_loss():

@@ -6,10 +6,13 @@ view, log lines, a JSONL file). Event kinds:
 - ``started``     name, model, device, dtype, train_rows, eval_rows, trainable_params, total_params,
                   max_steps, num_train_epochs, resumed_from, resume_overrides
 - ``log``         step, epoch and the trainer's logged metrics (loss, learning_rate, grad_norm, ...)
-- ``eval``        step, epoch, eval_loss and other eval metrics
+- ``eval``        step, epoch, eval_loss and other eval metrics (``eval_json_match``, ... with eval_generate)
+- ``answers``     step, metrics, rows, never_ended, empty, max_new_tokens, seconds, samples, answers:
+                  what the model answered at an evaluation (core/watch.py)
 - ``checkpoint``  step, path
 - ``status``      state (loading / training / evaluating / saving)
-- ``finished`` / ``stopped`` / ``failed``  final state (``failed`` carries ``error`` and ``hint``)
+- ``finished`` / ``stopped`` / ``failed``  final state (``failed`` carries ``error`` and ``hint``;
+                  ``best`` and ``early_stop`` when the run kept a best checkpoint or stopped early)
 """
 
 from __future__ import annotations

@@ -126,6 +126,11 @@ def plan_watch(
                 f"key '{(wants or ['metric_for_best_model'])[0]}' needs eval data: set eval_dataset or eval_split"
             )
         return None
+    if (gen or patience) and sft_args.get("eval_strategy", "no") == "no":
+        raise ConfigError(
+            f"key '{'eval_generate' if gen else 'early_stopping_patience'}' needs evaluations during training, "
+            "but eval_strategy is 'no': set eval_strategy: steps (and eval_steps)"
+        )
     if gen and eval_data.format == "text":
         raise ConfigError(
             "key 'eval_generate': a 'text' eval dataset has no prompts and references to score answers on"
@@ -145,6 +150,8 @@ def plan_watch(
                     f"key 'eval_metrics': unknown metric '{name}' (not in the registry, and no notebook function "
                     f"f(prediction, reference) of that name){hint}"
                 )
+    if best and metrics is not None and best not in metrics:
+        metrics = [*metrics, best]  # the trainer compares checkpoints by it: it must be computed
     watched = best or (metrics[0] if metrics else None)
     if patience:
         if not sft_args.get("metric_for_best_model"):
@@ -190,6 +197,8 @@ class AnswerWatch:
             raise ConfigError(f"key 'eval_metrics': {str(err).split(': ', 1)[-1]}") from None
         registry = [n for n in names if n in METRICS] if names else None
         self.metrics = [m for m in select_metrics(registry, examples, custom) if m.name not in LOSS_METRICS]
+        if watch.watched in METRICS and watch.watched not in [m.name for m in self.metrics]:
+            self.metrics.append(METRICS[watch.watched])  # followed (metric_for_best_model) even where it does not apply
         if not self.metrics:
             raise ConfigError("eval_generate: no metric applies to these references; name one in eval_metrics")
         self.watch, self.examples = watch, examples
@@ -262,6 +271,25 @@ def trainer_class(watch: AnswerWatch | None, emit: Sink):
         return SFTTrainer
 
     class WatchingSFTTrainer(SFTTrainer):
+        _best_loss: float | None = None  # eval_loss at the best checkpoint, for breaking ties
+
+        def _determine_best_metric(self, metrics, trial):
+            """transformers' rule (strictly better), plus: a tie on the generated metric goes to the
+            checkpoint with the lower eval loss. A metric scored on a few answers ties often (15 of
+            16 right twice), and the later checkpoint is then the better one by every other measure."""
+            before = self.state.best_metric
+            new = super()._determine_best_metric(metrics, trial)
+            loss = metrics.get("eval_loss")
+            name = self.args.metric_for_best_model or ""
+            value = metrics.get(name if name.startswith("eval_") else f"eval_{name}")
+            tie = not new and before is not None and value is not None and value == before
+            if tie and loss is not None and self._best_loss is not None and loss < self._best_loss:
+                self.state.best_global_step = self.state.global_step
+                new = True
+            if new:
+                self._best_loss = loss
+            return new
+
         def evaluation_loop(
             self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
         ):
