@@ -86,7 +86,13 @@ def run_demo(steps: int = 40, output_dir: str = "runs", data_dir: Path = EXAMPLE
     print("\n=== Summary ===")
     print("json_match: " + "   ".join(f"{k} {summary[k]['json_match']:.1%}" for k in ("base", "few_shot", "tuned")))
     print(f"tuned reply to {probe!r}: {reply!r}")
-    print(run.early_stop or f"trained all {run.global_step} steps")
+    best = run.best or {}
+    best_text = f"best json_match {best['value']:.1%} on 16 answers at step {best['step']}" if best else "no best"
+    print(
+        f"{run.early_stop}; final/ is that step's checkpoint"
+        if run.early_stop
+        else f"trained all {run.global_step} steps: the step cap came before a plateau ({best_text}; final/ is that checkpoint)"
+    )
     print(f"steps {run.global_step}, wall time {summary['wall_s']} s; details in {output_dir}/demo/demo_summary.json")
     return summary
 

@@ -123,6 +123,25 @@ def test_batched_counts_equal_tokenize_row_for_every_row(name, which, tok, marke
         assert _mask(stats.trained_ranges[i], len(r.tokens)) == r.assistant_masks, (name, i)
 
 
+@pytest.mark.parametrize("name", list(DATASETS))
+@pytest.mark.parametrize("which", ["chatml", "markers"])
+def test_training_rows_equal_tokenize_row_for_every_row(name, which, tok, markers_tok):
+    """What training is fed (to_trl_rows: batched, in chunks) is tokenize_row's ids and masks, row by row."""
+    from sft_magics.core.train import to_trl_rows
+
+    tokenizer = tok if which == "chatml" else markers_tok
+    data = load_data(DATASETS[name])
+    method = choose_mask_method(tokenizer) if data.format == "messages" else None
+    rows = to_trl_rows(data, tokenizer, chunk=2)  # chunks smaller than the data: their borders are crossed
+    assert len(rows) == len(data)
+    for i in range(len(data)):
+        r = tokenize_row(tokenizer, data.dataset[i], data.format, method=method)
+        assert rows[i]["input_ids"] == r.input_ids, (name, i)
+        assert rows[i]["assistant_masks"] == [int(m) for m in r.assistant_masks], (name, i)
+    every = to_trl_rows(data, tokenizer, train_on_all=True)
+    assert [sum(m) for m in every["assistant_masks"]] == [len(x) for x in every["input_ids"]]
+
+
 def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
     """A template that raises for one row, and a row with no prompt before the answer (prefix
     rendering cannot start it): both listed as template errors; every other row still counted exactly."""
@@ -149,6 +168,12 @@ def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
     assert stats.no_trained_left == 0 and stats.summary()["total_tokens"]["min"] > 0  # failed rows not counted
     text = DataView(data, stats).to_text()
     assert "2 rows could not be rendered by the chat template" in text and "row 1 <template>" in text
+    # Training is not the doctor: the row's own error stops the preparation, as tokenize_row would.
+    from sft_magics.core.render import TemplateError
+    from sft_magics.core.train import to_trl_rows
+
+    with pytest.raises(TemplateError, match="no BOOM here"):
+        to_trl_rows(load_data(rows[:2]), tokenizer)
 
 
 def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(tiny_model):
@@ -165,6 +190,12 @@ def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(t
         assert r.mask_source == MASK_LAST_TURN
         assert (stats.total_tokens[i], stats.trained_tokens[i]) == (len(r.tokens), r.trained_count)
         assert _mask(stats.trained_ranges[i], len(r.tokens)) == r.assistant_masks
+    from sft_magics.core.train import to_trl_rows
+
+    rows = to_trl_rows(data, tokenizer)
+    for i in range(len(data)):
+        r = tokenize_row(tokenizer, data.dataset[i], "messages")
+        assert (rows[i]["input_ids"], rows[i]["assistant_masks"]) == (r.input_ids, [int(m) for m in r.assistant_masks])
 
 
 def test_batched_counts_on_the_example_data(tok):

@@ -74,6 +74,8 @@ def _scripted(values: list[float], rows: int):
     calls = []
 
     def scripted(prediction: str, reference: str) -> float:
+        if prediction == reference:  # the plan's probe of a notebook metric (the tiny model never answers right)
+            return 0.0
         calls.append(1)
         return values[min((len(calls) - 1) // rows, len(values) - 1)]
 
@@ -135,6 +137,25 @@ def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tm
     }  # fmt: skip
 
 
+def test_the_best_recorded_is_the_checkpoint_kept_with_its_own_value(tmp_path, tiny_model, qa_jsonl):
+    # Evaluations every 2 steps, checkpoints every 4: the best evaluation (step 6, 0.9) has no
+    # checkpoint, so transformers keeps checkpoint-4; the record says so, with step 4's value.
+    metric = _scripted([0.5, 0.6, 0.9, 0.7], rows=2)
+    spec = _spec(
+        tmp_path, tiny_model, qa_jsonl, max_steps=8, eval_generate=2, eval_max_new_tokens=2, save_steps=4,
+        eval_metrics=["scripted"], metric_for_best_model="scripted", load_best_model_at_end=True, save_total_limit=5,
+    )  # fmt: skip
+    result = train(spec, namespace={"scripted": metric})
+    assert result.best == {
+        "metric": "scripted", "value": 0.6, "step": 4, "checkpoint": "checkpoint-4", "final_is_best": True,
+    }  # fmt: skip
+    assert _same(_adapter(result.path, "final"), _adapter(result.path, "checkpoint-4"))
+    # a threshold written as YAML writes it (a string) is read as the number it is
+    assert TrainSpec.from_mapping("x", {"dataset": qa_jsonl, "early_stopping_threshold": "1e-3"}).watch == {
+        "early_stopping_threshold": 0.001
+    }
+
+
 def test_a_tie_on_the_metric_goes_to_the_checkpoint_with_the_lower_eval_loss(tmp_path, tiny_model, qa_jsonl):
     # json_match stays 0 on the tiny model (it never answers JSON): every evaluation ties, while the
     # eval loss falls; transformers alone would keep the first checkpoint.
@@ -163,14 +184,21 @@ def test_a_tie_on_the_metric_goes_to_the_checkpoint_with_the_lower_eval_loss(tmp
         ({"eval_metrics": []}, "key 'eval_metrics' must be a list of metric names"),
         ({"metric_for_best_model": "json_match", "eval_generate": False}, "metric_for_best_model json_match is scored on generated answers, but eval_generate is false"),
         ({"early_stopping_patience": 0}, "key 'early_stopping_patience' must be a whole number ≥ 1, got 0"),
-        ({"early_stopping_threshold": -1}, "key 'early_stopping_threshold' must be a number ≥ 0, got -1"),
+        ({"early_stopping_threshold": -1}, "key 'early_stopping_threshold' must be a finite number ≥ 0, got -1"),
         ({"eval_max_new_tokens": 32}, "keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true"),
         ({"eval_generate": 4, "eval_strategy": "no"}, "key 'eval_generate' needs evaluations during training, but eval_strategy is 'no'"),
+        ({"early_stopping_threshold": ".nan"}, "key 'early_stopping_threshold' must be a finite number ≥ 0, got '.nan'"),
+        ({"early_stopping_threshold": 0.01}, "key 'early_stopping_threshold' needs early_stopping_patience"),
+        ({"eval_generate": 4, "metric_for_best_model": "json_mach"}, "key 'metric_for_best_model': 'json_mach' is not computed at evaluation (computed: loss, mean_token_accuracy, entropy, num_tokens, exact_match,"),
+        ({"metric_for_best_model": "perplexity", "load_best_model_at_end": True}, "key 'metric_for_best_model': 'perplexity' is not computed at evaluation"),
+        ({"early_stopping_patience": 2, "save_steps": 3}, "load_best_model_at_end (on for early_stopping_patience): save_steps 3 must be a multiple of eval_steps 2 (both step counts or both fractions of the run)"),
+        ({"early_stopping_patience": 2, "save_strategy": "epoch"}, "load_best_model_at_end (on for early_stopping_patience): save_strategy 'epoch' must match eval_strategy 'steps'"),
+        ({"eval_metrics": ["broken"]}, "key 'eval_metrics': the notebook function 'broken' failed on (reference, reference): ZeroDivisionError: division by zero"),
     ],
 )  # fmt: skip
 def test_watch_keys_are_checked_before_anything_is_written(tmp_path, tiny_model, qa_jsonl, extra, message):
     with pytest.raises(ConfigError) as err:
-        train(_spec(tmp_path, tiny_model, qa_jsonl, **extra))
+        train(_spec(tmp_path, tiny_model, qa_jsonl, **extra), namespace={"broken": lambda p, r: 1 / 0})
     assert message in str(err.value)
     assert not (tmp_path / "runs" / "w").exists()
 
@@ -227,6 +255,12 @@ def test_progress_follows_the_metric_its_best_and_raises_the_users_alerts():
         higher=False,
     )  # fmt: skip
     assert state.best == (0.2, 4) and state.alerts == []
+    # a tie goes to the evaluation with the lower eval loss, as the trainer decides
+    state = _watched_state(
+        [("eval", {"step": 2, "eval_loss": 1.0, "eval_json_match": 0.5}), ("eval", {"step": 4, "eval_loss": 0.9, "eval_json_match": 0.5}),
+         ("eval", {"step": 6, "eval_loss": 0.95, "eval_json_match": 0.5})],
+    )  # fmt: skip
+    assert state.best == (0.5, 4)
 
 
 def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
@@ -310,10 +344,11 @@ def test_the_chart_draws_the_metric_beside_the_loss():
 
 
 def test_answers_and_the_best_survive_a_kernel_restart(shell, tmp_path, tiny_model, qa_jsonl, capsys):
+    shell.user_ns["scripted"] = _scripted([0.25, 0.75], rows=4)
     cell = (
         f"model: {tiny_model}\ndataset: {qa_jsonl}\neval_dataset: {qa_jsonl}\nmax_steps: 4\n"
         "per_device_train_batch_size: 4\nlearning_rate: 1.0e-3\neval_steps: 2\neval_generate: 4\n"
-        "eval_max_new_tokens: 4\nmetric_for_best_model: json_fields\n"
+        "eval_max_new_tokens: 4\neval_metrics: [scripted, json_fields]\n"
     )
     shell.run_cell_magic("sft_train", "--name again", cell)
     capsys.readouterr()
@@ -321,17 +356,24 @@ def test_answers_and_the_best_survive_a_kernel_restart(shell, tmp_path, tiny_mod
     shell.run_line_magic("sft_attach", "again")
     out = capsys.readouterr().out
     assert "[again] answers at step 2 (4 rows, 4 never ended" in out
-    assert "[again] answers at step 4 (4 rows" in out
-    assert "best json_fields 0.000 @ step 2" in out
+    assert "[again] answers at step 4 (4 rows" in out and "scripted 0.750" in out
+    assert "best scripted 0.750 @ step 4" in out
     shell.run_line_magic("sft_runs", "")
-    assert "json_fields 0.000 @ step 2" in capsys.readouterr().out
+    assert "scripted 0.750 @ step 4" in capsys.readouterr().out
 
 
 def test_a_background_run_records_its_answers_and_refuses_notebook_metrics(tmp_path, tiny_model, qa_jsonl):
+    from sft_magics.core.metrics import METRICS, register_metric
     from sft_magics.core.worker import launch, wait_for
 
-    with pytest.raises(ConfigError, match="n_chars is a notebook function, which a background run cannot see"):
-        launch(_spec(tmp_path, tiny_model, qa_jsonl, eval_metrics=["n_chars"]), namespace={"n_chars": len})
+    with pytest.raises(ConfigError, match="n_chars is defined in this notebook .* which a background run cannot see"):
+        launch(_spec(tmp_path, tiny_model, qa_jsonl, eval_metrics=["n_chars"]), namespace={"n_chars": lambda p, r: 1.0})
+    register_metric("registered_here", lambda p, r: 1.0)
+    try:
+        with pytest.raises(ConfigError, match="registered_here is defined in this notebook"):
+            launch(_spec(tmp_path, tiny_model, qa_jsonl, metric_for_best_model="registered_here", eval_generate=2))
+    finally:
+        METRICS.pop("registered_here")
     assert not (tmp_path / "runs" / "w").exists()
     launch(_spec(tmp_path, tiny_model, qa_jsonl, max_steps=4, eval_generate=3, eval_max_new_tokens=4))
     record = wait_for(tmp_path / "runs" / "w", timeout=300)

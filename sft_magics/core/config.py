@@ -285,7 +285,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     from .data import train_val_split
     from .dataset_spec import load_dataset_spec
     from .models import choose_device_dtype
-    from .watch import AnswerWatch, plan_watch
+    from .watch import plan_watch
 
     train_data = load_dataset_spec(spec.dataset, namespace=namespace)
     eval_data = load_dataset_spec(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
@@ -327,12 +327,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     if eval_data is not None:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
-    watch = plan_watch(spec.watch, spec.sft, sft_args, eval_data, notes, namespace)
-    answers = (
-        AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42)))
-        if watch and watch.generate
-        else None
-    )
+    watch, answers = plan_watch(spec.watch, spec.sft, sft_args, eval_data, notes, namespace)
     lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
     asked = spec.model_kwargs.get("dtype")
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):

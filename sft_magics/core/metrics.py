@@ -160,6 +160,9 @@ register_metric(
 )
 
 
+BUILTIN_METRICS = frozenset(METRICS)  # what every process has, a background worker included
+
+
 def parse_metric_names(text: str | None) -> list[str] | None:
     """``"loss,json_match"`` -> the names, checked against the registry (None: all that apply)."""
     if text is None:

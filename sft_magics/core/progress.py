@@ -87,6 +87,7 @@ class ProgressState:
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
     _alert_keys: set = field(default_factory=set, repr=False, compare=False)
     _eval_rises: int = field(default=0, repr=False, compare=False)
+    _best_loss: float | None = field(default=None, repr=False, compare=False)
     _token_window: deque = field(default_factory=lambda: deque(maxlen=20), repr=False, compare=False)
 
     # -- updates -----------------------------------------------------------------------------
@@ -129,8 +130,8 @@ class ProgressState:
             self.error = None if d.get("error") is None else str(d["error"])
             self.hint = None if d.get("hint") is None else str(d["hint"])
             self.seconds = _number(d.get("seconds"))
-            self.early_stop = d.get("early_stop") or self.early_stop
-            best = d.get("best") or {}
+            self.early_stop = str(d["early_stop"]) if d.get("early_stop") else self.early_stop
+            best = d.get("best") if isinstance(d.get("best"), dict) else {}
             if _number(best.get("value")) is not None and best.get("metric") == self.watch.get("metric"):
                 self.best = (float(best["value"]), int(best.get("step") or 0))
 
@@ -220,9 +221,15 @@ class ProgressState:
         previous = self.metric_points[-1][1] if self.metric_points else None
         self.metric_points.append((self.step, value))
         self.version += 1
-        if self.best is None or (value > self.best[0] if higher else value < self.best[0]):
-            self.best = (value, self.step)
         loss, last_loss = _number(d.get("eval_loss")), self.eval_loss
+        # The trainer's rule (core/watch.py): strictly better, or equal with a lower eval loss.
+        tie = self.best is not None and value == self.best[0]
+        if (
+            self.best is None
+            or (value > self.best[0] if higher else value < self.best[0])
+            or (tie and loss is not None and self._best_loss is not None and loss < self._best_loss)
+        ):
+            self.best, self._best_loss = (value, self.step), loss
         worse = previous is not None and (value < previous if higher else value > previous)
         if worse and loss is not None and last_loss is not None and loss < last_loss:
             self._alert(

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .token_counts import _count_conversational_pc, _count_messages, _count_prompt_completion, _count_text, _Counter
+from .token_counts import _Counter, count_rows
 
 __all__ = ["DataStats", "data_stats", "histogram_png"]
 
@@ -242,20 +242,13 @@ def data_stats(
     rows = data.dataset.to_list()  # one Arrow -> Python conversion; iterating a Dataset is slow
     fmt = data.format
     counter = _Counter(len(rows), tokenizer)
-    method = None
-    if fmt == "text":
-        _count_text(counter, tokenizer, rows)
-        mask_method = "every token (plain text)"
-    elif fmt == "prompt_completion":
-        _count_prompt_completion(counter, tokenizer, rows)
-        mask_method = "completion only (prompt/completion rule)"
-    elif fmt == "conversational_prompt_completion":
-        _count_conversational_pc(counter, tokenizer, rows)
-        mask_method = "completion only (prompt/completion rule)"
-    else:
-        method = choose_mask_method(tokenizer)
-        _count_messages(counter, tokenizer, rows, method)
-        mask_method = method[0]
+    method = choose_mask_method(tokenizer) if fmt == "messages" else None
+    count_rows(counter, tokenizer, rows, fmt, method)
+    mask_method = {
+        "text": "every token (plain text)",
+        "prompt_completion": "completion only (prompt/completion rule)",
+        "conversational_prompt_completion": "completion only (prompt/completion rule)",
+    }.get(fmt) or method[0]
 
     row_index = getattr(data, "row_index", None)
     source_index = (lambda i: i) if row_index is None else row_index.__getitem__

@@ -1,6 +1,7 @@
-"""Token counts for the data doctor, many rows at a time: each row's token ids and the *ranges* of
-its trained tokens, computed with the same rules as :func:`core.template.tokenize_row` (which stays
-the definition; rows that cannot be done in batch go through it one by one). Conversations are
+"""Token counts for the data doctor, and the token ids and masks training is fed, many rows at a
+time: each row's token ids and the *ranges* of its trained tokens, computed with the same rules as
+:func:`core.template.tokenize_row` (which stays the definition; rows that cannot be done in batch
+go through it one by one; tests compare every row). Conversations are
 rendered many per call through the bounded renderer, then tokenized in one batched call of the
 fast (Rust) tokenizer; trained ranges come from character spans."""
 
@@ -67,9 +68,10 @@ def _end_position(ids: list[int], ranges, end_ids: frozenset[int]) -> int:
 
 
 class _Counter:
-    """Collects (total, ranges, end position) per row, by row position."""
+    """Collects (total, ranges, end position) per row, by row position; with ``keep_ids``, the ids too."""
 
-    def __init__(self, n: int, tokenizer) -> None:
+    def __init__(self, n: int, tokenizer, keep_ids: bool = False) -> None:
+        self.ids: list[list[int]] | None = [[] for _ in range(n)] if keep_ids else None
         self.total = [0] * n
         self.ranges: list[tuple] = [()] * n
         self.end = [-1] * n
@@ -77,6 +79,8 @@ class _Counter:
         self.errors: dict[int, str] = {}  # row position -> why the template could not render it
 
     def put(self, i: int, ids: list[int], ranges) -> None:
+        if self.ids is not None:
+            self.ids[i] = list(ids)
         self.total[i] = len(ids)
         self.ranges[i] = ranges
         self.end[i] = _end_position(ids, ranges, self.end_ids)
@@ -131,6 +135,38 @@ def _render_many(
         )
 
     return _many(call, conversations)
+
+
+def count_rows(c: _Counter, tokenizer, rows: list[dict], fmt: str, method=None) -> None:
+    """Count ``rows`` (normalised, of format ``fmt``) into ``c``; ``method``: the mask method of a
+    conversation dataset (:func:`core.template.choose_mask_method`)."""
+    if fmt == "text":
+        _count_text(c, tokenizer, rows)
+    elif fmt == "prompt_completion":
+        _count_prompt_completion(c, tokenizer, rows)
+    elif fmt == "conversational_prompt_completion":
+        _count_conversational_pc(c, tokenizer, rows)
+    else:
+        _count_messages(c, tokenizer, rows, method)
+
+
+def encode_rows(tokenizer, rows: list[dict], fmt: str, method=None) -> tuple[list[list[int]], list[list[int]]]:
+    """(input_ids, trained mask of 0/1) per row: what :func:`core.template.tokenize_row` gives, many
+    rows per template call and one batched tokenizer call, without building the token-by-token view.
+    A row the template cannot render raises its error, as tokenize_row does."""
+    from .template import tokenize_row
+
+    c = _Counter(len(rows), tokenizer, keep_ids=True)
+    count_rows(c, tokenizer, rows, fmt, method)
+    for i in sorted(c.errors):  # raises the row's TemplateError (or, if it renders this time, counts it)
+        c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
+    masks = []
+    for ids, ranges in zip(c.ids, c.ranges):
+        mask = [0] * len(ids)
+        for a, b in ranges:
+            mask[a:b] = [1] * (b - a)
+        masks.append(mask)
+    return c.ids, masks
 
 
 def _count_text(c: _Counter, tokenizer, rows: list[dict]) -> None:

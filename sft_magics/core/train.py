@@ -58,19 +58,23 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def to_trl_rows(data, tokenizer, *, train_on_all: bool = False):
-    """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks`` from :func:`core.template.tokenize_row`,
-    the same function ``%sft_template`` shows. TRL turns ``assistant_masks`` into labels, then
+def to_trl_rows(data, tokenizer, *, train_on_all: bool = False, chunk: int = 1000):
+    """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks``, with the rules of
+    :func:`core.template.tokenize_row` (the function ``%sft_template`` shows), computed ``chunk`` rows
+    at a time (:func:`core.token_counts.encode_rows`: many renders per template call, one batched
+    tokenizer call; memory bounded by the chunk). TRL turns ``assistant_masks`` into labels, then
     truncates and drops rows with no trained token, as it does for the rows it tokenizes itself."""
-    from .template import choose_mask_method, tokenize_row
+    from .template import choose_mask_method
+    from .token_counts import encode_rows
 
     method = choose_mask_method(tokenizer) if data.format == "messages" else None
 
-    def encode(row):
-        r = tokenize_row(tokenizer, row, data.format, method=method)
-        return {"input_ids": r.input_ids, "assistant_masks": [1] * len(r.tokens) if train_on_all else r.assistant_masks}
+    def encode(batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        ids, masks = encode_rows(tokenizer, rows, data.format, method)
+        return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
 
-    return data.dataset.map(encode, remove_columns=data.dataset.column_names)
+    return data.dataset.map(encode, batched=True, batch_size=chunk, remove_columns=data.dataset.column_names)
 
 
 class TrainingFailed(SftError, RuntimeError):
@@ -305,12 +309,13 @@ def _train(
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             state = "stopped" if stop.is_set() else "finished"
+            interrupted = False
         except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
-            state = "stopped"
+            state, interrupted = "stopped", True
             trainer._save_checkpoint(trainer.model, trial=None)
             if folder:
                 folder.mark_whole(Path(folder.path) / f"checkpoint-{trainer.state.global_step}")
-        return _finish(p, folder, trainer, tokenizer, state, started, emit)
+        return _finish(p, folder, trainer, tokenizer, state, started, emit, interrupted=interrupted)
     except BaseException as err:  # recorded, then raised as a one-line TrainingFailed
         failure = TrainingFailed(spec.name, _one_line(err), _failure_hint(err))
         step = trainer.state.global_step
@@ -408,7 +413,9 @@ def _sft_config(output_dir: str, sft_args: dict):
         raise ConfigError(f"invalid training config: {' '.join(redact(str(err)).split())[:300]}") from None
 
 
-def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emit: Sink) -> TrainResult:
+def _finish(
+    p: Plan, folder, trainer, tokenizer, state: str, started: float, emit: Sink, *, interrupted: bool = False
+) -> TrainResult:
     from .runs import FINAL_PARTIAL, now
     from .watch import best_record, early_stop_reason
 
@@ -426,7 +433,8 @@ def _finish(p: Plan, folder, trainer, tokenizer, state: str, started: float, emi
     ts = trainer.state
     ended = now()
     # The best checkpoint (metric_for_best_model) and why the run ended early, when it did.
-    outcome = {k: v for k, v in (("best", best_record(trainer)), ("early_stop", early_stop_reason(trainer))) if v}
+    best = best_record(trainer, loaded=not interrupted)  # an interrupt skips transformers' loading of the best
+    outcome = {k: v for k, v in (("best", best), ("early_stop", early_stop_reason(trainer))) if v}
     if folder:
         folder.update_status(state=state, step=ts.global_step, max_steps=ts.max_steps, ended=ended, **outcome)
     emit(

@@ -22,6 +22,7 @@ answers never ended or were empty, every answer (the first :data:`RECORDED_ROWS`
 from __future__ import annotations
 
 import difflib
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,10 +74,18 @@ def check_watch_keys(config: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"key '{key}' must be a whole number ≥ 1, got {value!r}")
     threshold = out.get("early_stopping_threshold")
-    if threshold is not None and (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0
-    ):
-        raise ConfigError(f"key 'early_stopping_threshold' must be a number ≥ 0, got {threshold!r}")
+    if threshold is not None:
+        try:  # YAML reads 1e-3 as a string: taken as the number it is, as for the trainer's keys
+            number = (
+                float(threshold)
+                if isinstance(threshold, (int, float, str)) and not isinstance(threshold, bool)
+                else None
+            )
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or number < 0:
+            raise ConfigError(f"key 'early_stopping_threshold' must be a finite number ≥ 0, got {threshold!r}")
+        out["early_stopping_threshold"] = number
     return out
 
 
@@ -97,7 +106,7 @@ def plan_watch(
     eval_data,
     notes: list[str],
     namespace: Mapping | None = None,
-) -> Watch | None:
+) -> tuple[Watch | None, AnswerWatch | None]:
     """Check the keys against the eval data, and set transformers' best-model keys they imply in
     ``sft_args``: a generated ``metric_for_best_model`` turns generation on; early stopping keeps
     the best checkpoint (``load_best_model_at_end``); the best model needs a checkpoint at every
@@ -125,7 +134,7 @@ def plan_watch(
             raise ConfigError(
                 f"key '{(wants or ['metric_for_best_model'])[0]}' needs eval data: set eval_dataset or eval_split"
             )
-        return None
+        return None, None
     if (gen or patience) and sft_args.get("eval_strategy", "no") == "no":
         raise ConfigError(
             f"key '{'eval_generate' if gen else 'early_stopping_patience'}' needs evaluations during training, "
@@ -152,31 +161,88 @@ def plan_watch(
                 )
     if best and metrics is not None and best not in metrics:
         metrics = [*metrics, best]  # the trainer compares checkpoints by it: it must be computed
-    watched = best or (metrics[0] if metrics else None)
-    if patience:
-        if not sft_args.get("metric_for_best_model"):
-            sft_args["metric_for_best_model"] = watched or "loss"
-            notes.append(f"early stopping follows {sft_args['metric_for_best_model']} (metric_for_best_model)")
-        sft_args.setdefault("load_best_model_at_end", True)
-    if sft_args.get("load_best_model_at_end"):
-        metric = _generated(sft_args.get("metric_for_best_model"), custom)
-        if metric and "greater_is_better" not in user_sft:
-            sft_args["greater_is_better"] = METRICS[metric].higher_is_better if metric in METRICS else True
-        if "save_steps" not in user_sft and "save_strategy" not in user_sft:
-            sft_args["save_strategy"] = sft_args.get("eval_strategy", "steps")
-            sft_args["save_steps"] = sft_args.get("eval_steps")
-            notes.append("a checkpoint at every evaluation, so the best one can be kept (save_steps = eval_steps)")
-    if not gen and not patience:
-        return None
-    return Watch(
+    if "early_stopping_threshold" in given and not patience:
+        raise ConfigError(
+            "key 'early_stopping_threshold' needs early_stopping_patience (how many evaluations without "
+            "an improvement larger than the threshold end the run)"
+        )
+    watch = Watch(
         generate=bool(gen),
         sample=None if gen is True or not gen else int(gen),
         metrics=tuple(metrics) if metrics else None,
         max_new_tokens=int(given.get("eval_max_new_tokens") or 64),
         patience=patience,
         threshold=float(given.get("early_stopping_threshold") or 0.0),
-        watched=watched,
+        watched=best or (metrics[0] if metrics else None),
     )
+    answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42))) if gen else None
+    if patience:
+        if not sft_args.get("metric_for_best_model"):  # what the dashboards follow, else the loss
+            sft_args["metric_for_best_model"] = answers.watched if answers else "loss"
+            notes.append(f"early stopping follows {sft_args['metric_for_best_model']} (metric_for_best_model)")
+        sft_args.setdefault("load_best_model_at_end", True)
+    _check_best_metric(sft_args, answers)
+    metric = _generated(sft_args.get("metric_for_best_model"), [m.name for m in answers.metrics] if answers else [])
+    if metric and "greater_is_better" not in user_sft:
+        sft_args["greater_is_better"] = METRICS[metric].higher_is_better if metric in METRICS else True
+    if answers and metric == answers.watched and "greater_is_better" in sft_args:
+        answers.greater_is_better = bool(sft_args["greater_is_better"])
+    if sft_args.get("load_best_model_at_end"):
+        _check_best_checkpoints(
+            sft_args, user_sft, notes, implied=bool(patience) and "load_best_model_at_end" not in user_sft
+        )
+    return (watch if gen or patience else None), answers
+
+
+# What the trainer's own evaluation computes (transformers: loss; TRL's SFTTrainer: the others).
+TRAINER_EVAL_METRICS = ("loss", "mean_token_accuracy", "entropy", "num_tokens")
+
+
+def _check_best_metric(sft_args: Mapping[str, Any], answers) -> None:
+    """``metric_for_best_model`` must be a metric the evaluation computes, or the trainer raises a
+    KeyError at the first evaluation, halfway through the run."""
+    name = sft_args.get("metric_for_best_model")
+    if not name:
+        return
+    bare = name[5:] if name.startswith("eval_") else name
+    known = [*TRAINER_EVAL_METRICS, *([m.name for m in answers.metrics] if answers else [])]
+    if bare not in known:
+        close = difflib.get_close_matches(bare, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"key 'metric_for_best_model': '{name}' is not computed at evaluation (computed: {', '.join(known)}; "
+            f"a metric scored on answers needs eval_generate or eval_metrics){hint}"
+        )
+
+
+def _check_best_checkpoints(sft_args: dict, user_sft: Mapping[str, Any], notes: list[str], implied: bool) -> None:
+    """Keeping the best checkpoint needs one at every evaluated step: save_steps follows eval_steps
+    unless set; when set, transformers' rule is checked here, before anything loads."""
+    why = "load_best_model_at_end (on for early_stopping_patience)" if implied else "load_best_model_at_end"
+    if "save_steps" not in user_sft and "save_strategy" not in user_sft:
+        sft_args["save_strategy"] = sft_args.get("eval_strategy", "steps")
+        sft_args["save_steps"] = sft_args.get("eval_steps")
+        notes.append("a checkpoint at every evaluation, so the best one can be kept (save_steps = eval_steps)")
+        return
+    save, evaluate = str(sft_args.get("save_strategy", "steps")), str(sft_args.get("eval_strategy", "no"))
+    if save == "best":
+        return
+    if save != evaluate:
+        raise ConfigError(
+            f"{why}: save_strategy '{save}' must match eval_strategy '{evaluate}' (or be 'best'), so that the best "
+            "evaluated step has a checkpoint"
+        )
+    if evaluate == "steps":
+        every, at = float(sft_args.get("save_steps") or 0), float(sft_args.get("eval_steps") or 0)
+        both_counts, both_fractions = every >= 1 and at >= 1, 0 < every < 1 and 0 < at < 1
+        ok = at > 0 and (
+            (both_counts and every % at == 0) or (both_fractions and round(every * 1e6) % round(at * 1e6) == 0)
+        )
+        if not ok:
+            raise ConfigError(
+                f"{why}: save_steps {every:g} must be a multiple of eval_steps {at:g} (both step counts or both "
+                "fractions of the run), so that the best evaluated step has a checkpoint; or leave save_steps unset"
+            )
 
 
 class AnswerWatch:
@@ -203,16 +269,17 @@ class AnswerWatch:
             raise ConfigError("eval_generate: no metric applies to these references; name one in eval_metrics")
         self.watch, self.examples = watch, examples
         self.watched = watch.watched or self.metrics[0].name
+        followed = METRICS.get(self.watched)
+        self.greater_is_better = True if followed is None else followed.higher_is_better
         self.previous: list[str] | None = None
+        for m in custom.values():  # a notebook function that fails says so now, not halfway through the run
+            _probe(m, examples[0].reference if examples else "")
 
     def describe(self) -> dict[str, Any]:
         """What the ``started`` event says about it (the dashboards' metric curve follows ``metric``)."""
-        from .metrics import METRICS
-
-        metric = METRICS.get(self.watched)
         return {
             "metric": self.watched,
-            "greater_is_better": True if metric is None else metric.higher_is_better,
+            "greater_is_better": self.greater_is_better,
             "metrics": [m.name for m in self.metrics],
             "rows": len(self.examples),
             "max_new_tokens": self.watch.max_new_tokens,
@@ -259,6 +326,17 @@ class AnswerWatch:
             "answers": [cut(a) for a in answers[:RECORDED_ROWS]],
         }
         return {f"eval_{k}": v for k, v in summary.items()}, record
+
+
+def _probe(metric, reference: str) -> None:
+    try:
+        value = metric.fn(reference, reference)
+        float(value)
+    except Exception as err:
+        raise ConfigError(
+            f"key 'eval_metrics': the notebook function '{metric.name}' failed on (reference, reference): "
+            f"{type(err).__name__}: {' '.join(str(err).split())[:200]} (expected f(prediction, reference) -> a number)"
+        ) from None
 
 
 def trainer_class(watch: AnswerWatch | None, emit: Sink):
@@ -310,21 +388,30 @@ def trainer_class(watch: AnswerWatch | None, emit: Sink):
     return WatchingSFTTrainer
 
 
-def best_record(trainer) -> dict[str, Any] | None:
-    """The best checkpoint transformers kept (``metric_for_best_model``), as the run records it."""
+def best_record(trainer, *, loaded: bool = True) -> dict[str, Any] | None:
+    """The best checkpoint transformers kept (``metric_for_best_model``), as the run records it: the
+    checkpoint's step and the metric's value at that step (transformers' ``best_metric`` can be a
+    later evaluation's, when that step had no checkpoint). ``loaded``: the trainer loaded it at the
+    end (not after an interrupt), so ``final/`` is that checkpoint."""
     from pathlib import Path
 
     state, args = trainer.state, trainer.args
-    if not args.metric_for_best_model or state.best_metric is None or not state.best_model_checkpoint:
+    if not args.metric_for_best_model or not state.best_model_checkpoint:
         return None
     name = Path(state.best_model_checkpoint).name
-    step = name.rsplit("-", 1)[-1]
+    tail = name.rsplit("-", 1)[-1]
+    step = int(tail) if tail.isdigit() else None
+    key = args.metric_for_best_model
+    key = key if key.startswith("eval_") else f"eval_{key}"
+    value = next((h[key] for h in state.log_history if h.get("step") == step and key in h), state.best_metric)
+    if value is None:
+        return None
     return {
-        "metric": args.metric_for_best_model.removeprefix("eval_"),
-        "value": float(state.best_metric),
-        "step": int(step) if step.isdigit() else None,
+        "metric": key[5:],
+        "value": float(value),
+        "step": step,
         "checkpoint": name,
-        "final_is_best": bool(args.load_best_model_at_end),
+        "final_is_best": bool(args.load_best_model_at_end and loaded),
     }
 
 

@@ -152,14 +152,13 @@ class BackgroundRun:
 
 def _check_metrics_reach_the_worker(p) -> None:
     from .errors import ConfigError
-    from .metrics import METRICS
+    from .metrics import BUILTIN_METRICS
 
-    custom = [m.name for m in (p.answers.metrics if p.answers else []) if m.name not in METRICS]
+    custom = [m.name for m in (p.answers.metrics if p.answers else []) if m.name not in BUILTIN_METRICS]
     if custom:
         raise ConfigError(
-            f"key 'eval_metrics': {', '.join(custom)} is a notebook function, which a background run cannot see; "
-            "train in the foreground, or register it with sft_magics.core.metrics.register_metric in a module "
-            "the run imports"
+            f"key 'eval_metrics': {', '.join(custom)} is defined in this notebook (a function or register_metric), "
+            "which a background run cannot see: train in the foreground, or use the built-in metrics"
         )
 
 

@@ -35,7 +35,7 @@ class _RichView:
         metrics = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
         rows = s.metrics()
         for k, _ in rows:
-            metrics.add_column(k, justify="right")
+            metrics.add_column(Text(k), justify="right")  # a registered metric's name is not rich markup
         metrics.add_row(*[v for _, v in rows])
         parts = [head, bar, metrics]
         answers = s.answers

@@ -1,0 +1,94 @@
+"""Benchmark: preparing conversations for training (``input_ids`` + ``assistant_masks``), batched
+in chunks (``to_trl_rows`` now) against one row at a time through ``tokenize_row`` (what
+``to_trl_rows`` did before: one template render per prefix, one tokenizer call and a token-by-token
+decode per row).
+
+    python benchmarks/bench_prepare.py [--rows 1000 4000] [--rounds 3]
+
+Rows: multi-turn conversations built from the bundled task (``examples/data/train.jsonl``), each
+joining ``--turns`` of its extraction exchanges into one conversation, with SmolLM2-135M-Instruct's
+tokenizer and chat template (prefix rendering: it has no generation markers). Both sides produce
+the same ids and masks (checked on every row before timing). The sides alternate (a b, b a, ...)
+in one process; printed: rows/s of each and the ratio a/b, the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "train.jsonl"
+
+
+def conversations(n: int, turns: int) -> list[dict]:
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+    out = []
+    for i in range(n):
+        messages = []
+        for k in range(turns):
+            messages += rows[(i * turns + k) % len(rows)]["messages"]
+        out.append({"messages": messages})
+    return out
+
+
+def per_row(data, tokenizer):
+    from sft_magics.core.template import choose_mask_method, tokenize_row
+
+    method = choose_mask_method(tokenizer)
+    out = []
+    for row in data.dataset:
+        r = tokenize_row(tokenizer, row, data.format, method=method)
+        out.append((r.input_ids, [int(m) for m in r.assistant_masks]))
+    return out
+
+
+def batched(data, tokenizer):
+    from sft_magics.core.train import to_trl_rows
+
+    rows = to_trl_rows(data, tokenizer)
+    return list(zip(rows["input_ids"], rows["assistant_masks"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--turns", type=int, default=6, help="exchanges per conversation")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import datasets
+
+    from sft_magics.core.data import load_data
+    from sft_magics.core.models import load_tokenizer
+
+    datasets.disable_caching()  # every round prepares from scratch
+    datasets.disable_progress_bars()
+    tokenizer = load_tokenizer("smollm2-135m")
+    for n in args.rows:
+        data = load_data(conversations(n, args.turns))
+        tokens = sum(len(ids) for ids, _ in batched(data, tokenizer))
+        assert batched(data, tokenizer) == per_row(data, tokenizer), "the two sides disagree"
+        a, b = [], []
+        for r in range(args.rounds):
+            for side in "ab" if r % 2 == 0 else "ba":
+                t = time.perf_counter()
+                (batched if side == "a" else per_row)(data, tokenizer)
+                (a if side == "a" else b).append(n / (time.perf_counter() - t))
+        ratio = statistics.median(x / y for x, y in zip(a, b))
+        print(
+            f"{n:>6} conversations ({tokens / n:.0f} tokens each): batched {statistics.median(a):,.0f} rows/s, "
+            f"per row {statistics.median(b):,.0f} rows/s, ratio {ratio:.2f}x (rounds: "
+            f"{', '.join(f'{x / y:.2f}' for x, y in zip(a, b))})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
