@@ -8,8 +8,10 @@ decode per row).
 Rows: multi-turn conversations built from the bundled task (``examples/data/train.jsonl``), each
 joining ``--turns`` of its extraction exchanges into one conversation, with SmolLM2-135M-Instruct's
 tokenizer and chat template (prefix rendering: it has no generation markers). Both sides produce
-the same ids and masks (checked on every row before timing). The sides alternate (a b, b a, ...)
-in one process; printed: rows/s of each and the ratio a/b, the median over rounds.
+the same ids and masks (checked on every row before timing). A third side loads the same
+preparation from the on-disk cache (``core/prepared.py``), as a re-run or resume does. The sides
+alternate (a b c, c b a, ...) in one process; printed: rows/s of each and the ratios, the median
+over rounds. The cache lives in a temporary folder ($SFT_MAGICS_CACHE).
 """
 
 from __future__ import annotations
@@ -50,9 +52,16 @@ def per_row(data, tokenizer):
 
 
 def batched(data, tokenizer):
-    from sft_magics.core.train import to_trl_rows
+    from sft_magics.core.prepared import to_trl_rows
 
-    rows = to_trl_rows(data, tokenizer)
+    rows = to_trl_rows(data, tokenizer, cache=False)
+    return list(zip(rows["input_ids"], rows["assistant_masks"]))
+
+
+def cached(data, tokenizer):
+    from sft_magics.core.prepared import to_trl_rows
+
+    rows = to_trl_rows(data, tokenizer)  # prepared (and stored) by the untimed first call
     return list(zip(rows["input_ids"], rows["assistant_masks"]))
 
 
@@ -63,7 +72,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    import tempfile
+
     import datasets
+
+    os.environ["SFT_MAGICS_CACHE"] = tempfile.mkdtemp(prefix="bench-prepare-")
 
     from sft_magics.core.data import load_data
     from sft_magics.core.models import load_tokenizer
@@ -74,18 +87,20 @@ def main() -> None:
     for n in args.rows:
         data = load_data(conversations(n, args.turns))
         tokens = sum(len(ids) for ids, _ in batched(data, tokenizer))
-        assert batched(data, tokenizer) == per_row(data, tokenizer), "the two sides disagree"
-        a, b = [], []
+        assert batched(data, tokenizer) == per_row(data, tokenizer) == cached(data, tokenizer), "sides disagree"
+        a, b, c = [], [], []
         for r in range(args.rounds):
-            for side in "ab" if r % 2 == 0 else "ba":
+            for side in "abc" if r % 2 == 0 else "cba":
                 t = time.perf_counter()
-                (batched if side == "a" else per_row)(data, tokenizer)
-                (a if side == "a" else b).append(n / (time.perf_counter() - t))
+                {"a": batched, "b": per_row, "c": cached}[side](data, tokenizer)
+                {"a": a, "b": b, "c": c}[side].append(n / (time.perf_counter() - t))
         ratio = statistics.median(x / y for x, y in zip(a, b))
+        again = statistics.median(z / x for z, x in zip(c, a))
         print(
             f"{n:>6} conversations ({tokens / n:.0f} tokens each): batched {statistics.median(a):,.0f} rows/s, "
-            f"per row {statistics.median(b):,.0f} rows/s, ratio {ratio:.2f}x (rounds: "
-            f"{', '.join(f'{x / y:.2f}' for x, y in zip(a, b))})",
+            f"per row {statistics.median(b):,.0f} rows/s: ratio {ratio:.2f}x (rounds: "
+            f"{', '.join(f'{x / y:.2f}' for x, y in zip(a, b))}); again from the cache "
+            f"{statistics.median(c):,.0f} rows/s: {again:.0f}x the batched preparation",
             flush=True,
         )
 

@@ -242,7 +242,7 @@ def plain_run(work: Path, model_dir: Path, data: Path, name: str, steps: int) ->
     from trl import SFTConfig, SFTTrainer
 
     from sft_magics.core.data import load_data
-    from sft_magics.core.train import to_trl_rows
+    from sft_magics.core.prepared import to_trl_rows
 
     clock = cpu_clock_callback()
     t0 = time.perf_counter()

@@ -127,7 +127,7 @@ def test_batched_counts_equal_tokenize_row_for_every_row(name, which, tok, marke
 @pytest.mark.parametrize("which", ["chatml", "markers"])
 def test_training_rows_equal_tokenize_row_for_every_row(name, which, tok, markers_tok):
     """What training is fed (to_trl_rows: batched, in chunks) is tokenize_row's ids and masks, row by row."""
-    from sft_magics.core.train import to_trl_rows
+    from sft_magics.core.prepared import to_trl_rows
 
     tokenizer = tok if which == "chatml" else markers_tok
     data = load_data(DATASETS[name])
@@ -169,8 +169,8 @@ def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
     text = DataView(data, stats).to_text()
     assert "2 rows could not be rendered by the chat template" in text and "row 1 <template>" in text
     # Training is not the doctor: the row's own error stops the preparation, as tokenize_row would.
+    from sft_magics.core.prepared import to_trl_rows
     from sft_magics.core.render import TemplateError
-    from sft_magics.core.train import to_trl_rows
 
     with pytest.raises(TemplateError, match="no BOOM here"):
         to_trl_rows(load_data(rows[:2]), tokenizer)
@@ -190,7 +190,7 @@ def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(t
         assert r.mask_source == MASK_LAST_TURN
         assert (stats.total_tokens[i], stats.trained_tokens[i]) == (len(r.tokens), r.trained_count)
         assert _mask(stats.trained_ranges[i], len(r.tokens)) == r.assistant_masks
-    from sft_magics.core.train import to_trl_rows
+    from sft_magics.core.prepared import to_trl_rows
 
     rows = to_trl_rows(data, tokenizer)
     for i in range(len(data)):

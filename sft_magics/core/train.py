@@ -58,25 +58,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def to_trl_rows(data, tokenizer, *, train_on_all: bool = False, chunk: int = 1000):
-    """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks``, with the rules of
-    :func:`core.template.tokenize_row` (the function ``%sft_template`` shows), computed ``chunk`` rows
-    at a time (:func:`core.token_counts.encode_rows`: many renders per template call, one batched
-    tokenizer call; memory bounded by the chunk). TRL turns ``assistant_masks`` into labels, then
-    truncates and drops rows with no trained token, as it does for the rows it tokenizes itself."""
-    from .template import choose_mask_method
-    from .token_counts import encode_rows
-
-    method = choose_mask_method(tokenizer) if data.format == "messages" else None
-
-    def encode(batch):
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        ids, masks = encode_rows(tokenizer, rows, data.format, method)
-        return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
-
-    return data.dataset.map(encode, batched=True, batch_size=chunk, remove_columns=data.dataset.column_names)
-
-
 class TrainingFailed(SftError, RuntimeError):
     """A run that failed while training: one-line cause and a suggestion; details in error.log."""
 
@@ -356,6 +337,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
+    from .prepared import to_trl_rows
     from .watch import trainer_class
 
     sft_args = dict(p.sft_args)
@@ -370,7 +352,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     trainer = trainer_class(p.answers, emit)(
         model=model,
         args=args,
-        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all),
+        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all),  # prepared once (cached)
         eval_dataset=to_trl_rows(p.eval_data, tokenizer, train_on_all=train_on_all)
         if p.eval_data is not None
         else None,

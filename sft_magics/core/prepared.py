@@ -1,0 +1,83 @@
+"""What training is fed, prepared once: ``input_ids`` and ``assistant_masks`` per row, computed in
+batched chunks (:func:`core.token_counts.encode_rows`, with the rules of
+:func:`core.template.tokenize_row`), and kept on disk under a fingerprint of everything that decides
+them — the rows, the tokenizer (vocabulary, added tokens, chat template), the mask method, the
+train-on-all switch and the preparation code itself — so a re-run, a resume or a second run with
+other hyper-parameters loads them instead of preparing again. ``max_length`` is not part of it:
+TRL truncates afterwards, as for rows it tokenizes itself.
+
+The cache is ``$SFT_MAGICS_CACHE/prepared/<key>/`` (``~/.cache/sft_magics``); an entry appears
+whole or not at all (saved aside, then renamed), a damaged one is prepared again, and a cache that
+cannot be written (a full or read-only disk) only costs the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+_CODE = ("token_counts.py", "template.py", "render.py", "prepared.py")  # the rules; a change invalidates entries
+
+
+def prepared_key(data, tokenizer, method, train_on_all: bool) -> str:
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _CODE:
+        digest.update((here / name).read_bytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = [
+        data.fingerprint,
+        data.format,
+        backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items())),
+        repr(tokenizer.chat_template),
+        repr(sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())),
+        repr(method),
+        repr(bool(train_on_all)),
+    ]
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def to_trl_rows(data, tokenizer, *, train_on_all: bool = False, chunk: int = 1000, cache: bool = True):
+    """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks`` (from the cache when this exact
+    preparation was done before). TRL turns ``assistant_masks`` into labels, then truncates and drops
+    rows with no trained token, as it does for the rows it tokenizes itself."""
+    from .models import cache_dir
+    from .template import choose_mask_method
+    from .token_counts import encode_rows
+
+    method = choose_mask_method(tokenizer) if data.format == "messages" else None
+    folder = cache_dir() / "prepared" / prepared_key(data, tokenizer, method, train_on_all) if cache else None
+    if folder is not None and (folder / "dataset_info.json").is_file():
+        from datasets import load_from_disk
+
+        try:
+            # In memory, as a fresh preparation is: the trainer's own steps then write nothing into the cache.
+            return load_from_disk(str(folder), keep_in_memory=True)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)  # damaged: prepared again below
+
+    def encode(batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        ids, masks = encode_rows(tokenizer, rows, data.format, method)
+        return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
+
+    prepared = data.dataset.map(encode, batched=True, batch_size=chunk, remove_columns=data.dataset.column_names)
+    if folder is not None:
+        _store(prepared, folder)
+    return prepared
+
+
+def _store(prepared, folder: Path) -> None:
+    import os
+
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        prepared.save_to_disk(str(partial))
+        os.replace(partial, folder)  # whole or not at all; a concurrent identical entry is as good
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)  # a cache: no space, no write access, a race — only time is lost
