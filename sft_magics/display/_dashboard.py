@@ -160,7 +160,7 @@ def samples_html(state: ProgressState) -> str:
     scores = " · ".join(f"{_E(str(k))} {float(v):.3f}" for k, v in (a.get("metrics") or {}).items() if _number_ok(v))
     caption = (
         f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows"
-        f"{', ' + str(a.get('never_ended')) + ' never ended' if a.get('never_ended') else ''}): {scores}"
+        f"{', ' + _E(str(a.get('never_ended'))) + ' never ended' if a.get('never_ended') else ''}): {scores}"
     )
     return (
         f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>'
