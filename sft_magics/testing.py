@@ -36,16 +36,24 @@ def make_tiny_model(
     layers: int = 2,
     vocab_size: int = 320,
     base: bool = False,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
     """Write a tiny random Llama model and tokenizer to ``folder`` and return its path. ``base=True``:
     a *base* model, as a pretrained checkpoint is before chat tuning: no chat template, no chat
-    tokens, ``<|endoftext|>`` as its only special token (like SmolLM2-135M on the Hub)."""
-    import torch
+    tokens, ``<|endoftext|>`` as its only special token (like SmolLM2-135M on the Hub).
+    ``tokenizer_from``: a model folder whose tokenizer (and chat template) the tiny model uses
+    instead of the trained one; llama.cpp's converter only knows real tokenizers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer_from is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
+        tokenizer.save_pretrained(folder)
+        return _write_model(folder, tokenizer, seed=seed, hidden_size=hidden_size, layers=layers)
     specials = ["<|endoftext|>"] if base else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,6 +75,12 @@ def make_tiny_model(
     if not base:
         tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(folder)
+    return _write_model(folder, tokenizer, seed=seed, hidden_size=hidden_size, layers=layers)
+
+
+def _write_model(folder: Path, tokenizer, *, seed: int, hidden_size: int, layers: int) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(

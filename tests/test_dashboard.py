@@ -534,3 +534,13 @@ def test_runs_view_rich():
     Console(file=out, width=170).print(RunsView(RECORDS))
     text = out.getvalue()
     assert "lora-r16" in text and "0.4123" in text and "<script>x</script>" in text and "$x$_empty" in text
+
+
+def test_table_cells_keep_the_digits_of_small_values():
+    from sft_magics.display._views import TableView
+
+    text = TableView(
+        "t", ["key", "value"], [["learning_rate", 0.0002], ["share", 0.25], ["none", 0.0], ["n", 3]]
+    ).to_text()
+    lines = [line.split() for line in text.splitlines()[2:]]
+    assert lines == [["learning_rate", "0.0002"], ["share", "0.250"], ["none", "0.000"], ["n", "3"]]

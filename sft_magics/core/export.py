@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ExportError, SftError
 from .export_verify import verify_export
@@ -43,6 +44,7 @@ DEFAULT_PROBE = "What is the capital of France?"
 DEFAULT_MAX_NEW_TOKENS = 32
 MARK_INCOMPLETE = "EXPORT_INCOMPLETE"
 MARK_FAILED = "VERIFY_FAILED"
+MANIFEST = "export_manifest.json"
 _MARKERS = (MARK_INCOMPLETE, MARK_FAILED)
 
 
@@ -65,6 +67,8 @@ class ExportResult:
     seconds: float = 0.0
     verified: bool = True
     notes: list[str] = field(default_factory=list)
+    gguf: Any = None  # a GgufResult (core/gguf_export.py) when exported with gguf=TYPE
+    source: dict = field(default_factory=dict)  # the run and checkpoint it came from, when known
 
     @property
     def merged(self) -> bool:
@@ -93,6 +97,22 @@ class ExportResult:
         ]
         if self.base_model:
             rows.insert(2, ["base model", self.base_model])
+        if self.gguf is not None:
+            g = self.gguf
+            rows += [
+                ["GGUF", f"{g.file} ({g.outtype}, {g.size_mb:.1f} MB) and an Ollama Modelfile"],
+                [
+                    "llama.cpp",
+                    f"✓ {g.identical}/{len(g.probes)} probes token-identical to the notebook model"
+                    + (
+                        f", {len(g.probes) - g.identical} parting at a near tie {g.outtype} explains"
+                        if g.identical < len(g.probes)
+                        else ""
+                    )
+                    + f"; {g.tokens_per_s:.0f} tokens/s (transformers {g.notebook_tokens_per_s:.0f})",
+                ],
+            ]
+            rows += [[f"probe {i + 1}", _visible(p.agreement())] for i, p in enumerate(g.probes)]
         return rows
 
     def __repr__(self) -> str:
@@ -120,6 +140,9 @@ def export_model(
     force: bool = False,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     protected: Sequence[str | os.PathLike] = (),
+    gguf: str | None = None,
+    gguf_probes: Sequence[Any] | None = None,
+    source: dict | None = None,
 ) -> ExportResult:
     """Write ``model`` and ``tokenizer`` to the folder ``to``, reload it with plain transformers and
     check that it generates exactly what ``model`` generates; return what was written.
@@ -128,7 +151,12 @@ def export_model(
     LoRA model writes the adapter. A model without an adapter is written whole either way.
     A non-empty ``to`` is refused unless ``force=True`` (then it is replaced), and ``force`` never
     replaces a folder that is, contains or lies inside a ``protected`` folder (the runs'
-    ``output_dir``), the model's source, the working directory or the home folder."""
+    ``output_dir``), the model's source, the working directory or the home folder.
+
+    ``gguf="q8_0"`` (or f16, bf16, f32, q6_k, q5_k_m, q4_k_m, q4_0) also writes a GGUF and an
+    Ollama Modelfile, verified in llama.cpp on ``gguf_probes`` (message lists or raw prompts; the
+    probe by default): a LoRA model is merged for it. ``source`` (run, checkpoint) goes into the
+    manifest, ``export_manifest.json``."""
     start = time.perf_counter()
     probe = DEFAULT_PROBE if probe is None else probe
     if not probe.strip():
@@ -139,6 +167,17 @@ def export_model(
         raise ExportError(
             "the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)"
         )
+    notes: list[str] = []
+    if gguf is not None:
+        from .llamacpp import GGUF_TYPES, bindings
+
+        gguf = gguf.lower()
+        if gguf not in GGUF_TYPES:
+            raise ExportError(f"--gguf {gguf!r}: choose one of {', '.join(GGUF_TYPES)}")
+        bindings()  # the extra is installed, before anything is written
+        if _is_peft(model) and not merge:
+            merge = True
+            notes.append("a GGUF holds a standalone model: the LoRA adapter was merged for it")
     kind = _kind(model, merge)
     to = Path(os.path.abspath(Path(to).expanduser()))  # absolute: the README's load snippet must work from anywhere
     try:
@@ -163,6 +202,30 @@ def export_model(
         raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED}") from None
 
     eos = gen_config.eos_token_id
+    stop_ids = [eos] if isinstance(eos, int) else list(eos)
+    gguf_result = None
+    if gguf is not None:
+        from .gguf_export import export_gguf
+
+        probes = list(gguf_probes) if gguf_probes else [[{"role": "user", "content": probe}]]
+        try:
+            gguf_result = export_gguf(
+                model, tokenizer, to, gguf, probes, stop_ids=stop_ids, max_new_tokens=max_new_tokens
+            )
+        except ExportError as err:
+            _mark_failed(to, str(err))
+            partial = getattr(err, "last_result", None)
+            _write_manifest(
+                to,
+                {
+                    "source": source or {},
+                    "kind": kind,
+                    "verified": False,
+                    "error": str(err),
+                    "gguf": partial.manifest() if partial else None,
+                },
+            )
+            raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED} (its files are kept)") from None
     result = ExportResult(
         path=to,
         kind=kind,
@@ -171,19 +234,70 @@ def export_model(
         prompt=check["prompt"],
         reply=check["reply"],
         token_ids=check["ids"],
-        eos_token_id=[eos] if isinstance(eos, int) else list(eos),
+        eos_token_id=stop_ids,
         pad_token_id=gen_config.pad_token_id,
         size_mb=0.0,
         base_model=base_model,
         logits_max_diff=check["logits_max_diff"],
-        notes=check["notes"],
+        notes=notes + check["notes"],
+        gguf=gguf_result,
+        source=dict(source or {}),
     )
     (to / "README.md").write_text(_readme(result, tokenizer, eot))
-    (to / MARK_INCOMPLETE).unlink()
     result.files = _files(to)
-    result.size_mb = round(sum((to / f).stat().st_size for f in result.files) / 1e6, 3)
     result.seconds = time.perf_counter() - start
+    _write_manifest(to, _manifest(result, tokenizer))
+    result.files = _files(to)  # with the manifest
+    result.size_mb = round(sum((to / f).stat().st_size for f in result.files) / 1e6, 3)
+    (to / MARK_INCOMPLETE).unlink()
     return result
+
+
+# -- where an export comes from ------------------------------------------------------------------------
+
+
+def export_source(target: str, run_dir: Path | None) -> dict:
+    """For the manifest: what was exported — the run (folder, base model, data, steps, status) and
+    which of its checkpoints ``final/`` is (the best one, when the run followed a metric)."""
+    from .files import read_json
+    from .lookup import run_record
+
+    source: dict[str, Any] = {"target": str(target)}
+    if run_dir is None:
+        return source
+    record = run_record(Path(run_dir))
+    status = read_json(Path(run_dir) / "status.json")
+    best = status.get("best") if isinstance(status.get("best"), dict) else None
+    checkpoint = (
+        f"{best['checkpoint']} (best {best['metric']} {best['value']:.4g})"
+        if best and best.get("final_is_best")
+        else f"the last step ({record['steps']})"
+    )
+    source.update(
+        run=record["name"],
+        run_folder=record["path"],
+        model=record["model"],
+        dataset=record["dataset"],
+        steps=record["steps"],
+        status=record["status"],
+        checkpoint=f"final/ = {checkpoint}",
+    )
+    return source
+
+
+def eval_probes(run_dir: Path, *, namespace=None, count: int = 3) -> list[Any]:
+    """The first prompts of the run's ``eval_dataset`` (what it was watched and evaluated on), as the
+    GGUF's probes; none when the run has no loadable eval_dataset (the default probe is used)."""
+    from .dataset_spec import load_dataset_spec
+    from .evaluate import examples_from, run_config
+
+    spec = run_config(run_dir).get("eval_dataset")
+    if spec is None or (isinstance(spec, str) and spec.startswith("<")):
+        return []
+    try:
+        return [e.prompt for e in examples_from(load_dataset_spec(spec, namespace=namespace))[:count]]
+    except (SftError, OSError, ValueError):
+        return []
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -331,6 +445,41 @@ def _save_generation_config(model, tokenizer, to: Path, eot: int | None):
     return config
 
 
+def _manifest(r: ExportResult, tokenizer) -> dict:
+    """What was exported, from where, with which template, and how it was verified."""
+    import hashlib
+
+    from .gguf_export import sha256_of
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return {
+        "source": r.source,
+        "kind": r.kind,
+        "base_model": r.base_model,
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "eos_token_id": r.eos_token_id,
+        "pad_token_id": r.pad_token_id,
+        "files": {f: {"bytes": (r.path / f).stat().st_size, "sha256": sha256_of(r.path / f)} for f in r.files},
+        "verified": {
+            "transformers": {
+                "probe": r.probe,
+                "reply": r.reply,
+                "tokens": len(r.token_ids),
+                "logits_max_diff": r.logits_max_diff,
+            },
+            "llama_cpp": r.gguf.manifest() if r.gguf is not None else None,
+        },
+        "notes": r.notes,
+        "seconds": round(r.seconds, 2),
+    }
+
+
+def _write_manifest(to: Path, manifest: dict) -> None:
+    from .files import write_json
+
+    write_json(to / MANIFEST, manifest)
+
+
 def _mark_failed(to: Path, reason: str) -> None:
     (to / MARK_FAILED).write_text(f"this export did NOT verify; do not ship it.\n{reason}\n")
     (to / MARK_INCOMPLETE).unlink(missing_ok=True)
@@ -375,5 +524,15 @@ def _readme(r: ExportResult, tokenizer, eot: int | None) -> str:
         f"Reloaded with `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`; the probe "
         f"{json.dumps(r.probe)} rendered through this chat template produced the same {len(r.token_ids)} greedy "
         f"tokens as the model in the notebook (largest logit difference {r.logits_max_diff:.2g}):\n\n"
-        f"> {r.reply!r}\n"
+        f"> {r.reply!r}\n" + (_gguf_readme(r.gguf) if r.gguf is not None else "")
+    )
+
+
+def _gguf_readme(g) -> str:
+    return (
+        f"\n## GGUF (llama.cpp, Ollama, LM Studio)\n\n`{g.file}` ({g.outtype}, {g.size_mb:.1f} MB), converted by llama.cpp's "
+        f"own `convert_hf_to_gguf.py`, with this chat template and EOS id {g.eos_token_id} in its metadata.\n\n"
+        f"```sh\nllama-cli -m {g.file} -cnv       # llama.cpp\nollama create my-model -f Modelfile && ollama run my-model\n```\n\n"
+        f"Verified in llama.cpp (llama-cpp-python {g.llama_cpp_python}): {g.identical} of {len(g.probes)} probes gave "
+        f"the notebook model's greedy answer token for token; see `export_manifest.json`.\n"
     )

@@ -28,7 +28,7 @@ def _reload(to: Path, dtype, device):
 
 
 @contextlib.contextmanager
-def _plain_forward(model, notes: list[str]):
+def plain_forward(model, notes: list[str]):
     """A model straight out of a Trainer still carries accelerate's mixed-precision wrapper on its
     ``forward`` (autocast + outputs cast to fp32; TRL's SFTConfig defaults to ``bf16=True``, on a
     CPU too). That is a training-time setting, not part of the weights: verify against what the
@@ -50,7 +50,7 @@ def _plain_forward(model, notes: list[str]):
             m.forward = forward
 
 
-def _greedy(model, inputs, config):
+def greedy(model, inputs, config):
     import torch
 
     with torch.no_grad():
@@ -104,9 +104,9 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
     model.eval()  # dropout off (LoRA dropout too), as in any inference
     notes: list[str] = []
     try:
-        with _plain_forward(model, notes):
-            want, want_logits = _greedy(model, inputs, config)
-        got, got_logits = _greedy(reloaded, inputs, config)
+        with plain_forward(model, notes):
+            want, want_logits = greedy(model, inputs, config)
+        got, got_logits = greedy(reloaded, inputs, config)
     finally:
         model.train(was_training)
         del reloaded

@@ -36,7 +36,10 @@ class TableView(_View):
 
     @staticmethod
     def _cell(v) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        if not isinstance(v, float):
+            return str(v)
+        # 3 decimals, but a small value keeps its digits: learning_rate 0.0002 is not "0.000"
+        return f"{v:.3g}" if v != 0 and abs(v) < 1e-3 else f"{v:.3f}"
 
     def to_text(self) -> str:
         cells = [self.header] + [[self._cell(v) for v in r] for r in self.rows]

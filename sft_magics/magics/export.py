@@ -25,10 +25,21 @@ class ExportMagics(MagicsBase):
     @argument(
         "--probe",
         metavar="TEXT",
+        action="append",
         default=None,
-        help="The question the export is verified with (default: 'What is the capital of France?').",
+        help="A question the export is verified with; repeat it for more (default: 'What is the capital of "
+        "France?'; with --gguf, the run's first eval_dataset prompts).",
     )
-    @argument("--max-new-tokens", type=int, default=32, help="Greedy tokens compared by the verification.")
+    @argument(
+        "--gguf",
+        nargs="?",
+        const="q8_0",
+        default=None,
+        metavar="TYPE",
+        help="Also write a GGUF for llama.cpp / Ollama (q8_0 by default; f16, bf16, f32, q6_k, q5_k_m, q4_k_m, "
+        'q4_0) and a Modelfile, verified by llama.cpp itself. Needs pip install "sft_magics[gguf]".',
+    )
+    @argument("--max-new-tokens", type=int, default=32, help="Greedy tokens compared by each verification.")
     @argument("-o", "--output", metavar="NAME", help="Bind the ExportResult (path, files, reply, token ids) to NAME.")
     @line_magic
     @_user_errors
@@ -40,25 +51,40 @@ class ExportMagics(MagicsBase):
         ``AutoModelForCausalLM`` / ``AutoTokenizer`` only, the folder must generate the notebook
         model's greedy reply to the probe, token for token (else the folder is marked VERIFY_FAILED).
 
+        ``--gguf [TYPE]`` also writes ``model-TYPE.gguf`` (llama.cpp's own converter; the adapter is
+        merged) and an Ollama ``Modelfile``, then loads the GGUF in llama.cpp and compares its greedy
+        answers with the notebook model's on the probes: identical, or parting only at a near tie
+        the quantization explains; anything else fails the export and keeps the files. What was
+        exported, from which run, and how it was verified is in ``export_manifest.json``.
+
         Example::
 
             %sft_export json-lora --to exports/json-lora --merge --probe "Ana is 34 and lives in Lisbon." -o exported
+            %sft_export json-lora --to exports/json-gguf --gguf q8_0
         """
 
-        from ..core.export import export_model
+        from ..core.export import eval_probes, export_model, export_source
+        from ..core.lookup import run_path
         from ..display._views import TableView
 
         args = _parse(self.sft_export, line)
+        run_dir = run_path(args.run, self.shell.user_ns.get(args.run), self.output_dir)
         model, tokenizer = self._target_model(args.run)
+        probes = [[{"role": "user", "content": p}] for p in args.probe or []]
+        if args.gguf and not probes and run_dir is not None:
+            probes = eval_probes(run_dir, namespace=self.shell.user_ns)
         result = export_model(
             model,
             tokenizer,
             args.to,
             merge=args.merge,
-            probe=args.probe,
+            probe=args.probe[0] if args.probe else None,
             force=args.force,
             max_new_tokens=args.max_new_tokens,
             protected=[self.output_dir],
+            gguf=args.gguf,
+            gguf_probes=probes,
+            source=export_source(args.run, run_dir),
         )
         show(
             TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes),
