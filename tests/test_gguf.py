@@ -275,3 +275,17 @@ def test_gguf_export_of_a_run_through_the_magic(shell, smol_tiny, tmp_path, caps
     assert source["run"] == "g" and source["steps"] == 1 and source["checkpoint"] == "final/ = the last step (1)"
     with pytest.raises(UsageError, match="--gguf 'q9': choose one of"):
         shell.run_line_magic("sft_export", f"g --to {tmp_path / 'f'} --gguf q9")
+
+
+def test_a_full_disk_during_conversion_is_one_line_and_marks_the_folder(loaded, tmp_path, monkeypatch):
+    import errno
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf_export, "convert", full)
+    to = tmp_path / "full"
+    with pytest.raises(ExportError, match=r"could not write the GGUF in .*: No space left on device") as info:
+        export_model(loaded.model, loaded.tokenizer, to, merge=True, gguf="q8_0", gguf_probes=PROBES[:1])
+    assert "\n" not in str(info.value) and "No space left" in (to / MARK_FAILED).read_text()
+    assert (to / "model.safetensors").is_file()  # what was written stays

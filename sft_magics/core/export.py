@@ -27,6 +27,7 @@ Heavy imports (torch, transformers, peft) live inside functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -212,6 +213,11 @@ def export_model(
             gguf_result = export_gguf(
                 model, tokenizer, to, gguf, probes, stop_ids=stop_ids, max_new_tokens=max_new_tokens
             )
+        except OSError as err:  # a full disk, a folder made read-only meanwhile
+            reason = f"could not write the GGUF in {to}: {err.strerror or err}"
+            with contextlib.suppress(OSError):
+                _mark_failed(to, reason)
+            raise ExportError(f"{reason}; the folder is marked {MARK_FAILED} where the disk allowed it") from None
         except ExportError as err:
             _mark_failed(to, str(err))
             partial = getattr(err, "last_result", None)

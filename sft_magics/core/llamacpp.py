@@ -106,8 +106,14 @@ def _unpack_converter(version: str, folder: Path) -> None:
                     tar.extract(member, staging, filter="data")  # "data": no paths outside, no links out
         if not (staging / "convert_hf_to_gguf.py").is_file():
             raise ExportError(f"llama-cpp-python {version}'s source has no vendor/llama.cpp/convert_hf_to_gguf.py")
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        if (folder / "convert_hf_to_gguf.py").is_file():
+            return  # another export unpacked it meanwhile: use theirs
+        shutil.rmtree(folder, ignore_errors=True)  # a stale, incomplete one
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "convert_hf_to_gguf.py").is_file():
+                raise
 
 
 def convert(model_dir: Path, out_file: Path, outtype: str, log: Path) -> None:
