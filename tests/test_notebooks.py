@@ -270,7 +270,7 @@ def test_04_evaluation_and_chat(tmp_path):
     assert "model-q8_0.gguf" in gguf and re.search(r"llama\.cpp\s+✓ [01]/1 probes", gguf), gguf
     assert (runs / "json-extract-gguf" / "model-q8_0.gguf").is_file()
     llama = out(nb, "create_chat_completion")
-    (line,) = [x for x in llama.splitlines() if x.startswith("{")]
+    (line,) = [x for x in llama.splitlines() if x.startswith('{"')]  # (the Modelfile's template lines start with {{)
     assert set(json.loads(line)) == {"name", "age", "city", "country"}  # llama.cpp's answer: the task's JSON
     assert "FROM ./model-q8_0.gguf" in llama and 'PARAMETER stop "<|im_end|>"' in llama
 
