@@ -194,6 +194,15 @@ def test_other_weights_in_the_gguf_are_a_mismatch_no_quantization_explains(loade
     assert "nats" in str(info.value)
 
 
+def test_a_probe_longer_than_the_context_is_one_line(loaded, tmp_path):
+    long = [{"role": "user", "content": "Paris " * 600}]  # the tiny model's context is 512 tokens
+    with pytest.raises(
+        ExportError, match=r"probe 1 is \d+ tokens: with 32 new ones it does not fit the 512-token context"
+    ):
+        export_model(loaded.model, loaded.tokenizer, tmp_path / "long", merge=True, gguf="f16", gguf_probes=[long])
+    assert (tmp_path / "long" / MARK_FAILED).is_file()
+
+
 def test_missing_bindings_or_an_unknown_type_write_nothing(loaded, tmp_path, monkeypatch):
     import sys
 

@@ -123,7 +123,7 @@ def export_gguf(
     out = folder / name
     convert(folder, out, outtype, folder / "gguf-convert.log")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    with LlamaCpp(out, n_ctx=_context(model)) as llm:
+    with LlamaCpp(out, n_ctx=min(_context(model), 4096)) as llm:
         eos = _check_metadata(llm, model, tokenizer, template, stop_ids)
         checks, speeds = _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype)
         stops = sorted({llm.piece(i) for i in stop_ids if llm.is_eog(i)})
@@ -150,13 +150,13 @@ def export_gguf(
         )
         err.last_result = result  # type: ignore[attr-defined]
         raise err
-    (folder / "Modelfile").write_text(modelfile(name, tokenizer, stops, num_ctx=_context(model)))
+    (folder / "Modelfile").write_text(modelfile(name, tokenizer, stops, num_ctx=_context(model)))  # capped at 8192
     return result
 
 
 def _context(model) -> int:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(min(getattr(cfg, "max_position_embeddings", 2048) or 2048, 4096))
+    return int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -231,6 +231,11 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
                         f"from the notebook's (first difference at character {_first_diff(theirs, text)})"
                     )
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) + max_new_tokens > llm.llm.n_ctx():
+                raise ExportError(
+                    f"probe {i + 1} is {len(ids)} tokens: with {max_new_tokens} new ones it does not fit the "
+                    f"{llm.llm.n_ctx()}-token context the GGUF is verified in; give a shorter --probe"
+                )
             if llm.tokenize(text) != ids:
                 raise ExportError(
                     f"probe {i + 1}: llama.cpp's tokenizer reads the prompt as different ids from the notebook "

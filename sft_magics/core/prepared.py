@@ -41,10 +41,16 @@ def prepared_key(data, tokenizer, method, train_on_all: bool) -> str:
     return digest.hexdigest()[:32]
 
 
-def to_trl_rows(data, tokenizer, *, train_on_all: bool = False, chunk: int = 1000, cache: bool = True):
+def to_trl_rows(
+    data, tokenizer, *, train_on_all: bool = False, chunk: int = 1000, cache: bool = True, num_proc: int | None = None
+):
     """Pre-tokenize for TRL: ``input_ids`` and ``assistant_masks`` (from the cache when this exact
     preparation was done before). TRL turns ``assistant_masks`` into labels, then truncates and drops
-    rows with no trained token, as it does for the rows it tokenizes itself."""
+    rows with no trained token, as it does for the rows it tokenizes itself.
+
+    ``num_proc`` (TRL's ``dataset_num_proc``): processes preparing chunks side by side (``datasets``'
+    own ``map(num_proc=...)``); None: one per core when there are several chunks for each, else one.
+    The result is the same either way (tested)."""
     from .models import cache_dir
     from .template import choose_mask_method
     from .token_counts import encode_rows
@@ -60,15 +66,34 @@ def to_trl_rows(data, tokenizer, *, train_on_all: bool = False, chunk: int = 100
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # damaged: prepared again below
 
+    fmt = data.format  # not `data` itself in the closure: a worker process would receive the whole dataset
+
     def encode(batch):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        ids, masks = encode_rows(tokenizer, rows, data.format, method)
+        ids, masks = encode_rows(tokenizer, rows, fmt, method)
         return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
 
-    prepared = data.dataset.map(encode, batched=True, batch_size=chunk, remove_columns=data.dataset.column_names)
+    procs = _processes(num_proc, len(data.dataset), chunk)
+    prepared = data.dataset.map(
+        encode,
+        batched=True,
+        batch_size=chunk,
+        remove_columns=data.dataset.column_names,
+        num_proc=procs if procs > 1 else None,
+    )
     if folder is not None:
         _store(prepared, folder)
     return prepared
+
+
+def _processes(num_proc: int | None, rows: int, chunk: int) -> int:
+    """Processes for the preparation: as asked, else one per core once each gets two or more chunks
+    (below that, starting processes costs more than it saves)."""
+    import os
+
+    if num_proc is not None:
+        return max(1, int(num_proc))
+    return max(1, min(os.cpu_count() or 1, rows // (2 * chunk)))
 
 
 def _store(prepared, folder: Path) -> None:

@@ -352,8 +352,9 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     trainer = trainer_class(p.answers, emit)(
         model=model,
         args=args,
-        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all),  # prepared once (cached)
-        eval_dataset=to_trl_rows(p.eval_data, tokenizer, train_on_all=train_on_all)
+        # prepared once (cached); dataset_num_proc processes side by side
+        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc),
+        eval_dataset=to_trl_rows(p.eval_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc)
         if p.eval_data is not None
         else None,
         processing_class=tokenizer,
