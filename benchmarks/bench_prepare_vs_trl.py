@@ -7,12 +7,13 @@ exchanges of the bundled task per row) into ``input_ids`` + ``assistant_masks`` 
 SmolLM2-135M-Instruct's tokenizer and its ChatML template *with* ``{% generation %}`` markers (what
 TRL needs for ``assistant_only_loss``; TRL would patch one in itself):
 
-- (a) ours: ``core.prepared.to_trl_rows`` (batched chunks of 1,000 rows, cache off), one process;
+- (a) ours: ``core.prepared.to_trl_rows`` (batched chunks of 1,000 rows, cache off), one process,
+  then TRL's own remaining step on those rows (``labels`` from the masks), as in training;
 - (b) TRL: ``SFTTrainer._prepare_dataset`` with ``assistant_only_loss=True`` — the code TRL runs
   on a conversational dataset before training (a trainer on a tiny model is built once, untimed);
-- (c) ours with ``dataset_num_proc`` = the machine's cores (TRL's own name for the same thing).
+- (c) as (a) with ``dataset_num_proc`` = the machine's cores (TRL's own name for the same thing).
 
-The ids and masks of (a), (b) and (c) are checked equal on every row first. The sides alternate
+The ``input_ids`` and ``labels`` of (a), (b) and (c) are checked equal on every row first. The sides alternate
 (a b c, c b a, ...) in one process, fresh ``datasets`` caches off; printed: rows/s of each and
 the ratios a/b and c/b (goal ≥ 1.0) with every round, and rows/s per 1,000 rows to show it is
 linear.
@@ -76,29 +77,31 @@ def main() -> None:
             num_key_value_heads=1,
         )
     )
-    config = SFTConfig(output_dir=tempfile.mkdtemp(), assistant_only_loss=True, report_to=[], max_length=None)
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(), assistant_only_loss=True, report_to=[], max_length=None, bf16=False, use_cpu=True
+    )
     first = datasets.Dataset.from_list(conversations(8, args.turns))
     trainer = SFTTrainer(model=tiny, args=config, train_dataset=first, processing_class=tokenizer)
-
-    def ours(data, raw):
-        return to_trl_rows(data, tokenizer, cache=False)
 
     def theirs(data, raw):
         return trainer._prepare_dataset(raw, tokenizer, config, False, None, "train")
 
+    def ours(data, raw):
+        return theirs(data, to_trl_rows(data, tokenizer, cache=False))
+
     def ours_parallel(data, raw):
-        return to_trl_rows(data, tokenizer, cache=False, num_proc=cores)
+        return theirs(data, to_trl_rows(data, tokenizer, cache=False, num_proc=cores))
 
     sides = {"a": ours, "b": theirs, "c": ours_parallel}
     for n in args.rows:
         rows = conversations(n, args.turns)
         data, raw = load_data(rows), datasets.Dataset.from_list(rows)
         results = {k: f(data, raw) for k, f in sides.items()}
-        want = list(zip(results["b"]["input_ids"], results["b"]["assistant_masks"]))
+        want = list(zip(results["b"]["input_ids"], results["b"]["labels"]))
+        assert any(-100 in labels for _, labels in want), "TRL masked nothing"
         for k in "ac":
-            assert list(zip(results[k]["input_ids"], results[k]["assistant_masks"])) == want, (
-                f"side {k} differs from TRL"
-            )
+            got = list(zip(results[k]["input_ids"], results[k]["labels"]))
+            assert got == want, f"side {k} differs from TRL"
         tokens = sum(len(ids) for ids, _ in want) / n
         speed = {k: [] for k in sides}
         for r in range(args.rounds):

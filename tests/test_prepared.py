@@ -72,7 +72,7 @@ def test_a_damaged_or_unwritable_cache_costs_only_time(counted, tmp_path, tiny_m
 
 def test_several_processes_prepare_the_same_rows(tmp_path, tiny_model, monkeypatch):
     """dataset_num_proc (TRL's name): chunks prepared side by side in worker processes give exactly
-    the rows one process gives; by default one process per core once each gets two chunks."""
+    the rows one process gives; one process unless asked (TRL's default)."""
     from sft_magics.core import prepared
     from sft_magics.core.models import load_tokenizer
 
@@ -83,7 +83,6 @@ def test_several_processes_prepare_the_same_rows(tmp_path, tiny_model, monkeypat
     one = to_trl_rows(data, tok, chunk=4, cache=False, num_proc=1)
     two = to_trl_rows(data, tok, chunk=4, cache=False, num_proc=2)
     assert two.to_list() == one.to_list() and len(one) == 24
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert prepared._processes(None, 24, 4) == 3  # 6 chunks: two each for 3 processes
-    assert prepared._processes(None, 7, 4) == 1 and prepared._processes(3, 7, 4) == 3
+    assert prepared._processes(None, 24, 4) == 1  # TRL's default: one process
+    assert prepared._processes(8, 24, 4) == 6 and prepared._processes(3, 7, 4) == 2  # no more than the chunks
     assert prepared._processes(0, 7, 4) == 1

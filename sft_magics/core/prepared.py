@@ -49,8 +49,10 @@ def to_trl_rows(
     rows with no trained token, as it does for the rows it tokenizes itself.
 
     ``num_proc`` (TRL's ``dataset_num_proc``): processes preparing chunks side by side (``datasets``'
-    own ``map(num_proc=...)``); None: one per core when there are several chunks for each, else one.
-    The result is the same either way (tested)."""
+    own ``map(num_proc=...)``); None: one, as in TRL. The result is the same either way (tested). On
+    the 2-core machine here two processes gave 1.17x / 1.07x / 0.96x of one at 1k / 4k / 16k rows
+    (``benchmarks/bench_prepare_vs_trl.py``): shipping the chunks' results between processes costs
+    about what the second core saves, so more processes are opt-in, not the default."""
     from .models import cache_dir
     from .template import choose_mask_method
     from .token_counts import encode_rows
@@ -87,13 +89,10 @@ def to_trl_rows(
 
 
 def _processes(num_proc: int | None, rows: int, chunk: int) -> int:
-    """Processes for the preparation: as asked, else one per core once each gets two or more chunks
-    (below that, starting processes costs more than it saves)."""
-    import os
-
-    if num_proc is not None:
-        return max(1, int(num_proc))
-    return max(1, min(os.cpu_count() or 1, rows // (2 * chunk)))
+    """Processes for the preparation: as asked (never more than there are chunks), else one."""
+    if not num_proc or num_proc < 2:
+        return 1
+    return max(1, min(int(num_proc), -(-rows // chunk)))
 
 
 def _store(prepared, folder: Path) -> None:
