@@ -216,7 +216,11 @@ def test_missing_bindings_or_an_unknown_type_write_nothing(loaded, tmp_path, mon
 
 def test_the_converter_comes_from_the_bindings_own_source_with_its_own_gguf(tmp_path, monkeypatch):
     """Unpacked once into the cache from llama-cpp-python's source package (the very llama.cpp the
-    bindings were built from); the installed gguf package is not touched; a checkout can be named."""
+    bindings were built from); it runs with its own gguf-py while this process keeps the installed
+    gguf; a checkout can be named instead."""
+    import subprocess
+    import sys
+
     import gguf
 
     from sft_magics.core import llamacpp
@@ -224,11 +228,59 @@ def test_the_converter_comes_from_the_bindings_own_source_with_its_own_gguf(tmp_
     folder = llamacpp.converter()
     assert folder.name == llama_cpp.__version__ and (folder / "convert_hf_to_gguf.py").is_file()
     assert (folder / "gguf-py" / "gguf" / "__init__.py").is_file()
-    assert not str(gguf.__file__).startswith(str(folder))  # ours stays the site-packages release
-    assert llamacpp.converter() == folder  # cached: no second download
+    # The converter's process imports the gguf-py beside it; this one keeps site-packages' release.
+    seen = subprocess.run(
+        [sys.executable, "-c", "import gguf; print(gguf.__file__)"],
+        env=llamacpp.converter_env(folder),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert seen == str(folder / "gguf-py" / "gguf" / "__init__.py")
+    assert "site-packages" in gguf.__file__ and not gguf.__file__.startswith(str(folder))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the converter was fetched again")
+
+    monkeypatch.setattr(llamacpp.subprocess, "run", no_download)
+    assert llamacpp.converter() == folder  # cached: nothing fetched
     monkeypatch.setenv("SFT_MAGICS_LLAMA_CPP", str(tmp_path))
-    with pytest.raises(ExportError, match="no convert_hf_to_gguf.py in that folder"):
+    with pytest.raises(ExportError, match="no convert_hf_to_gguf.py and gguf-py/ in that folder"):
         llamacpp.converter()
+
+
+def test_a_converter_that_fails_midway_leaves_no_half_gguf(loaded, tmp_path, monkeypatch):
+    """The converter process dies writing (here: the disk fills): its last error line is the
+    message, the half-written GGUF is removed, the log and the verified transformers files stay."""
+    fake = tmp_path / "llama.cpp"
+    (fake / "gguf-py" / "gguf").mkdir(parents=True)
+    (fake / "gguf-py" / "gguf" / "__init__.py").write_text("")
+    (fake / "convert_hf_to_gguf.py").write_text(
+        "import sys\n"
+        "out = sys.argv[sys.argv.index('--outfile') + 1]\n"
+        "open(out, 'wb').write(b'GGUF' + bytes(1000))\n"
+        "print('INFO:hf-to-gguf:Loading model')\n"
+        "print('OSError: [Errno 28] No space left on device')\n"
+        "sys.exit(1)\n"
+    )
+    monkeypatch.setenv("SFT_MAGICS_LLAMA_CPP", str(fake))
+    to = tmp_path / "x"
+    with pytest.raises(
+        ExportError, match=r"llama.cpp's converter failed: OSError: \[Errno 28\] No space left on device"
+    ):
+        export_model(loaded.model, loaded.tokenizer, to, merge=True, gguf="f16", gguf_probes=PROBES[:1])
+    assert not (to / "model-f16.gguf").exists() and (to / "gguf-convert.log").is_file()
+    assert (to / "model.safetensors").is_file() and (to / MARK_FAILED).is_file()
+
+
+def test_llama_cpp_not_stopping_at_the_end_of_turn_token_is_caught(loaded, tmp_path, monkeypatch):
+    from sft_magics.core.llamacpp import LlamaCpp
+
+    end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    real = LlamaCpp.is_eog
+    monkeypatch.setattr(LlamaCpp, "is_eog", lambda self, token: token != end and real(self, token))
+    with pytest.raises(ExportError, match=r"llama.cpp would not stop at '<\|im_end\|>' \(id 2\)"):
+        export_model(loaded.model, loaded.tokenizer, tmp_path / "e", merge=True, gguf="f16", gguf_probes=PROBES[:1])
 
 
 def test_the_modelfile_template_is_checked_against_the_trained_one(tiny_model):

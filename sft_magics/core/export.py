@@ -170,12 +170,18 @@ def export_model(
         )
     notes: list[str] = []
     if gguf is not None:
-        from .llamacpp import GGUF_TYPES, bindings
+        from .llamacpp import GGUF_TYPES, bindings, converter
 
         gguf = gguf.lower()
         if gguf not in GGUF_TYPES:
             raise ExportError(f"--gguf {gguf!r}: choose one of {', '.join(GGUF_TYPES)}")
-        bindings()  # the extra is installed, before anything is written
+        bindings()  # the extra is installed, and
+        converter()  # llama.cpp's converter is at hand (fetched once), before anything is written
+        if _is_peft(model) and getattr(model.get_base_model(), "is_quantized", False):
+            raise ExportError(
+                "a GGUF holds a merged model, and merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: "
+                "load the base model in bf16, attach the adapter, then export with --gguf"
+            )
         if _is_peft(model) and not merge:
             merge = True
             notes.append("a GGUF holds a standalone model: the LoRA adapter was merged for it")
@@ -218,19 +224,24 @@ def export_model(
             with contextlib.suppress(OSError):
                 _mark_failed(to, reason)
             raise ExportError(f"{reason}; the folder is marked {MARK_FAILED} where the disk allowed it") from None
-        except ExportError as err:
-            _mark_failed(to, str(err))
+        except Exception as err:  # an ExportError with its reason, or the runtime's own failure
+            if not isinstance(err, ExportError):
+                err = ExportError(
+                    f"llama.cpp verification failed: {type(err).__name__}: {' '.join(str(err).split())[:240]}"
+                )
             partial = getattr(err, "last_result", None)
-            _write_manifest(
-                to,
-                {
-                    "source": source or {},
-                    "kind": kind,
-                    "verified": False,
-                    "error": str(err),
-                    "gguf": partial.manifest() if partial else None,
-                },
-            )
+            with contextlib.suppress(OSError):  # a full disk may refuse these too; the error still reaches the user
+                _mark_failed(to, str(err))
+                _write_manifest(
+                    to,
+                    {
+                        "source": source or {},
+                        "kind": kind,
+                        "verified": False,
+                        "error": str(err),
+                        "gguf": _scrubbed(partial.manifest()) if partial else None,
+                    },
+                )
             raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED} (its files are kept)") from None
     result = ExportResult(
         path=to,
@@ -456,8 +467,10 @@ def _manifest(r: ExportResult, tokenizer) -> dict:
     import hashlib
 
     from .gguf_export import sha256_of
+    from .secrets import scrub_text
 
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    hashes = {r.gguf.file: r.gguf.sha256} if r.gguf is not None else {}  # hashed once already
     return {
         "source": r.source,
         "kind": r.kind,
@@ -465,19 +478,32 @@ def _manifest(r: ExportResult, tokenizer) -> dict:
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
         "eos_token_id": r.eos_token_id,
         "pad_token_id": r.pad_token_id,
-        "files": {f: {"bytes": (r.path / f).stat().st_size, "sha256": sha256_of(r.path / f)} for f in r.files},
+        "files": {
+            f: {"bytes": (r.path / f).stat().st_size, "sha256": hashes.get(f) or sha256_of(r.path / f)} for f in r.files
+        },
         "verified": {
             "transformers": {
-                "probe": r.probe,
-                "reply": r.reply,
+                "probe": scrub_text(r.probe),
+                "reply": scrub_text(r.reply),
                 "tokens": len(r.token_ids),
                 "logits_max_diff": r.logits_max_diff,
             },
-            "llama_cpp": r.gguf.manifest() if r.gguf is not None else None,
+            "llama_cpp": _scrubbed(r.gguf.manifest()) if r.gguf is not None else None,
         },
         "notes": r.notes,
         "seconds": round(r.seconds, 2),
     }
+
+
+def _scrubbed(gguf_manifest: dict) -> dict:
+    """Probe questions and answers come from the user's data and the model: credential-looking text
+    is scrubbed before it goes into a folder meant to be shared."""
+    from .secrets import scrub_text
+
+    for probe in gguf_manifest.get("probes", []):
+        for key in ("question", "notebook", "llama_cpp"):
+            probe[key] = scrub_text(probe[key])
+    return gguf_manifest
 
 
 def _write_manifest(to: Path, manifest: dict) -> None:

@@ -126,7 +126,7 @@ def export_gguf(
     with LlamaCpp(out, n_ctx=min(_context(model), 4096)) as llm:
         eos = _check_metadata(llm, model, tokenizer, template, stop_ids)
         checks, speeds = _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype)
-        stops = sorted({llm.piece(i) for i in stop_ids if llm.is_eog(i)})
+        stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]  # all of them: Ollama stops on text
     result = GgufResult(
         file=name,
         outtype=outtype,
@@ -145,8 +145,8 @@ def export_gguf(
         i, p = bad[0]
         err = ExportError(
             f"llama.cpp's answer to probe {i + 1} ({_short(p.question)}) differs from the notebook model's "
-            f"at token {p.diverged_at}: {p.reason}, beyond what {outtype} explains "
-            f"({p.gap_nats:.2f} > {result.tolerance_nats} nats)"
+            f"at token {p.diverged_at}: {p.reason}, beyond what {outtype} explains"
+            + (f" ({p.gap_nats:.2f} > {result.tolerance_nats} nats)" if p.gap_nats is not None else "")
         )
         err.last_result = result  # type: ignore[attr-defined]
         raise err
@@ -231,10 +231,16 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
                         f"from the notebook's (first difference at character {_first_diff(theirs, text)})"
                     )
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            bos = llm.token_id("bos")
+            if llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" and bos is not None and ids[:1] != [bos]:
+                raise ExportError(
+                    f"llama.cpp adds a BOS ({llm.piece(bos)!r}) in front of every prompt (tokenizer.ggml.add_bos_token), "
+                    "which the chat template does not write and the notebook model was not trained with"
+                )
             if len(ids) + max_new_tokens > llm.llm.n_ctx():
                 raise ExportError(
                     f"probe {i + 1} is {len(ids)} tokens: with {max_new_tokens} new ones it does not fit the "
-                    f"{llm.llm.n_ctx()}-token context the GGUF is verified in; give a shorter --probe"
+                    f"{llm.llm.n_ctx()}-token context the GGUF is verified in; give a shorter probe (--probe)"
                 )
             if llm.tokenize(text) != ids:
                 raise ExportError(
@@ -281,9 +287,11 @@ def _check(probe, tokenizer, llm, want, got, logits, stop_ids, outtype) -> Probe
     i = _first_diff(want, got)
     check.diverged_at = i
     if i >= len(want) or i >= len(got) or i >= len(logits):
-        # One side ran into max_new_tokens where the other went on: same tokens as far as both went.
-        check.reason = "one answer stops at the token limit"
-        check.gap_nats = 0.0
+        # Both sides have the same token budget: one answer ending where the other goes on means
+        # they stop on different tokens. No number format explains that.
+        shorter = "llama.cpp's" if len(got) < len(want) else "the notebook model's"
+        check.reason = f"{shorter} answer ends after {min(len(got), len(want))} tokens where the other goes on"
+        check.explained = False
         return check
     logp = torch.log_softmax(logits[i].float(), dim=-1)
     check.gap_nats = round(float(logp[want[i]] - logp[got[i]]), 4)

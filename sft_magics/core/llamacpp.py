@@ -67,17 +67,20 @@ def converter() -> Path:
     given = os.environ.get("SFT_MAGICS_LLAMA_CPP")
     if given:
         folder = Path(given).expanduser()
-        if not (folder / "convert_hf_to_gguf.py").is_file():
-            raise ExportError(f"SFT_MAGICS_LLAMA_CPP={given}: no convert_hf_to_gguf.py in that folder")
+        if not _complete(folder):
+            raise ExportError(f"SFT_MAGICS_LLAMA_CPP={given}: no convert_hf_to_gguf.py and gguf-py/ in that folder")
         return folder
     from .models import cache_dir
 
     version = bindings_version()
     folder = cache_dir() / "llama.cpp" / version
-    if (folder / "convert_hf_to_gguf.py").is_file() and (folder / "gguf-py" / "gguf").is_dir():
-        return folder
-    _unpack_converter(version, folder)
+    if not _complete(folder):
+        _unpack_converter(version, folder)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "convert_hf_to_gguf.py").is_file() and (folder / "gguf-py" / "gguf" / "__init__.py").is_file()
 
 
 def _unpack_converter(version: str, folder: Path) -> None:
@@ -88,32 +91,54 @@ def _unpack_converter(version: str, folder: Path) -> None:
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
         cmd += ["-d", tmp, f"llama-cpp-python=={version}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        hint = "or set SFT_MAGICS_LLAMA_CPP to a llama.cpp checkout"
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ExportError(
+                f"could not run pip to fetch llama.cpp's converter ({type(err).__name__}); {hint}"
+            ) from None
         archives = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if done.returncode != 0 or not archives:
             why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no source archive"]
             raise ExportError(
-                f"could not fetch llama.cpp's converter (the source of llama-cpp-python {version}): {why[0][:200]}; "
-                "or set SFT_MAGICS_LLAMA_CPP to a llama.cpp checkout"
+                f"could not fetch llama.cpp's converter (the source of llama-cpp-python {version}): {why[0][:200]}; {hint}"
             )
         staging = Path(tmp) / "llama.cpp"
-        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
-        with tarfile.open(archives[0]) as tar:
-            for member in tar.getmembers():
-                _, _, inner = member.name.partition("/vendor/llama.cpp/")
-                if inner and (inner in wanted or inner.startswith(wanted[1:3])) and (member.isfile() or member.isdir()):
-                    member.name = inner
-                    tar.extract(member, staging, filter="data")  # "data": no paths outside, no links out
-        if not (staging / "convert_hf_to_gguf.py").is_file():
-            raise ExportError(f"llama-cpp-python {version}'s source has no vendor/llama.cpp/convert_hf_to_gguf.py")
-        if (folder / "convert_hf_to_gguf.py").is_file():
+        try:
+            _extract_converter(archives[0], staging)
+        except (tarfile.TarError, OSError) as err:
+            raise ExportError(f"could not unpack llama.cpp's converter from {archives[0].name}: {err}") from None
+        if not _complete(staging):
+            raise ExportError(f"llama-cpp-python {version}'s source has no vendor/llama.cpp converter and gguf-py")
+        if _complete(folder):
             return  # another export unpacked it meanwhile: use theirs
-        shutil.rmtree(folder, ignore_errors=True)  # a stale, incomplete one
+        if folder.exists():  # a stale, incomplete one (no export can be using it): moved aside, then removed
+            aside = folder.with_name(f".stale-{os.getpid()}-{folder.name}")
+            folder.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
         try:
             staging.rename(folder)
         except OSError:
-            if not (folder / "convert_hf_to_gguf.py").is_file():
+            if not _complete(folder):
                 raise
+
+
+def _extract_converter(archive: Path, staging: Path) -> None:
+    """Only the converter's files, only plain files and folders, only paths inside ``staging``."""
+    wanted = ("convert_hf_to_gguf.py", "LICENSE")
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            _, _, inner = member.name.partition("/vendor/llama.cpp/")
+            parts = Path(inner).parts
+            if not inner or Path(inner).is_absolute() or ".." in parts or not (member.isfile() or member.isdir()):
+                continue
+            if inner in wanted or parts[0] in ("conversion", "gguf-py"):
+                member.name = inner
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, staging, filter="data")
+                else:  # Python < 3.10.12: the checks above are the filter
+                    tar.extract(member, staging)
 
 
 def convert(model_dir: Path, out_file: Path, outtype: str, log: Path) -> None:
@@ -130,21 +155,33 @@ def convert(model_dir: Path, out_file: Path, outtype: str, log: Path) -> None:
     if outtype not in CONVERTER_TYPES:
         raise ExportError(f"--gguf {outtype!r}: choose one of {', '.join(GGUF_TYPES)}")
     tools = converter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tools / "gguf-py"), str(tools)])}
-    env.pop("PYTHONSTARTUP", None)
+    env = converter_env(tools)
     cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out_file)]
     cmd += ["--outtype", outtype]
     try:
         with open(log, "a", encoding="utf-8") as out:
             done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=CONVERT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        out_file.unlink(missing_ok=True)
         raise ExportError(f"llama.cpp's converter ran past {CONVERT_TIMEOUT_S} s; its output is in {log}") from None
     if done.returncode != 0 or not out_file.is_file():
+        out_file.unlink(missing_ok=True)  # half a GGUF is no use, and may be what filled the disk
         raise ExportError(f"llama.cpp's converter failed: {_last_error(log)} (whole output: {log})")
 
 
+def converter_env(tools: Path) -> dict[str, str]:
+    """The converter's environment: its own ``gguf-py`` first on the path, ahead of the installed one."""
+    path = [str(tools / "gguf-py"), str(tools)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
 def _last_error(log: Path) -> str:
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return (errors or lines or ["no output"])[-1][:300]
 
@@ -160,7 +197,8 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
     with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor to the process's stderr
         failed = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0
     if failed or not dst.is_file():
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {outtype}")
+        dst.unlink(missing_ok=True)
+        raise ExportError(f"llama.cpp could not quantize {src.name} to {outtype} (is the disk full?)")
 
 
 # -- the runtime ------------------------------------------------------------------------------------

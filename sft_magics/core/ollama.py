@@ -65,8 +65,10 @@ def modelfile(gguf_name: str, tokenizer, stop_texts: list[str], *, num_ctx: int 
     lines = ["# Ollama Modelfile written by sft_magics (%sft_export --gguf)", f"FROM ./{gguf_name}", ""]
     if is_chatml:
         lines += [f'TEMPLATE """{CHATML_GO_TEMPLATE}"""']
-        if system is not None:
-            lines += [f'SYSTEM """{system}"""'] if '"""' not in system else []
+        if system is not None and '"""' in system:
+            lines += ['# SYSTEM not written: the template\'s default system message contains """; add it by hand']
+        elif system is not None:
+            lines += [f'SYSTEM """{system}"""']
     else:
         lines += [
             "# No TEMPLATE: this chat template is not ChatML, which is the Go template sft_magics checks.",

@@ -27,8 +27,8 @@ class ExportMagics(MagicsBase):
         metavar="TEXT",
         action="append",
         default=None,
-        help="A question the export is verified with; repeat it for more (default: 'What is the capital of "
-        "France?'; with --gguf, the run's first eval_dataset prompts).",
+        help="A question the export is verified with (default: 'What is the capital of France?'); with --gguf, "
+        "repeat it for more llama.cpp probes (default: the run's first eval_dataset prompts).",
     )
     @argument(
         "--gguf",
