@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import ExportError, SftError
 from .render import apply_chat_template
+from .template import _common_prefix
 
 # -- verifying ----------------------------------------------------------------------------------------
 
@@ -48,6 +49,22 @@ def plain_forward(model, notes: list[str]):
     finally:
         for m, forward in saved:
             m.forward = forward
+
+
+def greedy_config(max_new_tokens: int, eos_token_id, pad_token_id, bos_token_id=None):
+    """Greedy decoding that returns each step's logits, for comparing two runtimes token by token."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        return_dict_in_generate=True,
+        output_logits=True,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+    )
 
 
 def greedy(model, inputs, config):
@@ -89,16 +106,7 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
     if inputs["input_ids"][0].tolist() != tokenizer(prompt, add_special_tokens=False)["input_ids"]:
         raise ExportError("the exported tokenizer encodes the probe differently from the notebook tokenizer")
     # The same greedy settings for both, stop tokens from the exported generation config.
-    config = GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        return_dict_in_generate=True,
-        output_logits=True,
-        eos_token_id=exported.eos_token_id,
-        pad_token_id=exported.pad_token_id,
-        bos_token_id=exported.bos_token_id,
-    )
+    config = greedy_config(max_new_tokens, exported.eos_token_id, exported.pad_token_id, exported.bos_token_id)
     inputs = {k: v.to(param.device) for k, v in inputs.items()}
     was_training = model.training
     model.eval()  # dropout off (LoRA dropout too), as in any inference
@@ -112,7 +120,7 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
         del reloaded
         gc.collect()
     if got != want:
-        i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        i = _common_prefix(got, want)
 
         def token(ids: list[int]) -> str:
             return f"{exported_tok.decode([ids[i]])!r} (id {ids[i]})" if i < len(ids) else "the end of the reply"

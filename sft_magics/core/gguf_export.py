@@ -29,6 +29,7 @@ from typing import Any
 from .errors import ExportError, SftError
 from .llamacpp import GGUF_TYPES, LlamaCpp, bindings_version, convert
 from .ollama import modelfile
+from .template import _common_prefix
 
 # How far (in nats of the notebook model's own log-probabilities) llama.cpp's token may be from
 # the notebook's at the first difference and still be a near tie the number format explains.
@@ -123,7 +124,8 @@ def export_gguf(
     out = folder / name
     convert(folder, out, outtype, folder / "gguf-convert.log")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    with LlamaCpp(out, n_ctx=min(_context(model), 4096)) as llm:
+    context = _context(model)
+    with LlamaCpp(out, n_ctx=min(context, 4096)) as llm:
         eos = _check_metadata(llm, model, tokenizer, template, stop_ids)
         checks, speeds = _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype)
         stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]  # all of them: Ollama stops on text
@@ -150,7 +152,7 @@ def export_gguf(
         )
         err.last_result = result  # type: ignore[attr-defined]
         raise err
-    (folder / "Modelfile").write_text(modelfile(name, tokenizer, stops, num_ctx=_context(model)))  # capped at 8192
+    (folder / "Modelfile").write_text(modelfile(name, tokenizer, stops, num_ctx=context))  # capped at 8192
     return result
 
 
@@ -197,20 +199,12 @@ def _check_metadata(llm: LlamaCpp, model, tokenizer, template: str, stop_ids: li
 def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
     """Greedy answers from both runtimes, probe by probe, and where they part."""
     import torch
-    from transformers import GenerationConfig
 
-    from .export_verify import greedy, plain_forward
+    from .export_verify import greedy, greedy_config, plain_forward
     from .generation import render_prompts
 
-    config = GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        return_dict_in_generate=True,
-        output_logits=True,
-        eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0],
-    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    config = greedy_config(max_new_tokens, stop_ids, pad)
     device = next(model.parameters()).device
     checks, spent, made, nb_spent, nb_made = [], 0.0, 0, 0.0, 0
     was_training, notes = model.training, []
@@ -228,7 +222,7 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
                 if theirs != text:
                     raise ExportError(
                         f"probe {i + 1}: the GGUF's chat template, rendered by llama.cpp, gives a different prompt "
-                        f"from the notebook's (first difference at character {_first_diff(theirs, text)})"
+                        f"from the notebook's (first difference at character {_common_prefix(theirs, text)})"
                     )
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             bos = llm.token_id("bos")
@@ -245,7 +239,7 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
             if llm.tokenize(text) != ids:
                 raise ExportError(
                     f"probe {i + 1}: llama.cpp's tokenizer reads the prompt as different ids from the notebook "
-                    f"tokenizer's (first difference at token {_first_diff(llm.tokenize(text), ids)})"
+                    f"tokenizer's (first difference at token {_common_prefix(llm.tokenize(text), ids)})"
                 )
             start = time.perf_counter()
             theirs_ids, stop = llm.greedy(ids, max_new_tokens)
@@ -261,10 +255,6 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
     finally:
         model.train(was_training)
     return checks, (round(made / spent, 1) if spent else 0.0, round(nb_made / nb_spent, 1) if nb_spent else 0.0)
-
-
-def _first_diff(a, b) -> int:
-    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _check(probe, tokenizer, llm, want, got, logits, stop_ids, outtype) -> ProbeCheck:
@@ -284,7 +274,7 @@ def _check(probe, tokenizer, llm, want, got, logits, stop_ids, outtype) -> Probe
     )
     if want == got:
         return check
-    i = _first_diff(want, got)
+    i = _common_prefix(want, got)
     check.diverged_at = i
     if i >= len(want) or i >= len(got) or i >= len(logits):
         # Both sides have the same token budget: one answer ending where the other goes on means
