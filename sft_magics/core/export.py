@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExportError, SftError
-from .export_verify import verify_export
+from .export_verify import is_peft_model, verify_export
 from .generation import end_of_turn_token
 
 DEFAULT_PROBE = "What is the capital of France?"
@@ -177,12 +177,12 @@ def export_model(
             raise ExportError(f"--gguf {gguf!r}: choose one of {', '.join(GGUF_TYPES)}")
         bindings()  # the extra is installed, and
         converter()  # llama.cpp's converter is at hand (fetched once), before anything is written
-        if _is_peft(model) and getattr(model.get_base_model(), "is_quantized", False):
+        if is_peft_model(model) and getattr(model.get_base_model(), "is_quantized", False):
             raise ExportError(
                 "a GGUF holds a merged model, and merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: "
                 "load the base model in bf16, attach the adapter, then export with --gguf"
             )
-        if _is_peft(model) and not merge:
+        if is_peft_model(model) and not merge:
             merge = True
             notes.append("a GGUF holds a standalone model: the LoRA adapter was merged for it")
     kind = _kind(model, merge)
@@ -320,16 +320,8 @@ def eval_probes(run_dir: Path, *, namespace=None, count: int = 3) -> list[Any]:
 # -- writing ------------------------------------------------------------------------------------------
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _kind(model, merge: bool) -> str:
-    if not _is_peft(model):
+    if not is_peft_model(model):
         return "full"
     if merge and getattr(model.get_base_model(), "is_quantized", False):
         raise ExportError(

@@ -35,7 +35,7 @@ def plain_forward(model, notes: list[str]):
     CPU too). That is a training-time setting, not part of the weights: verify against what the
     weights compute, with the wrapper set aside for the duration, then put it back as it was."""
     # (A PeftModel's own forward does not matter: its generate() runs the wrapped model's forward.)
-    wrapped = [m for m in model.modules() if "_original_forward" in m.__dict__ and not _is_peft(m)]
+    wrapped = [m for m in model.modules() if "_original_forward" in m.__dict__ and not is_peft_model(m)]
     saved = [(m, m.__dict__.get("forward")) for m in wrapped]
     if wrapped:
         notes.append(
@@ -140,7 +140,8 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
     }
 
 
-def _is_peft(model) -> bool:
+def is_peft_model(model) -> bool:
+    """A peft ``PeftModel`` (False when peft is not installed)."""
     try:
         from peft import PeftModel
     except ImportError:
