@@ -723,3 +723,18 @@ def test_split_rejects_too_few_rows():
         train_val_split(load_data([PC[0]]), 0.5)
     with pytest.raises(DataError, match="leaves no training rows"):
         train_val_split(load_data(list(PC)), 0.9)
+
+
+def test_sample_data_is_seeded_keeps_source_numbers_and_refuses_bad_sizes():
+    from sft_magics.core.data import sample_data
+
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(50)]
+    data = load_data(rows)
+    a, b = sample_data(data, 5), sample_data(data, 5)
+    assert a.row_index == b.row_index and list(a.row_index) == sorted(a.row_index) and a.sampled_from == 50
+    assert [r["prompt"] for r in a.dataset] == [f"p{i}" for i in a.row_index]
+    assert sample_data(data, 5, seed=1).row_index != a.row_index
+    assert sample_data(data, 50) is data and sample_data(data, 10**9) is data
+    for bad in (0, -3, 2.5, True, "7"):
+        with pytest.raises(DataError, match="sample size must be a whole number"):
+            sample_data(data, bad)

@@ -176,6 +176,40 @@ def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
         to_trl_rows(load_data(rows[:2]), tokenizer)
 
 
+def test_statistics_do_not_depend_on_the_chunk_size(tiny_model):
+    """The doctor reads rows a chunk at a time (bounded memory): every number, row list and note is
+    the same with chunks of 1, 2, 3 rows as in one chunk, with duplicates across chunk borders,
+    template errors, dropped content and invalid rows left out (source row numbers kept)."""
+    from dataclasses import asdict
+
+    from sft_magics.core.models import load_tokenizer
+    from sft_magics.testing import CHATML_TEMPLATE
+
+    tokenizer = load_tokenizer(tiny_model)
+    tokenizer.chat_template = (
+        "{% if messages[-1]['content'] == 'BOOM' %}{{ raise_exception('no BOOM here') }}{% endif %}"
+        + CHATML_TEMPLATE.replace("message['content']", "(message['content'] if message['role'] != 'system' else '')")
+    )
+    a = {"messages": M(("user", "a"), ("assistant", "b"))}
+    rows = [
+        a,
+        {"messages": M(("user", "a"), ("assistant", "BOOM"))},
+        {"messages": "not a list"},  # invalid: left out, source numbers shift
+        {"messages": M(("system", "dropped by the template"), ("user", "c"), ("assistant", "d"))},
+        a,
+        {"messages": M(("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f"))},
+        a,
+        {"messages": M(("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f"))},
+    ]
+    data = load_data(rows, strict=False)
+    whole = asdict(data_stats(data, tokenizer, max_length=12, chunk=1000))
+    assert whole["duplicates"] == 3 and whole["duplicate_groups"] == [[0, 4, 6], [5, 7]]
+    assert [p["row"] for p in whole["template_errors"]] == [1] and whole["invalid_rows"] == 1
+    assert [i for i, _ in whole["template_drops"]] == [3]
+    for size in (1, 2, 3):
+        assert asdict(data_stats(data, tokenizer, max_length=12, chunk=size)) == whole, size
+
+
 def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(tiny_model):
     from sft_magics.core.models import load_tokenizer
     from sft_magics.core.template import MASK_LAST_TURN
@@ -506,6 +540,33 @@ def test_sft_data_magic_refuses_bad_numbers_and_all_invalid_data(shell, tiny_mod
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("sft_data", f"{bad} --model {tiny_model}")
     assert "2 of 2 rows are invalid" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sft_data_magic_sample_states_its_size_and_keeps_source_rows(shell, tiny_model, tmp_path, capsys, monkeypatch):
+    """--sample N: a seeded random N rows (the same ones each time), source row numbers kept, the
+    header says it is a sample of how many; invalid rows of the whole source still listed. A source
+    over SAMPLE_HINT_ROWS without --sample gets a one-line hint and exact statistics."""
+    import sft_magics.core.stats as stats_module
+
+    rows = [{"messages": M(("user", f"question {i}"), ("assistant", f"answer {i}"))} for i in range(40)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + BAD_ROWS[1:2]))
+    stats = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --sample 7 -o s")
+    out = capsys.readouterr().out
+    assert stats.rows == 7 and stats.source_rows == 41 and stats.invalid_rows == 1
+    assert "[random sample of 7 of 40 rows, seed 0]" in out and "a random sample of the 40 valid rows" in out
+    assert "invalid rows: 1 of 41" in out
+    again = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --sample 7")
+    assert again is None and stats.row_index == shell.user_ns["s"].row_index and len(set(stats.row_index)) == 7
+    capsys.readouterr()
+    monkeypatch.setattr(stats_module, "SAMPLE_HINT_ROWS", 30)
+    whole = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} -o w")
+    assert whole is shell.user_ns["w"] and whole.rows == 40
+    assert "40 rows: exact statistics read every one" in capsys.readouterr().out
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="--sample must be at least 1"):
+        shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --sample 0")
 
 
 def test_sft_data_magic_in_widget_mode_shows_report_and_browser(shell, tiny_model, qa_jsonl, monkeypatch):

@@ -17,7 +17,7 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import SftError
@@ -33,6 +33,7 @@ __all__ = [
     "detect_format",
     "load_data",
     "train_val_split",
+    "sample_data",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -128,6 +129,7 @@ class LoadedData:
     problems: tuple[RowProblem, ...] = ()  # every problem of every invalid row (empty when all rows are valid)
     row_index: tuple[int, ...] | None = None  # source index of each kept row; None: row i is source row i
     invalid_rows: tuple[tuple[int, Any], ...] = ()  # (source index, raw row) of each invalid row, for display
+    sampled_from: int | None = None  # rows of the data this is a random sample of (``sample_data``); None: all rows
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -340,18 +342,32 @@ def train_val_split(data: LoadedData, fraction: float, seed: int = 42) -> tuple[
     order = list(range(n))
     random.Random(seed).shuffle(order)  # own RNG: independent of global random state
     # Each half keeps the original row order, which makes it easier to inspect.
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    return _subset(data, sorted(order[n_val:]), "train"), _subset(data, sorted(order[:n_val]), "validation")
 
-    def part(indices: list[int], label: str) -> LoadedData:
-        ds = data.dataset.select(indices)
-        return LoadedData(
-            dataset=ds,
-            format=data.format,
-            source_format=data.source_format,
-            source=f"{data.source} [{label}]",
-            notes=data.notes,
-            fingerprint=_fingerprint(ds.to_list()),
-            row_index=tuple(data.source_index(i) for i in indices),  # rows keep their source numbers
-        )
 
-    return part(train_idx, "train"), part(val_idx, "validation")
+def sample_data(data: LoadedData, n: int, seed: int = 0) -> LoadedData:
+    """A seeded random sample of ``n`` rows (in source order, source row numbers kept) for a quick look
+    at a huge source; ``data`` itself when it has no more than ``n`` rows."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"sample size must be a whole number of at least 1 row, got {n!r}")
+    total = len(data.dataset)
+    if n >= total:
+        return data
+    picked = sorted(random.Random(seed).sample(range(total), n))
+    sample = _subset(data, picked, f"random sample of {n:,} of {total:,} rows, seed {seed}")
+    # The invalid rows were found in every row: still reported.
+    return replace(sample, sampled_from=total, problems=data.problems, invalid_rows=data.invalid_rows)
+
+
+def _subset(data: LoadedData, indices: list[int], label: str) -> LoadedData:
+    """The rows at ``indices`` (positions in ``data``), labelled in ``source``; rows keep their source numbers."""
+    ds = data.dataset.select(indices)
+    return LoadedData(
+        dataset=ds,
+        format=data.format,
+        source_format=data.source_format,
+        source=f"{data.source} [{label}]",
+        notes=data.notes,
+        fingerprint=_fingerprint(ds.to_list()),
+        row_index=tuple(data.source_index(i) for i in indices),
+    )

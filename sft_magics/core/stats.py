@@ -146,20 +146,31 @@ class DataStats:
 # --------------------------------------------------------------------------- the rest
 
 
-def _row_key(row: dict) -> str:
-    from .data import _drop_none
+class _Duplicates:
+    """Rows that repeat an earlier row exactly (after normalisation), fed chunk by chunk. Each row is
+    kept as a 16-byte digest of its normalised JSON, not the row, so memory stays small."""
 
-    return json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
+    def __init__(self) -> None:
+        self._first: dict[bytes, int] = {}  # digest -> position of its first row
+        self._groups: dict[int, list[int]] = {}  # first position -> every position, for repeated rows
 
+    def add(self, start: int, rows: list[dict]) -> None:
+        from hashlib import blake2b
 
-def _duplicates(rows: list[dict], source_index) -> tuple[int, list[list[int]], int]:
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(_row_key(row), []).append(i)
-    dup_groups = [g for g in groups.values() if len(g) > 1]
-    extra = sum(len(g) - 1 for g in dup_groups)
-    shown = [[source_index(i) for i in g] for g in dup_groups[:DUPLICATE_GROUPS_KEPT]]
-    return extra, shown, len(dup_groups)
+        from .data import _drop_none
+
+        for k, row in enumerate(rows):
+            key = json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
+            digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            first = self._first.setdefault(digest, start + k)
+            if first != start + k:
+                self._groups.setdefault(first, [first]).append(start + k)
+
+    def result(self, source_index) -> tuple[int, list[list[int]], int]:
+        groups = [self._groups[f] for f in sorted(self._groups)]
+        extra = sum(len(g) - 1 for g in groups)
+        shown = [[source_index(i) for i in g] for g in groups[:DUPLICATE_GROUPS_KEPT]]
+        return extra, shown, len(groups)
 
 
 def _truncation(totals, ranges, ends, max_length, source_index, skip=frozenset()) -> dict[str, Any]:
@@ -201,9 +212,9 @@ def _conversation(row: dict, fmt: str) -> list[dict]:
     return []
 
 
-def _template_drops(tokenizer, rows: list[dict], fmt: str, method, source_index) -> list[tuple[int, str]]:
-    """Rows whose messages' content (or tool calls) the chat template does not render, from one
-    batched render of each conversation."""
+def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int) -> list[tuple[int, str]]:
+    """(position, what) of the rows whose messages' content (or tool calls) the chat template does not
+    render, from one batched render of each conversation."""
     from .template import clean_messages
     from .template_checks import dropped_messages
     from .token_counts import _render_many
@@ -217,8 +228,26 @@ def _template_drops(tokenizer, rows: list[dict], fmt: str, method, source_index)
         if text is not None:
             dropped = dropped_messages(conv, text)
             if dropped:
-                out.append((source_index(i), f"message {dropped[0][0]} {dropped[0][1]}"))
+                out.append((start + i, f"message {dropped[0][0]} {dropped[0][1]}"))
     return out
+
+
+CHUNK_ROWS = 1000  # rows read, rendered and tokenized at a time: the doctor's memory does not grow with the data
+SAMPLE_HINT_ROWS = 100_000  # above this, %sft_data says that --sample gives a quicker look
+CHUNK_BYTES = 3_000_000  # ... and fewer when rows are long: ~3 MB of Arrow data (~1M tokens) per chunk
+
+
+def _chunks(dataset, size: int):
+    """(start, rows as dicts) for at most ``size`` rows (fewer when rows are long) at a time: one
+    Arrow -> Python conversion per chunk (iterating a Dataset row by row is slow; converting it all at
+    once holds every row twice). Measured at 1,000 rows of ~930 tokens: ~0.3 GiB while a chunk is in
+    flight, the same at 4,000 and 16,000 rows (``benchmarks/bench_doctor.py``)."""
+    n = len(dataset)
+    if n:
+        size = max(1, min(size, int(CHUNK_BYTES * n / max(1, dataset.data.nbytes))))
+    for start in range(0, n, size):
+        batch = dataset[start : start + size]
+        yield start, [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
 def data_stats(
@@ -228,48 +257,64 @@ def data_stats(
     *,
     batch_size: int = 8,
     grad_accum: int = 1,
+    chunk: int = CHUNK_ROWS,
 ) -> DataStats:
     """Tokenize every row as the trainer will (batched) and count what is trained, what truncation to
     ``max_length`` cuts, duplicates, roles, turns, and the cost of an epoch at ``batch_size`` x ``grad_accum``.
 
     ``data`` is a :class:`~sft_magics.core.data.LoadedData`; with ``load_data(..., strict=False)`` the
-    invalid rows it left out are reported in ``problems``.
+    invalid rows it left out are reported in ``problems``. Rows are read ``chunk`` at a time and only
+    small per-row numbers are kept (tokens, trained ranges, a 16-byte digest for duplicates), so the
+    statistics are exact for every row while memory stays bounded by the chunk, not the data.
     """
     from .template import choose_mask_method
 
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
-    rows = data.dataset.to_list()  # one Arrow -> Python conversion; iterating a Dataset is slow
     fmt = data.format
-    counter = _Counter(len(rows), tokenizer)
     method = choose_mask_method(tokenizer) if fmt == "messages" else None
-    count_rows(counter, tokenizer, rows, fmt, method)
     mask_method = {
         "text": "every token (plain text)",
         "prompt_completion": "completion only (prompt/completion rule)",
         "conversational_prompt_completion": "completion only (prompt/completion rule)",
     }.get(fmt) or method[0]
 
-    row_index = getattr(data, "row_index", None)
-    source_index = (lambda i: i) if row_index is None else row_index.__getitem__
+    total: list[int] = []
+    ranges: list[tuple] = []
+    ends: list[int] = []
+    errors: dict[int, str] = {}  # row position -> why the template could not render it
     roles: Counter[str] = Counter()
     turns, n_messages = [], []
-    for row in rows:
-        conversation = _conversation(row, fmt)
-        if conversation:
-            roles.update(m["role"] for m in conversation)
-            turns.append(sum(m["role"] == "assistant" for m in conversation))
-            n_messages.append(len(conversation))
-    duplicates, groups, n_groups = _duplicates(rows, source_index)
+    duplicates = _Duplicates()
+    drops: list[tuple[int, str]] = []
+    for start, rows in _chunks(data.dataset, max(1, chunk)):
+        counter = _Counter(len(rows), tokenizer)
+        count_rows(counter, tokenizer, rows, fmt, method)
+        total += counter.total
+        ranges += counter.ranges
+        ends += counter.end
+        errors.update((start + i, msg) for i, msg in counter.errors.items())
+        for row in rows:
+            conversation = _conversation(row, fmt)
+            if conversation:
+                roles.update(m["role"] for m in conversation)
+                turns.append(sum(m["role"] == "assistant" for m in conversation))
+                n_messages.append(len(conversation))
+        duplicates.add(start, rows)
+        drops += _template_drops(tokenizer, rows, fmt, method, start)
+
+    row_index = getattr(data, "row_index", None)
+    source_index = (lambda i: i) if row_index is None else row_index.__getitem__
+    n_duplicates, groups, n_groups = duplicates.result(source_index)
     from .data import RowProblem
 
     template_errors = tuple(
         RowProblem(source_index(i), "<template>", f"the chat template could not render this row: {msg}")
-        for i, msg in sorted(counter.errors.items())
+        for i, msg in sorted(errors.items())
     )
     problems = tuple(getattr(data, "problems", ()) or ())
     invalid = len({p.row for p in problems})
-    drops = _template_drops(tokenizer, rows, fmt, method, source_index)
+    drops = [(source_index(i), what) for i, what in drops]
     notes = tuple(data.notes)
     if drops:
         shown = "; ".join(f"row {i}: {what}" for i, what in drops[:3])
@@ -278,15 +323,15 @@ def data_stats(
             "the model never sees it and trains on what is left",
         )
     return DataStats(
-        rows=len(rows),
+        rows=len(total),
         format=fmt,
         source_format=data.source_format,
-        total_tokens=counter.total,
+        total_tokens=total,
         max_length=max_length,
         roles=dict(sorted(roles.items())),
         notes=notes,
         template_drops=tuple(drops),
-        duplicates=duplicates,
+        duplicates=n_duplicates,
         duplicate_groups=groups,
         duplicate_group_count=n_groups,
         turns=turns,
@@ -295,13 +340,13 @@ def data_stats(
         grad_accum=grad_accum,
         problems=problems,
         invalid_rows=invalid,
-        source_rows=len(rows) + invalid,
+        source_rows=(getattr(data, "sampled_from", None) or len(total)) + invalid,
         row_index=row_index,
         mask_method=mask_method,
         template_errors=template_errors,
-        trained_ranges=counter.ranges,
-        end_positions=counter.end,
-        **_truncation(counter.total, counter.ranges, counter.end, max_length, source_index, set(counter.errors)),
+        trained_ranges=ranges,
+        end_positions=ends,
+        **_truncation(total, ranges, ends, max_length, source_index, set(errors)),
     )
 
 

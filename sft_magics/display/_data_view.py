@@ -47,6 +47,8 @@ class DataView(_View):
     def header(self) -> str:
         s, d = self.stats, self.data
         line = f"source: {d.source} · format: {d.source_format} → {d.format} · {s.rows} rows"
+        if getattr(d, "sampled_from", None):
+            line += f" (a random sample of the {d.sampled_from:,} valid rows: every count below is the sample's)"
         if s.invalid_rows:
             line += f" ({s.invalid_rows} invalid rows left out of {s.source_rows})"
         return line

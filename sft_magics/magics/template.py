@@ -207,6 +207,13 @@ class TemplateMagics(MagicsBase):
     @argument("--max-length", type=int, default=None, help="Report what truncation to this many tokens would cut.")
     @argument("--batch-size", type=int, default=8, help="Batch size for the steps-per-epoch estimate.")
     @argument("--grad-accum", type=int, default=1, help="Gradient accumulation steps for the steps-per-epoch estimate.")
+    @argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Look at a random N rows (seed 0) instead of every row: a quick look at a huge source.",
+    )
     @argument("-o", "--output", metavar="NAME", help="Bind the statistics object to NAME.")
     @line_magic
     @_user_errors
@@ -220,21 +227,29 @@ class TemplateMagics(MagicsBase):
 
             %sft_data examples/data/train.jsonl --max-length 128 --batch-size 8 --grad-accum 2 -o stats
         """
-        from ..core.data import load_data
+        from ..core.data import load_data, sample_data
         from ..core.models import load_tokenizer
-        from ..core.stats import data_stats
+        from ..core.stats import SAMPLE_HINT_ROWS, data_stats
 
         args = _parse(self.sft_data, line)
         for flag, value in (
             ("--max-length", args.max_length),
             ("--batch-size", args.batch_size),
             ("--grad-accum", args.grad_accum),
+            ("--sample", args.sample),
         ):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
         ns = self.shell.user_ns
         mapping = data_mapping(args.columns, args.system, args.convert, ns)
         data = load_data(args.source, namespace=ns, strict=False, **mapping)  # bad rows: listed, not fatal
+        if args.sample:
+            data = sample_data(data, args.sample)
+        elif len(data) > SAMPLE_HINT_ROWS:
+            print(
+                f"{len(data):,} rows: exact statistics read every one (Ctrl-C / interrupt to stop); "
+                f"--sample {SAMPLE_HINT_ROWS // 10:,} looks at a random {SAMPLE_HINT_ROWS // 10:,} instead"
+            )
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
         if args.chat_template:
             from ..core.chat_templates import template_for_viewing
