@@ -149,7 +149,7 @@ def test_run_folder_contents(tmp_path, tiny_model, qa_jsonl):
     assert "hf_secret123" not in config_text and "hub_token" not in config_text.split("\n", 1)[1]
     assert config_text.startswith("# left out (secrets): hub_token\n")
     env = json.loads((result.path / "environment.json").read_text())
-    assert env["packages"]["trl"] and env["device"] == "cpu"
+    assert env["packages"]["trl"] and env["device"] == "cpu" and env["precision"].startswith("fp32 (CPU default)")
     assert len(env["datasets"]["train"]["fingerprint"]) == 64 and env["datasets"]["train"]["rows"] == 24
     records = list_runs(tmp_path / "runs")
     assert [r["name"] for r in records] == ["full"] and records[0]["status"] == "finished"
@@ -187,6 +187,17 @@ def test_dry_run_trains_nothing(shell, tiny_model, qa_jsonl, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "planned optimizer steps: 10" in out and "dry run: nothing was trained" in out
     assert not (tmp_path / "runs" / "dry").exists()
+    # Which precision and why: the CPU default is fp32, with the reason that fits this CPU.
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert summary["precision"].startswith("fp32 (CPU default)") and summary["config"]["bf16"] is False
+    assert ("json_match was 95.0% with it vs 97.5%" if native else "no native bf16") in summary["precision"]
+    assert f"precision: {summary['precision']}" in " ".join(out.split())
+    asked = shell.run_cell_magic(
+        "sft_train", "--name dry --dry-run -o plan", f"model: {tiny_model}\ndataset: {qa_jsonl}\nbf16: true\n"
+    )
+    assert asked["precision"] == "bf16 mixed precision (asked)" and asked["config"]["bf16"] is True
 
 
 def test_resume_through_the_magic_and_sft_runs(shell, tiny_model, qa_jsonl, tmp_path, capsys):

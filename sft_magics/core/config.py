@@ -234,6 +234,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # how recipe keys were read, and choices made here
     watch: Any = None  # core.watch.Watch: answers generated at each evaluation, early stopping
     answers: Any = None  # core.watch.AnswerWatch, when answers are generated
+    precision: str = ""  # which precision and why (core.config._precision)
 
     def config(self) -> dict:
         """The resolved config (secrets included, in memory only: RunFolder.write_config leaves them
@@ -316,14 +317,13 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
         # only recomputes activations (measured ~2x slower per step on SmolLM2-135M).
         if "gradient_checkpointing" not in spec.sft and "activation_checkpointing" not in spec.sft:
             sft_args["gradient_checkpointing"] = False
-        # TRL defaults to bf16 autocast even on a CPU; we train in fp32 there unless asked
-        # (bf16: true is ~25% faster on CPUs with avx512_bf16, at bf16's precision).
         if "bf16" not in spec.sft:
-            sft_args["bf16"] = False
+            sft_args["bf16"] = False  # TRL's default is bf16 autocast, also on a CPU: see _precision for why not here
     elif "bf16" not in spec.sft and "fp16" not in spec.sft:
         import torch
 
         sft_args["bf16" if dtype == torch.bfloat16 else "fp16"] = True
+    precision = _precision(device, dtype, spec.sft, sft_args)
     if eval_data is not None:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
@@ -332,14 +332,87 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     asked = spec.model_kwargs.get("dtype")
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):
         notes.append(f"dtype {asked}: the weights load in float32 on this CPU (bf16: true autocasts instead)")
-    attn = spec.model_kwargs.get("attn_implementation")
-    if attn and str(attn).startswith("flash_attention") and device == "cpu":
-        spec = replace(spec, model_kwargs={k: v for k, v in spec.model_kwargs.items() if k != "attn_implementation"})
+    spec = _speed_settings(spec, sft_args, device, notes)
+    steps = planned_steps(len(train_data), sft_args, world)
+    return Plan(
+        spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes, watch, answers, precision
+    )
+
+
+# The CPU default, measured (README "Numbers"): on this project's 2-core avx512_bf16 CPU, bf16 autocast
+# trains SmolLM2-135M BF16_CPU_SPEEDUP faster per step than fp32 (benchmarks/bench_cpu_train.py), but the
+# bundled task's tuned json_match was 95.0% with it against 97.5% in fp32 (40 validation rows, one run
+# each): not equal, so fp32 stays the CPU default and bf16 is one key away.
+BF16_CPU_SPEEDUP = "1.4x"
+
+
+def _precision(device: str, dtype, asked: Mapping[str, Any], sft_args: Mapping[str, Any]) -> str:
+    """Which precision training uses and why, in one line (``--dry-run`` and environment.json)."""
+    on = "bf16" if sft_args.get("bf16") else "fp16" if sft_args.get("fp16") else None
+    if "bf16" in asked or "fp16" in asked:
+        return f"{on} mixed precision (asked)" if on else "fp32 (asked: bf16/fp16 false)"
+    if device != "cpu":
+        why = "this GPU supports bf16" if on == "bf16" else "this GPU has no bf16"
+        return f"{on} mixed precision ({why}; weights loaded in {str(dtype).replace('torch.', '')})"
+    import torch
+
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return (
+            f"fp32 (CPU default): this CPU has native bf16 and bf16 autocast measured {BF16_CPU_SPEEDUP} faster per step, "
+            "but the bundled task's tuned json_match was 95.0% with it vs 97.5% in fp32; bf16: true trades that for speed"
+        )
+    return "fp32 (CPU default): this CPU has no native bf16 (avx512_bf16 / AMX), where bf16 autocast is emulated"
+
+
+def _speed_settings(spec: TrainSpec, sft_args: dict, device: str, notes: list[str]) -> TrainSpec:
+    """The settings that make a CUDA run fast (README "GPU presets"), checked against what each needs:
+    what this machine cannot do is an error before anything loads (a missing package on a GPU) or is
+    turned off with a note (a GPU-only setting on a CPU)."""
+    from importlib.util import find_spec
+
+    kwargs = dict(spec.model_kwargs)
+    attn = str(kwargs.get("attn_implementation") or "")
+    flash = attn.startswith("flash_attention") or "flash-attn" in attn
+    if flash and device == "cpu":
+        del kwargs["attn_implementation"]
         notes.append(
             f"attn_implementation {attn}: needs CUDA and flash-attn; this CPU uses transformers' default (sdpa)"
         )
-    steps = planned_steps(len(train_data), sft_args, world)
-    return Plan(spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes, watch, answers)
+        flash = False
+    elif (
+        attn.startswith("flash_attention")
+        and find_spec("flash_attn" if attn == "flash_attention_2" else "flash_attn_interface") is None
+    ):
+        raise ConfigError(
+            f"key 'attn_implementation': {attn} needs the flash-attn package (pip install flash-attn), "
+            "or use kernels-community/flash-attn3 (pip install kernels), or sdpa"
+        )
+    elif "/" in attn and find_spec("kernels") is None:
+        raise ConfigError(f"key 'attn_implementation': {attn} is a Hub kernel: pip install kernels, or use sdpa")
+    packed = bool(sft_args.get("packing")) and sft_args.get("packing_strategy", "bfd") in ("bfd", "bfd_split")
+    if (sft_args.get("padding_free") or packed) and not flash:
+        notes.append(
+            f"{'packing (bfd) trains padding-free' if packed else 'padding_free'}: without FlashAttention transformers "
+            "masks each packed row off from the others (from position_ids): correct, but without the memory saving; "
+            "on a GPU add model_kwargs: {attn_implementation: flash_attention_2}"
+        )
+    for key, why in (
+        ("activation_offloading", "moves a GPU's activations to CPU memory"),
+        ("use_liger_kernel", "runs Triton kernels, which need a CUDA GPU"),
+    ):
+        if sft_args.get(key) and device == "cpu":
+            sft_args[key] = False
+            notes.append(f"{key}: {why}; on this CPU it is turned off")
+    if sft_args.get("use_liger_kernel"):
+        notes.append(
+            "use_liger_kernel is deprecated in TRL 1.16: model_kwargs: {use_kernels: true} uses the Hub kernels"
+        )
+    if kwargs.get("use_kernels") and device == "cpu":
+        del kwargs["use_kernels"]
+        notes.append(
+            "model_kwargs use_kernels: the Hub's training kernels are CUDA kernels; on this CPU it is turned off"
+        )
+    return replace(spec, model_kwargs=kwargs) if kwargs != dict(spec.model_kwargs) else spec
 
 
 def _account_problems(sft_args: Mapping[str, Any]) -> list[str]:

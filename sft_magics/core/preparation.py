@@ -67,12 +67,28 @@ def prepare_model(p: Plan):
     return model, tokenizer, lora
 
 
-def count_parameters(p: Plan) -> tuple[int, int]:
-    """Trainable and total parameters of the model the plan would train (loads it once)."""
-    model, _, lora = prepare_model(p)
+def count_parameters(p: Plan, *, fit: bool = False):
+    """Trainable and total parameters of the model the plan would train (loads it once); with
+    ``fit``, also the fit check (:class:`core.memory.FitEstimate`) for that model on the plan's
+    device: ``(trainable, total, estimate)``."""
+    model, tokenizer, lora = prepare_model(p)
     if lora:
         from peft import get_peft_model
 
         model = get_peft_model(model, _lora_config(lora))
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    return trainable, sum(x.numel() for x in model.parameters())
+    total = sum(x.numel() for x in model.parameters())
+    if not fit:
+        return trainable, total
+    from .memory import estimate, free_memory, planned_length
+
+    config = model.config
+    del model  # the estimate is of what training adds: measure the free memory without this copy
+    import gc
+
+    gc.collect()
+    length, source = planned_length(p, tokenizer)
+    fit_estimate = estimate(
+        p, config, trainable=trainable, total=total, length=length, length_source=source, free=free_memory(p.device)
+    )
+    return trainable, total, fit_estimate

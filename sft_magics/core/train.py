@@ -240,6 +240,7 @@ def _train(
                     **environment(),
                     "device": p.device,
                     "dtype": str(p.dtype).replace("torch.", ""),
+                    "precision": p.precision,
                     "world_size": world_size(),
                     "datasets": {"train": _data_record(p.train_data), "eval": _data_record(p.eval_data)},
                 },

@@ -221,15 +221,18 @@ class TrainMagics(MagicsBase):
         from ..display._views import TableView
 
         p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
-        trainable, total = count_parameters(p)
+        trainable, total, fit = count_parameters(p, fit=True)
         shown = redact(p.config())  # secrets: the key is shown as read, its value never
         rows = [[k, v] for k, v in shown.items()]
         notes = [
             f"data: {p.train_data.source} · {len(p.train_data)} rows ({p.train_data.source_format} → {p.train_data.format})"
             + (f" · eval {len(p.eval_data)} rows" if p.eval_data is not None else ""),
             f"device {p.device} · dtype {str(p.dtype).replace('torch.', '')}",
+            f"precision: {p.precision}",
             f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.2%})",
             f"planned optimizer steps: {p.steps}",
+            fit.summary(),
+            *(f"to fit: {a}" for a in fit.advice),
             *(
                 f"chat template: {p.template[0]} {p.template[1] if p.template[0] != 'jinja' else '(a Jinja template)'}"
                 for _ in [0]
@@ -243,6 +246,8 @@ class TrainMagics(MagicsBase):
             "config": shown,
             "device": p.device,
             "dtype": str(p.dtype),
+            "precision": p.precision,
+            "fit": fit.as_dict(),
             "trainable_params": trainable,
             "total_params": total,
             "steps": p.steps,

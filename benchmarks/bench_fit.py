@@ -1,0 +1,113 @@
+"""Benchmark: the fit check's estimate (``%%sft_train --dry-run``) against the peak memory training
+really adds, on this CPU, for the tiny test model and the embedded SmolLM2-135M.
+
+    python benchmarks/bench_fit.py [--steps 3]
+
+Each configuration trains in a fresh process: imports and the plan first, then the kernel's
+peak-RSS counter is reset (``/proc/self/clear_refs``) and ``train`` runs ``--steps`` steps with our
+defaults (LoRA r=16 on every linear layer, fp32 on a CPU) on rows long enough that every batch is
+exactly batch x length tokens; measured: the peak RSS (VmHWM) above the RSS before training.
+The estimate is ``core.memory.estimate`` for the same plan, with the length ``planned_length``
+finds. Printed per configuration: both, and estimate/measured (goal within 0.75-1.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GIB = 1024**3
+# (model, batch, max_length, extra keys). The first four fitted the coefficients in core/memory.py
+# (the activation bytes per token and the overhead); the others are held out: they check the estimate.
+CONFIGS = [
+    ("tiny", 8, 128, {}),
+    ("tiny", 8, 512, {}),
+    ("smollm2-135m", 8, 128, {}),
+    ("smollm2-135m", 8, 256, {}),
+    ("smollm2-135m", 2, 1024, {}),
+    ("smollm2-135m", 4, 384, {}),
+    ("smollm2-135m", 8, 256, {"gradient_checkpointing": True}),
+    ("smollm2-135m", 8, 128, {"bf16": True}),
+    ("tiny", 4, 512, {"lora": False}),
+    ("smollm2-135m", 2, 128, {"lora": False}),
+]
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+
+
+def measure(model: str, batch: int, length: int, extra: dict, steps: int, tmp: Path) -> dict:
+    import gc
+
+    import peft  # noqa: F401  (imported before the baseline: every library the training uses)
+    import torch  # noqa: F401
+    import trl  # noqa: F401
+
+    from sft_magics.core.config import TrainSpec, plan
+    from sft_magics.core.preparation import count_parameters
+    from sft_magics.core.train import train
+
+    if model == "tiny":
+        from sft_magics.testing import make_tiny_model
+
+        model = str(make_tiny_model(tmp / "tiny"))
+    rows = tmp / "rows.jsonl"
+    words = " ".join(["the model reads this text and learns"] * (length // 2))
+    rows.write_text("".join(json.dumps({"text": f"{i} {words}"}) + "\n" for i in range(batch * steps)))
+    config = {
+        "model": model,
+        "dataset": str(rows),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
+        "max_length": length,
+        "save_strategy": "no",
+        **extra,
+    }
+    spec = TrainSpec.from_mapping("fit", config, output_dir=str(tmp / "runs"))
+    p = plan(spec)
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status("VmRSS")
+    train(spec)
+    measured = _status("VmHWM") - base
+    _, _, fit = count_parameters(p, fit=True)
+    return {"measured": measured, "estimate": fit.total, "length": fit.length, "parts": fit.as_dict()["parts"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        model, batch, length, extra = args.measure
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(measure(model, int(batch), int(length), json.loads(extra), args.steps, Path(tmp))))
+        return
+    print("fit check: estimate vs measured peak memory training adds (defaults: LoRA r=16, fp32 on a CPU)")
+    for i, (model, batch, length, extra) in enumerate(CONFIGS):
+        command = [sys.executable, __file__, "--steps", str(args.steps), "--measure", model, str(batch), str(length)]
+        out = subprocess.run([*command, json.dumps(extra)], capture_output=True, text=True)
+        what = f"{model:>13} batch {batch} x {length:>4}{' ' + json.dumps(extra) if extra else ''}"
+        if out.returncode:
+            print(f"  {what}: failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        parts = " + ".join(f"{k} {v / GIB:.2f}" for k, v in r["parts"].items())
+        print(
+            f"  {'fitted' if i < 4 else 'held out'} {what}: estimate {r['estimate'] / GIB:.2f} GiB "
+            f"({parts}), measured {r['measured'] / GIB:.2f} GiB, ratio {r['estimate'] / r['measured']:.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
