@@ -21,19 +21,22 @@ import tempfile
 from pathlib import Path
 
 GIB = 1024**3
-# (model, batch, max_length, extra keys). The first four fitted the coefficients in core/memory.py
-# (the activation bytes per token and the overhead); the others are held out: they check the estimate.
+# (model, batch, max_length, extra keys, what it is to core/memory.py): "fitted X" set coefficient X;
+# "held out" configurations were not used to fit anything: they check the estimate.
 CONFIGS = [
-    ("tiny", 8, 128, {}),
-    ("tiny", 8, 512, {}),
-    ("smollm2-135m", 8, 128, {}),
-    ("smollm2-135m", 8, 256, {}),
-    ("smollm2-135m", 2, 1024, {}),
-    ("smollm2-135m", 4, 384, {}),
-    ("smollm2-135m", 8, 256, {"gradient_checkpointing": True}),
-    ("smollm2-135m", 8, 128, {"bf16": True}),
-    ("tiny", 4, 512, {"lora": False}),
-    ("smollm2-135m", 2, 128, {"lora": False}),
+    ("tiny", 8, 128, {}, "fitted overhead"),
+    ("tiny", 8, 512, {}, "fitted per-token bytes"),
+    ("smollm2-135m", 8, 128, {}, "fitted layer activations"),
+    ("smollm2-135m", 8, 256, {}, "fitted layer activations"),
+    ("smollm2-135m", 2, 1024, {}, "held out"),
+    ("smollm2-135m", 4, 384, {}, "held out"),
+    ("smollm2-135m", 8, 256, {"gradient_checkpointing": True}, "fitted checkpointing share"),
+    ("smollm2-135m", 4, 384, {"gradient_checkpointing": True}, "held out"),
+    ("smollm2-135m", 8, 128, {"bf16": True}, "fitted bf16 share"),
+    ("smollm2-135m", 4, 384, {"bf16": True}, "held out"),
+    ("smollm2-135m", 2, 128, {"lora": False}, "fitted full fine-tune share"),
+    ("smollm2-135m", 4, 192, {"lora": False}, "held out"),
+    ("tiny", 4, 512, {"lora": False}, "held out"),
 ]
 
 
@@ -93,7 +96,7 @@ def main() -> None:
             print(json.dumps(measure(model, int(batch), int(length), json.loads(extra), args.steps, Path(tmp))))
         return
     print("fit check: estimate vs measured peak memory training adds (defaults: LoRA r=16, fp32 on a CPU)")
-    for i, (model, batch, length, extra) in enumerate(CONFIGS):
+    for model, batch, length, extra, role in CONFIGS:
         command = [sys.executable, __file__, "--steps", str(args.steps), "--measure", model, str(batch), str(length)]
         out = subprocess.run([*command, json.dumps(extra)], capture_output=True, text=True)
         what = f"{model:>13} batch {batch} x {length:>4}{' ' + json.dumps(extra) if extra else ''}"
@@ -103,7 +106,7 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         parts = " + ".join(f"{k} {v / GIB:.2f}" for k, v in r["parts"].items())
         print(
-            f"  {'fitted' if i < 4 else 'held out'} {what}: estimate {r['estimate'] / GIB:.2f} GiB "
+            f"  [{role}] {what}: estimate {r['estimate'] / GIB:.2f} GiB "
             f"({parts}), measured {r['measured'] / GIB:.2f} GiB, ratio {r['estimate'] / r['measured']:.2f}",
             flush=True,
         )

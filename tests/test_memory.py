@@ -78,12 +78,11 @@ def test_a_plan_that_will_not_fit_gets_advice_that_fits(tmp_path, tiny_model):
     free = int((fixed_cost + 5.5 * per_row) / memory.MARGIN)  # room for 5 rows of activations, not 16
     est = memory.estimate(p, cfg, trainable=1000, total=50_000, length=512, free=free)
     assert est.fits is False and "will NOT fit" in est.summary()
-    assert (
-        est.advice[0]
-        == "per_device_train_batch_size: 5 with gradient_accumulation_steps: 7 (the same 32 rows per step)"
-    )
-    p5 = replace(p, sft_args={**p.sft_args, "per_device_train_batch_size": 5})
-    assert memory.estimate(p5, cfg, trainable=1000, total=50_000, length=512, free=free).fits is True
+    # 5 rows would fit; 4 x 8 keeps exactly the 32 rows per step of 16 x 2.
+    advice = "per_device_train_batch_size: 4 with gradient_accumulation_steps: 8 (the same 32 rows per step)"
+    assert est.advice[0] == advice
+    p4 = replace(p, sft_args={**p.sft_args, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8})
+    assert memory.estimate(p4, cfg, trainable=1000, total=50_000, length=512, free=free).fits is True
     # Not even one row fits: a shorter max_length, whose own estimate fits.
     tight = int((fixed_cost + 0.6 * per_row) / memory.MARGIN)
     short = memory.estimate(p, cfg, trainable=1000, total=50_000, length=512, free=tight)
@@ -93,7 +92,13 @@ def test_a_plan_that_will_not_fit_gets_advice_that_fits(tmp_path, tiny_model):
     # Weights alone too big: no batch advice, the model is the problem.
     none = memory.estimate(p, cfg, trainable=1000, total=50_000, length=512, free=fixed_cost // 2)
     assert len(none.advice) == 1 and none.advice[0].endswith(
-        "leave no room for a batch: a smaller model, or a GPU (with load_in_4bit: true)"
+        "leave too little room: a smaller model, or a machine with more memory (or a GPU)"
+    )
+    full = replace(p, lora=None)
+    assert (
+        memory.estimate(full, cfg, trainable=50_000, total=50_000, length=512, free=fixed_cost // 2)
+        .advice[0]
+        .endswith("leave too little room: use LoRA (lora: {r: 16}) or a smaller model")
     )
 
 
@@ -120,7 +125,7 @@ def test_dry_run_shows_the_fit_check_and_what_to_change(shell, tiny_model, qa_js
     summary = shell.run_cell_magic("sft_train", "--name f --dry-run -o plan", cell)
     out = " ".join(capsys.readouterr().out.split())
     assert summary["fit"]["fits"] is False and "will NOT fit" in out
-    advice = "per_device_train_batch_size: 3 with gradient_accumulation_steps: 3 (the same 8 rows per step)"
+    advice = "per_device_train_batch_size: 2 with gradient_accumulation_steps: 4 (the same 8 rows per step)"
     assert summary["fit"]["advice"][0] == advice and f"to fit: {advice}" in out
 
 
@@ -176,7 +181,44 @@ def test_gpu_presets_check_their_packages_before_anything_loads(tmp_path, tiny_m
         _plan(tmp_path, tiny_model, _rows([5]), model_kwargs={"attn_implementation": "flash_attention_2"})
     with pytest.raises(ConfigError, match=r"kernels-community/flash-attn3 is a Hub kernel: pip install kernels"):
         _plan(tmp_path, tiny_model, _rows([5]), model_kwargs={"attn_implementation": "kernels-community/flash-attn3"})
-    p = _plan(tmp_path, tiny_model, _rows([5]), padding_free=True, activation_offloading=True)
+    with pytest.raises(ConfigError, match=r"key 'model_kwargs.use_kernels': .* pip install kernels"):
+        _plan(tmp_path, tiny_model, _rows([5]), model_kwargs={"use_kernels": True})
+    with pytest.raises(
+        ConfigError, match=r"key 'padding_free': without packing .* add packing: true, or max_length: null"
+    ):
+        _plan(tmp_path, tiny_model, _rows([5]), padding_free=True)
+    p = _plan(tmp_path, tiny_model, _rows([5]), padding_free=True, max_length=None, activation_offloading=True)
     assert p.sft_args["activation_offloading"] is True and p.sft_args["bf16"] is True  # kept on a GPU
     assert any(n.startswith("padding_free: without FlashAttention") for n in p.notes)
-    assert p.precision == "bf16 mixed precision (this GPU supports bf16; weights loaded in bfloat16)"
+    assert p.precision == "bf16 mixed precision (this GPU supports bf16; weights in bfloat16)"
+    # TRL turns bf16 on when only fp16: false is given: said as TRL will train.
+    p = _plan(tmp_path, tiny_model, _rows([5]), fp16=False)
+    assert p.sft_args["bf16"] is True and p.precision == "bf16 mixed precision (asked; weights in bfloat16)"
+    p = _plan(tmp_path, tiny_model, _rows([5]), fp16=False, bf16=False)
+    assert p.precision == "no mixed precision (asked): trains in the weights' dtype, bfloat16"
+
+
+def test_the_readmes_gpu_presets_pass_dry_run_here_with_their_notes(shell, tiny_model, qa_jsonl, capsys):
+    """Each GPU preset block in the README is valid config: on this CPU --dry-run accepts it and
+    says which settings it turned off, and why."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**GPU presets**") : readme.index("**Out of memory**")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        keys = yaml.safe_load(block.replace("\n  ", "\n"))
+        cell = yaml.safe_dump({"model": tiny_model, "dataset": qa_jsonl, "max_length": 256, **keys})
+        summary = shell.run_cell_magic("sft_train", "--name preset --dry-run -o plan", cell)
+        notes = " ".join(summary["notes"])
+        if "packing" in keys:
+            assert "needs CUDA and flash-attn" in notes and "packing (bfd) trains padding-free" in notes
+            assert summary["fit"]["length"] == 256  # packing fills max_length
+        else:
+            assert "activation_offloading: moves a GPU's activations" in notes and "use_kernels" in notes
+            assert summary["config"]["gradient_checkpointing"] is True
+    capsys.readouterr()

@@ -188,16 +188,16 @@ def test_dry_run_trains_nothing(shell, tiny_model, qa_jsonl, tmp_path, capsys):
     assert "planned optimizer steps: 10" in out and "dry run: nothing was trained" in out
     assert not (tmp_path / "runs" / "dry").exists()
     # Which precision and why: the CPU default is fp32, with the reason that fits this CPU.
-    import torch
+    from sft_magics.core.config import _native_cpu_bf16
 
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert summary["precision"].startswith("fp32 (CPU default)") and summary["config"]["bf16"] is False
-    assert ("json_match was 95.0% with it vs 97.5%" if native else "no native bf16") in summary["precision"]
+    expected = "json_match was 95.0% with it vs 97.5%" if _native_cpu_bf16() else "no avx512_bf16 / AMX"
+    assert expected in summary["precision"]
     assert f"precision: {summary['precision']}" in " ".join(out.split())
     asked = shell.run_cell_magic(
         "sft_train", "--name dry --dry-run -o plan", f"model: {tiny_model}\ndataset: {qa_jsonl}\nbf16: true\n"
     )
-    assert asked["precision"] == "bf16 mixed precision (asked)" and asked["config"]["bf16"] is True
+    assert asked["precision"] == "bf16 mixed precision (asked; weights in float32)" and asked["config"]["bf16"] is True
 
 
 def test_resume_through_the_magic_and_sft_runs(shell, tiny_model, qa_jsonl, tmp_path, capsys):

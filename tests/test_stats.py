@@ -210,6 +210,20 @@ def test_statistics_do_not_depend_on_the_chunk_size(tiny_model):
         assert asdict(data_stats(data, tokenizer, max_length=12, chunk=size)) == whole, size
 
 
+def test_chunks_are_sized_by_the_rows_they_hold_not_the_whole_table():
+    """A sample (select() keeps the whole Arrow table underneath) is read in chunks sized by its
+    rows' bytes; long rows make chunks smaller (about CHUNK_BYTES each)."""
+    from sft_magics.core import stats as S
+    from sft_magics.core.data import sample_data
+
+    rows = [{"prompt": f"{i} " + "x" * 1000, "completion": "y"} for i in range(2000)]
+    sample = sample_data(load_data(rows), 100)
+    assert [len(c) for _, c in S._chunks(sample.dataset, 1000)] == [100]
+    long_rows = load_data([{"prompt": f"{i} " + "x" * 1_000_000, "completion": "y"} for i in range(7)])
+    sizes = [len(c) for _, c in S._chunks(long_rows.dataset, 1000)]
+    assert sizes == [2, 2, 2, 1] and sum(sizes) == 7  # ~1 MB rows: 2 of them per ~3 MB chunk
+
+
 def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(tiny_model):
     from sft_magics.core.models import load_tokenizer
     from sft_magics.core.template import MASK_LAST_TURN
@@ -484,6 +498,24 @@ def test_row_browser_buttons_row_box_and_bad_row_jump(tok):
     assert "not an object" in browser.html.value  # the raw row
 
 
+def test_row_browser_on_a_sample_steps_through_the_sampled_rows(tok):
+    from sft_magics.core.data import sample_data
+
+    rows = [{"messages": M(("user", f"q{i}"), ("assistant", f"a{i}"))} for i in range(30)]
+    sample = sample_data(load_data(rows), 4)
+    browser = RowBrowser(sample, tok, data_stats(sample, tok))
+    picked = list(sample.row_index)
+    browser.widget  # noqa: B018 (builds it)
+    assert browser.row_input.value == picked[0] and f"row {picked[0]} of 30" in browser.html.value
+    seen = [browser.row_input.value]
+    for _ in range(5):  # past the last sampled row: stays there
+        browser.next_button.click()
+        seen.append(browser.row_input.value)
+    assert seen == picked + [picked[-1]] * 2 and "no such row" not in browser.html.value
+    browser.prev_button.click()
+    assert browser.row_input.value == picked[-2]
+
+
 def test_row_browser_shows_the_rendering_view(tok):
     data = load_data(DATASETS["messages"])
     browser = RowBrowser(data, tok, data_stats(data, tok))
@@ -556,13 +588,15 @@ def test_sft_data_magic_sample_states_its_size_and_keeps_source_rows(shell, tiny
     assert stats.rows == 7 and stats.source_rows == 41 and stats.invalid_rows == 1
     assert "[random sample of 7 of 40 rows, seed 0]" in out and "a random sample of the 40 valid rows" in out
     assert "invalid rows: 1 of 41" in out
-    again = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --sample 7")
-    assert again is None and stats.row_index == shell.user_ns["s"].row_index and len(set(stats.row_index)) == 7
+    again = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} --sample 7 -o s2")
+    assert again is not stats and again.row_index == stats.row_index and len(set(stats.row_index)) == 7
     capsys.readouterr()
     monkeypatch.setattr(stats_module, "SAMPLE_HINT_ROWS", 30)
     whole = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} -o w")
     assert whole is shell.user_ns["w"] and whole.rows == 40
-    assert "40 rows: exact statistics read every one" in capsys.readouterr().out
+    assert "40 rows: exact statistics read every one (Ctrl-C / interrupt to stop); --sample 3 looks at" in (
+        capsys.readouterr().out
+    )
     from IPython.core.error import UsageError
 
     with pytest.raises(UsageError, match="--sample must be at least 1"):

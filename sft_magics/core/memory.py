@@ -10,19 +10,19 @@ Parts (bytes):
 - **activations**: what the forward pass keeps for the backward, per layer and token, at the
   planned batch and length (the longest row, capped at ``max_length``; ``max_length`` itself with
   packing): ``ACT_HIDDEN`` x hidden + ``ACT_MLP`` x intermediate + ``ACT_KV`` x the key/value width
-  elements, at 4 bytes (2 in mixed precision); gradient checkpointing keeps one hidden state per layer
-  and recomputes one layer at a time. TRL computes the loss through a chunked, fused LM head, so the
-  full logits are never kept;
+  elements of 4 bytes, times the measured share kept in mixed precision, with gradient
+  checkpointing and in a full fine-tune (no LoRA inputs). TRL computes the loss through a chunked,
+  fused LM head, so the full logits are never kept;
 - **overhead**: the trainer, the prepared data, allocator slack.
 
-The coefficients were fitted on this project's CPU, in fp32 with LoRA (our defaults), and checked
-against measured peaks (``benchmarks/bench_fit.py``; README "Numbers"), not derived from first
-principles alone: treat the estimate as +-25%, which is why "fits" needs a 10% margin.
+The coefficients were fitted on this project's CPU (``benchmarks/bench_fit.py`` marks which
+configuration fitted which coefficient and checks the estimate on held-out ones; README
+"Performance and memory"), not derived from first principles alone: treat the estimate as +-25%,
+which is why "fits" needs a 10% margin. On a GPU they are unchecked until one is lent.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 GIB = 1024**3
@@ -33,10 +33,15 @@ GIB = 1024**3
 ACT_HIDDEN = 32.0
 ACT_MLP = 10.0
 ACT_KV = 4.0
-TOKEN_BYTES = (
-    24 * 1024
-)  # per token outside the layers (inputs, labels, the chunked LM head), measured on the tiny model
-OVERHEAD = 60 * 1024**2  # the trainer, the prepared rows, allocator slack (measured: tiny model, fp32 CPU)
+TOKEN_BYTES = 16 * 1024  # per token outside the layers (inputs, labels, the chunked LM head): tiny model
+OVERHEAD = 50 * 1024**2  # the trainer, the prepared rows, allocator slack (measured: tiny model, fp32 CPU)
+# Shares of the fp32 LoRA activations, measured on SmolLM2-135M (CPU): bf16 autocast keeps fp32 copies
+# next to the bf16 ones (0.76 at batch 8 x 128; it also caches a bf16 copy of the weights); gradient
+# checkpointing as transformers + PEFT do it here kept 0.53 (8 x 256; far more than one hidden state
+# per layer: measured, not derived); a full fine-tune keeps no LoRA inputs (0.5 at 2 x 128).
+MIXED_SHARE = 0.76
+CHECKPOINT_SHARE = 0.53
+FULL_SHARE = 0.5
 MARGIN = 0.9  # fits when the estimate is at most this share of the free memory
 LENGTH_SAMPLE = 1000  # rows whose length is measured when the data has more
 
@@ -155,64 +160,81 @@ def estimate(
     args = p.sft_args
     batch = int(args.get("per_device_train_batch_size", 8))
     mixed = bool(args.get("bf16") or args.get("fp16"))
-    weights = int(total * _bytes_per_weight(p.device, p.dtype, p.spec))
-    state = trainable * 12
-    if p.lora is None and p.device != "cpu" and not mixed:
-        state += trainable * 4  # fp32 master weights of a half-precision full fine-tune
-    act = activations(model_config, batch, length, mixed=mixed, checkpointing=bool(args.get("gradient_checkpointing")))
+    per_weight = _bytes_per_weight(p.device, p.dtype, p.spec)
+    weights = int(total * per_weight)
+    # A gradient and AdamW's two moments per trained parameter, in its dtype: fp32 for LoRA adapters
+    # (PEFT keeps them in fp32) and on a CPU; a GPU's full fine-tune trains the half-precision weights.
+    state = int(trainable * 3 * (per_weight if p.lora is None and p.device != "cpu" else 4))
+    if mixed and p.device == "cpu":
+        weights += total * 2  # autocast's bf16 copy of the fp32 weights
+    act = activations(
+        model_config,
+        batch,
+        length,
+        mixed=mixed,
+        checkpointing=bool(args.get("gradient_checkpointing")),
+        lora=p.lora is not None,
+    )
     est = FitEstimate(p.device, batch, length, length_source, weights, state, act, OVERHEAD, free)
     return est if est.fits is not False else _with_advice(est, p, model_config)
 
 
-def activations(config, batch: int, length: int, *, mixed: bool = False, checkpointing: bool = False) -> int:
+def activations(
+    config, batch: int, length: int, *, mixed: bool = False, checkpointing: bool = False, lora: bool = True
+) -> int:
     """Bytes the forward pass keeps for the backward at ``batch`` x ``length`` tokens."""
     cfg = getattr(config, "text_config", None) or config
     hidden = int(cfg.hidden_size)
     inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
     layers = int(cfg.num_hidden_layers)
     heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
-    kv = int(getattr(cfg, "num_key_value_heads", None) or heads) * (hidden // heads)
-    per_layer_token = ACT_HIDDEN * hidden + ACT_MLP * inter + ACT_KV * kv
-    size = 2 if mixed else 4
-    tokens = batch * length
-    if checkpointing:  # one hidden state per layer kept, one layer's activations recomputed at a time
-        return int(tokens * (size * (layers * hidden + per_layer_token) + TOKEN_BYTES))
-    return int(tokens * (size * layers * per_layer_token + TOKEN_BYTES))
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
+    per_token = 4 * layers * (ACT_HIDDEN * hidden + ACT_MLP * inter + ACT_KV * kv)
+    share = (
+        (MIXED_SHARE if mixed else 1.0) * (CHECKPOINT_SHARE if checkpointing else 1.0) * (1.0 if lora else FULL_SHARE)
+    )
+    return int(batch * length * (share * per_token + TOKEN_BYTES))
 
 
 def _with_advice(est: FitEstimate, p, model_config) -> FitEstimate:
-    """What to change so that it fits: the largest batch that does (gradient accumulation keeping
-    the effective batch), else a shorter max_length, gradient checkpointing, LoRA."""
+    """What to change so that it fits: the largest batch that does with the same rows per optimizer
+    step (gradient accumulation makes up the rest), else a shorter max_length, gradient
+    checkpointing; when not even that fits, the model itself (LoRA, QLoRA, a smaller model)."""
     budget = MARGIN * est.free - (est.weights + est.training_state + est.overhead)
     args = p.sft_args
-    accum = int(args.get("gradient_accumulation_steps", 1))
-    mixed = bool(args.get("bf16") or args.get("fp16"))
-    ckpt = bool(args.get("gradient_checkpointing"))
+    rows = est.batch_size * int(args.get("gradient_accumulation_steps", 1))
+    shape = dict(
+        mixed=bool(args.get("bf16") or args.get("fp16")),
+        checkpointing=bool(args.get("gradient_checkpointing")),
+        lora=p.lora is not None,
+    )
     advice = []
-    if budget <= 0:
-        fixed = (est.weights + est.training_state + est.overhead) / GIB
-        advice.append(
-            f"weights, optimizer state and overhead alone (~{fixed:.2f} GiB) leave no room for a batch: "
-            + (
-                "use LoRA (lora: {r: 16}), a smaller model, or a GPU"
-                if p.lora is None
-                else "a smaller model, or a GPU (with load_in_4bit: true)"
+    if budget > 0:
+        fits_batch = int(budget // max(1, activations(model_config, 1, est.length, **shape)))
+        if fits_batch >= 1:
+            batch = max(d for d in range(1, min(fits_batch, rows) + 1) if rows % d == 0)
+            advice.append(
+                f"per_device_train_batch_size: {batch} with gradient_accumulation_steps: {rows // batch} "
+                f"(the same {rows} rows per step)"
             )
-        )
-        return FitEstimate(**{**est.__dict__, "advice": tuple(advice)})
-    per_row = activations(model_config, 1, est.length, mixed=mixed, checkpointing=ckpt)
-    fits_batch = int(budget // max(1, per_row))
-    if fits_batch >= 1:
-        new_accum = math.ceil(est.batch_size * accum / fits_batch)
-        advice.append(
-            f"per_device_train_batch_size: {fits_batch} with gradient_accumulation_steps: {new_accum} "
-            f"(the same {est.batch_size * accum} rows per step)"
-        )
-    else:
-        for length in (4096, 2048, 1024, 512, 256, 128):
-            if length < est.length and activations(model_config, 1, length, mixed=mixed, checkpointing=ckpt) <= budget:
-                advice.append(f"max_length: {length} with per_device_train_batch_size: 1 (longer rows are cut)")
-                break
-    if not ckpt and activations(model_config, est.batch_size, est.length, mixed=mixed, checkpointing=True) <= budget:
-        advice.append("gradient_checkpointing: true (recomputes activations: slower, much less memory)")
+        else:
+            for length in (4096, 2048, 1024, 512, 256, 128):
+                if length < est.length and activations(model_config, 1, length, **shape) <= budget:
+                    advice.append(f"max_length: {length} with per_device_train_batch_size: 1 (longer rows are cut)")
+                    break
+        checkpointed = activations(model_config, est.batch_size, est.length, **{**shape, "checkpointing": True})
+        if not shape["checkpointing"] and checkpointed <= budget:
+            advice.append("gradient_checkpointing: true (recomputes activations: slower, much less memory)")
+    if not advice:
+        fixed = (est.weights + est.training_state + est.overhead) / GIB
+        if p.lora is None:
+            what = "use LoRA (lora: {r: 16}) or a smaller model"
+        elif p.device == "cpu":
+            what = "a smaller model, or a machine with more memory (or a GPU)"
+        elif not (p.spec.load_in_4bit or p.spec.load_in_8bit):
+            what = "load_in_4bit: true (QLoRA) or a smaller model"
+        else:
+            what = "a smaller model, or a GPU with more memory"
+        advice.append(f"weights, optimizer state and overhead (~{fixed:.2f} GiB) leave too little room: {what}")
     return FitEstimate(**{**est.__dict__, "advice": tuple(advice)})

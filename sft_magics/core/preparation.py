@@ -87,6 +87,10 @@ def count_parameters(p: Plan, *, fit: bool = False):
     import gc
 
     gc.collect()
+    if p.device != "cpu":
+        import torch
+
+        torch.cuda.empty_cache()  # back to the driver, or mem_get_info would count the model as used
     length, source = planned_length(p, tokenizer)
     fit_estimate = estimate(
         p, config, trainable=trainable, total=total, length=length, length_source=source, free=free_memory(p.device)

@@ -243,8 +243,9 @@ def _chunks(dataset, size: int):
     once holds every row twice). Measured at 1,000 rows of ~930 tokens: ~0.3 GiB while a chunk is in
     flight, the same at 4,000 and 16,000 rows (``benchmarks/bench_doctor.py``)."""
     n = len(dataset)
-    if n:
-        size = max(1, min(size, int(CHUNK_BYTES * n / max(1, dataset.data.nbytes))))
+    if n:  # bytes per row of the underlying table (a select()ed dataset keeps the whole table)
+        per_row = dataset.data.nbytes / max(1, dataset.data.num_rows)
+        size = max(1, min(size, int(CHUNK_BYTES / max(1.0, per_row))))
     for start in range(0, n, size):
         batch = dataset[start : start + size]
         yield start, [dict(zip(batch, values)) for values in zip(*batch.values())]

@@ -223,7 +223,9 @@ class RowBrowser:
         self.reasons: dict[int, list[str]] = defaultdict(list)
         for p in list(getattr(data, "problems", ()) or ()) + list(getattr(stats, "template_errors", ()) or ()):
             self.reasons[p.row].append(f"{p.field}: {p.reason}")
-        self.n_rows = max([*self._position, *self._raw, -1]) + 1
+        sampled = getattr(data, "sampled_from", None)  # a sample: the source's rows, valid and invalid
+        self.n_rows = max([*self._position, *self._raw, -1]) + 1 if sampled is None else sampled + len(self._raw)
+        self.rows = sorted({*self._position, *self._raw})  # the source rows there are (a sample has gaps)
         self._method = None
         self._widget = None
 
@@ -303,15 +305,24 @@ class RowBrowser:
         last = max(0, self.n_rows - 1)
         self.prev_button = w.Button(description="◀ Prev", layout=w.Layout(width="80px"))
         self.next_button = w.Button(description="Next ▶", layout=w.Layout(width="80px"))
-        self.row_input = w.BoundedIntText(value=0, min=0, max=last, description="row", layout=w.Layout(width="160px"))
+        first = self.rows[0] if self.rows else 0
+        self.row_input = w.BoundedIntText(
+            value=first, min=0, max=last, description="row", layout=w.Layout(width="160px")
+        )
         bad = self.bad_rows()
         options = [(f"jump to a bad row ({len(bad)})" if bad else "no bad rows", -1)]
         options += [(f"row {r}: {self.reasons[r][0]}"[:120], r) for r in bad]
         self.bad_dropdown = w.Dropdown(options=options, value=-1, disabled=not bad, layout=w.Layout(width="360px"))
-        self.html = w.HTML(value=self.row_html(0))
+        self.html = w.HTML(value=self.row_html(first))
 
-        def step(delta):
-            self.row_input.value = min(last, max(0, self.row_input.value + delta))
+        def step(delta):  # to the next / previous row there is (in a sample: the next sampled row)
+            from bisect import bisect_left, bisect_right
+
+            if not self.rows:
+                return
+            at = self.row_input.value
+            i = bisect_right(self.rows, at) if delta > 0 else bisect_left(self.rows, at) - 1
+            self.row_input.value = self.rows[min(len(self.rows) - 1, max(0, i))]
 
         self.prev_button.on_click(lambda _b: step(-1))
         self.next_button.on_click(lambda _b: step(+1))

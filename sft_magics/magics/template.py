@@ -248,7 +248,7 @@ class TemplateMagics(MagicsBase):
         elif len(data) > SAMPLE_HINT_ROWS:
             print(
                 f"{len(data):,} rows: exact statistics read every one (Ctrl-C / interrupt to stop); "
-                f"--sample {SAMPLE_HINT_ROWS // 10:,} looks at a random {SAMPLE_HINT_ROWS // 10:,} instead"
+                f"--sample {SAMPLE_HINT_ROWS // 10} looks at a random {SAMPLE_HINT_ROWS // 10:,} instead"
             )
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
         if args.chat_template:
