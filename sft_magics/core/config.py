@@ -341,10 +341,11 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     )
 
 
-# The CPU default, measured (README "Performance and memory"): on this project's 2-core avx512_bf16 CPU, bf16 autocast
-# trains SmolLM2-135M BF16_CPU_SPEEDUP faster per step than fp32 (benchmarks/bench_cpu_train.py), but the
-# bundled task's tuned json_match was 95.0% with it against 97.5% in fp32 (40 validation rows, one run
-# each): not equal, so fp32 stays the CPU default and bf16 is one key away.
+# The CPU default, measured (README "Performance and memory"): on this project's 2-core avx512_bf16
+# CPU, bf16 autocast trains SmolLM2-135M BF16_CPU_SPEEDUP faster per step than fp32
+# (benchmarks/bench_cpu_train.py: 1.18x, rounds 1.15-1.27), but the bundled task's tuned json_match was
+# 95.0% with it against 97.5% in fp32 (40 validation rows, one run each): not equal, so fp32 stays the
+# CPU default and bf16 is one key away.
 BF16_CPU_SPEEDUP = "1.2x"
 
 
