@@ -194,12 +194,23 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
+def _row_json(row: Mapping) -> str:
+    """A row as canonical JSON (keys sorted, Arrow's None fillers dropped): what fingerprints and the
+    data doctor's duplicate check compare."""
+    return json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
+
+
 def _fingerprint(rows: list[dict]) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(_row_json(row).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def batch_rows(batch: Mapping[str, list]) -> list[dict]:
+    """A ``datasets`` batch (column -> values) as rows (dicts), one Arrow -> Python conversion."""
+    return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
 def _keys_of(row: Mapping) -> str:

@@ -53,6 +53,7 @@ def to_trl_rows(
     the 2-core machine here two processes gave 1.17x / 1.07x / 0.96x of one at 1k / 4k / 16k rows
     (``benchmarks/bench_prepare_vs_trl.py``): shipping the chunks' results between processes costs
     about what the second core saves, so more processes are opt-in, not the default."""
+    from .data import batch_rows
     from .models import cache_dir
     from .template import choose_mask_method
     from .token_counts import encode_rows
@@ -71,8 +72,7 @@ def to_trl_rows(
     fmt = data.format  # not `data` itself in the closure: a worker process would receive the whole dataset
 
     def encode(batch):
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        ids, masks = encode_rows(tokenizer, rows, fmt, method)
+        ids, masks = encode_rows(tokenizer, batch_rows(batch), fmt, method)
         return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
 
     procs = _processes(num_proc, len(data.dataset), chunk)

@@ -14,7 +14,6 @@ Counts per row are kept as token *ranges* of trained tokens, so the truncation q
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import Counter
@@ -157,11 +156,10 @@ class _Duplicates:
     def add(self, start: int, rows: list[dict]) -> None:
         from hashlib import blake2b
 
-        from .data import _drop_none
+        from .data import _row_json
 
         for k, row in enumerate(rows):
-            key = json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
-            digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            digest = blake2b(_row_json(row).encode("utf-8", "surrogatepass"), digest_size=16).digest()
             first = self._first.setdefault(digest, start + k)
             if first != start + k:
                 self._groups.setdefault(first, [first]).append(start + k)
@@ -246,9 +244,10 @@ def _chunks(dataset, size: int):
     if n:  # bytes per row of the underlying table (a select()ed dataset keeps the whole table)
         per_row = dataset.data.nbytes / max(1, dataset.data.num_rows)
         size = max(1, min(size, int(CHUNK_BYTES / max(1.0, per_row))))
+    from .data import batch_rows
+
     for start in range(0, n, size):
-        batch = dataset[start : start + size]
-        yield start, [dict(zip(batch, values)) for values in zip(*batch.values())]
+        yield start, batch_rows(dataset[start : start + size])
 
 
 def data_stats(
