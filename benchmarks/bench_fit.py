@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_doctor import _status  # the process's RSS and peak RSS from /proc/self/status
+
 GIB = 1024**3
 # (model, batch, max_length, extra keys, what it is to core/memory.py): "fitted X" set coefficient X;
 # "held out" configurations were not used to fit anything: they check the estimate.
@@ -40,13 +42,6 @@ CONFIGS = [
 ]
 
 
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
-
-
 def measure(model: str, batch: int, length: int, extra: dict, steps: int, tmp: Path) -> dict:
     import gc
 
@@ -55,7 +50,7 @@ def measure(model: str, batch: int, length: int, extra: dict, steps: int, tmp: P
     import trl  # noqa: F401
 
     from sft_magics.core.config import TrainSpec, plan
-    from sft_magics.core.preparation import count_parameters
+    from sft_magics.core.memory import fit_check
     from sft_magics.core.train import train
 
     if model == "tiny":
@@ -81,7 +76,7 @@ def measure(model: str, batch: int, length: int, extra: dict, steps: int, tmp: P
     base = _status("VmRSS")
     train(spec)
     measured = _status("VmHWM") - base
-    _, _, fit = count_parameters(p, fit=True)
+    _, _, fit = fit_check(p)
     return {"measured": measured, "estimate": fit.total, "length": fit.length, "parts": fit.as_dict()["parts"]}
 
 

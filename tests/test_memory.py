@@ -12,7 +12,6 @@ import pytest
 
 from sft_magics.core import memory
 from sft_magics.core.config import TrainSpec, plan
-from sft_magics.core.preparation import count_parameters
 
 GIB = 1024**3
 
@@ -105,8 +104,8 @@ def test_a_plan_that_will_not_fit_gets_advice_that_fits(tmp_path, tiny_model):
 def test_full_fine_tune_counts_every_parameter_as_trained(tmp_path, tiny_model):
     lora = _plan(tmp_path, tiny_model, _rows([5]))
     full = _plan(tmp_path, tiny_model, _rows([5]), lora=False)
-    t_lora, total_lora, est_lora = count_parameters(lora, fit=True)
-    t_full, total_full, est_full = count_parameters(full, fit=True)
+    t_lora, total_lora, est_lora = memory.fit_check(lora)
+    t_full, total_full, est_full = memory.fit_check(full)
     assert t_full == total_full and t_lora < total_lora
     assert est_full.training_state == 12 * total_full and est_lora.training_state == 12 * t_lora
     assert est_full.free and est_full.free > 0  # this machine's available memory was read

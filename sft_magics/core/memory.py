@@ -103,6 +103,33 @@ class FitEstimate:
         return f"{head}; {self.free / GIB:.1f} GiB free now: {verdict}"
 
 
+def fit_check(p) -> tuple[int, int, FitEstimate]:
+    """Trainable and total parameters of the model plan ``p`` would train (loaded once, as
+    training loads it), and the fit check for it on the plan's device."""
+    import gc
+
+    from .preparation import trainable_model
+
+    model, tokenizer = trainable_model(p)
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    total = sum(x.numel() for x in model.parameters())
+    config = model.config
+    del model  # the estimate is of what training adds: measure the free memory without this copy
+    gc.collect()
+    if p.device != "cpu":
+        import torch
+
+        torch.cuda.empty_cache()  # back to the driver, or mem_get_info would count the model as used
+    length, source = planned_length(p, tokenizer)
+    return (
+        trainable,
+        total,
+        estimate(
+            p, config, trainable=trainable, total=total, length=length, length_source=source, free=free_memory(p.device)
+        ),
+    )
+
+
 def free_memory(device: str) -> int | None:
     """Bytes free for training on ``device`` now: CUDA's free memory, else the OS's available memory."""
     if device != "cpu":
@@ -157,26 +184,28 @@ def estimate(
 ) -> FitEstimate:
     """The peak memory of training plan ``p`` (a :class:`core.config.Plan`) on a model with
     ``model_config`` (transformers' config), ``trainable`` of ``total`` parameters."""
-    args = p.sft_args
-    batch = int(args.get("per_device_train_batch_size", 8))
-    mixed = bool(args.get("bf16") or args.get("fp16"))
+    batch = int(p.sft_args.get("per_device_train_batch_size", 8))
+    shape = _shape(p)
     per_weight = _bytes_per_weight(p.device, p.dtype, p.spec)
     weights = int(total * per_weight)
     # A gradient and AdamW's two moments per trained parameter, in its dtype: fp32 for LoRA adapters
     # (PEFT keeps them in fp32) and on a CPU; a GPU's full fine-tune trains the half-precision weights.
     state = int(trainable * 3 * (per_weight if p.lora is None and p.device != "cpu" else 4))
-    if mixed and p.device == "cpu":
+    if shape["mixed"] and p.device == "cpu":
         weights += total * 2  # autocast's bf16 copy of the fp32 weights
-    act = activations(
-        model_config,
-        batch,
-        length,
-        mixed=mixed,
+    act = activations(model_config, batch, length, **shape)
+    est = FitEstimate(p.device, batch, length, length_source, weights, state, act, OVERHEAD, free)
+    return est if est.fits is not False else _with_advice(est, p, model_config)
+
+
+def _shape(p) -> dict:
+    """What, besides batch and length, decides the activations' size: ``activations``' keywords."""
+    args = p.sft_args
+    return dict(
+        mixed=bool(args.get("bf16") or args.get("fp16")),
         checkpointing=bool(args.get("gradient_checkpointing")),
         lora=p.lora is not None,
     )
-    est = FitEstimate(p.device, batch, length, length_source, weights, state, act, OVERHEAD, free)
-    return est if est.fits is not False else _with_advice(est, p, model_config)
 
 
 def activations(
@@ -202,13 +231,8 @@ def _with_advice(est: FitEstimate, p, model_config) -> FitEstimate:
     step (gradient accumulation makes up the rest), else a shorter max_length, gradient
     checkpointing; when not even that fits, the model itself (LoRA, QLoRA, a smaller model)."""
     budget = MARGIN * est.free - (est.weights + est.training_state + est.overhead)
-    args = p.sft_args
-    rows = est.batch_size * int(args.get("gradient_accumulation_steps", 1))
-    shape = dict(
-        mixed=bool(args.get("bf16") or args.get("fp16")),
-        checkpointing=bool(args.get("gradient_checkpointing")),
-        lora=p.lora is not None,
-    )
+    rows = est.batch_size * int(p.sft_args.get("gradient_accumulation_steps", 1))
+    shape = _shape(p)
     advice = []
     if budget > 0:
         fits_batch = int(budget // max(1, activations(model_config, 1, est.length, **shape)))

@@ -1,6 +1,6 @@
 """The model a plan trains: loaded (quantized where asked, on the plan's device and dtype), given
 the chat template it trains with (new tokens added, embeddings resized), and the LoRA config that
-trains the new tokens' rows too. Used by training and by ``--dry-run``'s parameter count."""
+trains the new tokens' rows too. Used by training and by ``--dry-run``'s fit check (core/memory.py)."""
 
 from __future__ import annotations
 
@@ -67,32 +67,12 @@ def prepare_model(p: Plan):
     return model, tokenizer, lora
 
 
-def count_parameters(p: Plan, *, fit: bool = False):
-    """Trainable and total parameters of the model the plan would train (loads it once); with
-    ``fit``, also the fit check (:class:`core.memory.FitEstimate`) for that model on the plan's
-    device: ``(trainable, total, estimate)``."""
+def trainable_model(p: Plan):
+    """The model the plan trains, with its LoRA adapter attached when it has one (what ``--dry-run``
+    counts), and the tokenizer."""
     model, tokenizer, lora = prepare_model(p)
     if lora:
         from peft import get_peft_model
 
         model = get_peft_model(model, _lora_config(lora))
-    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    total = sum(x.numel() for x in model.parameters())
-    if not fit:
-        return trainable, total
-    from .memory import estimate, free_memory, planned_length
-
-    config = model.config
-    del model  # the estimate is of what training adds: measure the free memory without this copy
-    import gc
-
-    gc.collect()
-    if p.device != "cpu":
-        import torch
-
-        torch.cuda.empty_cache()  # back to the driver, or mem_get_info would count the model as used
-    length, source = planned_length(p, tokenizer)
-    fit_estimate = estimate(
-        p, config, trainable=trainable, total=total, length=length, length_source=source, free=free_memory(p.device)
-    )
-    return trainable, total, fit_estimate
+    return model, tokenizer

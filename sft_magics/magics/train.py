@@ -216,12 +216,12 @@ class TrainMagics(MagicsBase):
 
     def _dry_run(self, spec, output):
         from ..core.config import plan
-        from ..core.preparation import count_parameters
+        from ..core.memory import fit_check
         from ..core.secrets import redact
         from ..display._views import TableView
 
         p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
-        trainable, total, fit = count_parameters(p, fit=True)
+        trainable, total, fit = fit_check(p)
         shown = redact(p.config())  # secrets: the key is shown as read, its value never
         rows = [[k, v] for k, v in shown.items()]
         notes = [
