@@ -213,14 +213,13 @@ def test_statistics_do_not_depend_on_the_chunk_size(tiny_model):
 def test_chunks_are_sized_by_the_rows_they_hold_not_the_whole_table():
     """A sample (select() keeps the whole Arrow table underneath) is read in chunks sized by its
     rows' bytes; long rows make chunks smaller (about CHUNK_BYTES each)."""
-    from sft_magics.core import stats as S
-    from sft_magics.core.data import sample_data
+    from sft_magics.core.data import dataset_chunks, sample_data
 
     rows = [{"prompt": f"{i} " + "x" * 1000, "completion": "y"} for i in range(2000)]
     sample = sample_data(load_data(rows), 100)
-    assert [len(c) for _, c in S._chunks(sample.dataset, 1000)] == [100]
+    assert [len(c) for _, c in dataset_chunks(sample.dataset, 1000)] == [100]
     long_rows = load_data([{"prompt": f"{i} " + "x" * 1_000_000, "completion": "y"} for i in range(7)])
-    sizes = [len(c) for _, c in S._chunks(long_rows.dataset, 1000)]
+    sizes = [len(c) for _, c in dataset_chunks(long_rows.dataset, 1000)]
     assert sizes == [2, 2, 2, 1] and sum(sizes) == 7  # ~1 MB rows: 2 of them per ~3 MB chunk
 
 

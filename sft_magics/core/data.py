@@ -16,8 +16,9 @@ import math
 import random
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .errors import SftError
@@ -79,6 +80,8 @@ TRL_FORMAT = {
 }
 # Columns of CSV files that hold JSON text (CSV cells cannot hold lists).
 CSV_JSON_COLUMNS = ("messages", "conversations", "tools")
+CHUNK_ROWS = 1000  # rows read, normalised, rendered and tokenized at a time: memory does not grow with the data
+CHUNK_BYTES = 3_000_000  # ... and fewer when rows are long: ~3 MB of Arrow data (~1M tokens) per chunk
 
 
 # --------------------------------------------------------------------------- types
@@ -124,12 +127,13 @@ class LoadedData:
     source_format: str  # format detected in the input
     source: str  # readable description of the origin
     notes: tuple[str, ...]  # how it was normalised
-    fingerprint: str  # sha256 hex of the normalised rows
+    fingerprint: str  # sha256 hex of the normalised rows' digests (``_fingerprint``)
     # Filled only by ``load_data(..., strict=False)``: what was left out, and where the kept rows came from.
     problems: tuple[RowProblem, ...] = ()  # every problem of every invalid row (empty when all rows are valid)
     row_index: tuple[int, ...] | None = None  # source index of each kept row; None: row i is source row i
     invalid_rows: tuple[tuple[int, Any], ...] = ()  # (source index, raw row) of each invalid row, for display
     sampled_from: int | None = None  # rows of the data this is a random sample of (``sample_data``); None: all rows
+    row_digests: bytes = b""  # DIGEST_BYTES per row of ``dataset``, in order (``_row_digest``)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -187,6 +191,13 @@ def _plain(value: Any) -> Any:
 def _drop_none(value: Any) -> Any:
     # Arrow fills absent struct keys with None; dropping them makes fingerprints of
     # the normalised rows and of the stored dataset agree.
+    kind = type(value)
+    if kind is str:  # most values: checked first, without the slower isinstance(Mapping)
+        return value
+    if kind is dict:
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if kind is list:
+        return [_drop_none(v) for v in value]
     if isinstance(value, Mapping):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
@@ -200,17 +211,49 @@ def _row_json(row: Mapping) -> str:
     return json.dumps(_drop_none(row), sort_keys=True, ensure_ascii=False, default=str)
 
 
-def _fingerprint(rows: list[dict]) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(_row_json(row).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+DIGEST_BYTES = 16  # per row: blake2b of its canonical JSON
+
+
+def _row_digest(row: Mapping) -> bytes:
+    """A row's 16-byte digest (of :func:`_row_json`): what fingerprints are made of, and what the data
+    doctor compares to find duplicates."""
+    return hashlib.blake2b(_row_json(row).encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+
+
+def _fingerprint(rows: Iterable[Mapping]) -> str:
+    """sha256 of the rows' digests, in order (see :func:`_digests_fingerprint`)."""
+    return _digests_fingerprint(b"".join(map(_row_digest, rows)))
+
+
+def _digests_fingerprint(digests: bytes) -> str:
+    """The fingerprint of rows whose digests, in order, are ``digests``: a subset or a mixture is
+    fingerprinted from its rows' digests without reading them again, and gets the same value as
+    loading those rows would."""
+    return hashlib.sha256(digests).hexdigest()
+
+
+def _pick_digests(digests: bytes, indices: Iterable[int]) -> bytes:
+    n = DIGEST_BYTES
+    return b"".join(digests[i * n : (i + 1) * n] for i in indices)
 
 
 def batch_rows(batch: Mapping[str, list]) -> list[dict]:
     """A ``datasets`` batch (column -> values) as rows (dicts), one Arrow -> Python conversion."""
     return [dict(zip(batch, values)) for values in zip(*batch.values())]
+
+
+def dataset_chunks(dataset: datasets.Dataset, size: int = CHUNK_ROWS) -> Iterator[tuple[int, list[dict]]]:
+    """(start, rows as dicts) for at most ``size`` rows (fewer when rows are long) at a time: one
+    Arrow -> Python conversion per chunk (iterating a Dataset row by row is slow; converting it all at
+    once holds every row twice). Measured at 1,000 rows of ~930 tokens: ~0.3 GiB while a chunk is in
+    flight, the same at 4,000 and 16,000 rows (``benchmarks/bench_doctor.py``)."""
+    n = len(dataset)
+    if n:  # bytes per row of the underlying table (a select()ed dataset keeps the whole table)
+        per_row = dataset.data.nbytes / max(1, dataset.data.num_rows)
+        size = max(1, min(size, int(CHUNK_BYTES / max(1.0, per_row))))
+    plain = dataset.with_format(None)  # rows as Python values, whatever format the caller set
+    for start in range(0, n, size):
+        yield start, batch_rows(plain[start : start + size])
 
 
 def _keys_of(row: Mapping) -> str:
@@ -264,18 +307,6 @@ def detect_format(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------- public entry points
 
 
-def _to_dataset(rows: list[dict], source: str) -> datasets.Dataset:
-    import datasets
-
-    try:
-        return datasets.Dataset.from_list(rows)
-    except Exception as exc:  # pyarrow type clashes between rows
-        raise DataError(
-            f"{source}: rows could not be stored as a dataset ({_short_reason(exc)}); "
-            "check that each field has the same type in every row (e.g. tool_calls arguments)"
-        ) from None
-
-
 def load_data(
     source: Any,
     *,
@@ -287,9 +318,10 @@ def load_data(
     columns: Mapping[str, str] | None = None,
     system: str | None = None,
     convert: Any = None,
+    streaming: bool = False,
 ) -> LoadedData:
-    """read_source -> (your columns, your conversion) -> detect_format -> normalize; one DataError
-    listing every invalid row.
+    """iter_source -> (your columns, your conversion) -> detect_format -> normalize, a chunk at a
+    time; one DataError listing every invalid row.
 
     ``columns`` maps the names sft_magics reads to your columns (``{"prompt": "question",
     "completion": "answer"}``; ``user`` / ``assistant`` build a conversation); ``system`` adds a
@@ -299,41 +331,81 @@ def load_data(
     ``problems`` (every RowProblem), ``row_index`` (source index of each kept row) and
     ``invalid_rows`` (the raw invalid rows). A DataError is still raised when no row is valid
     or no format fits.
+
+    Rows are read, mapped and normalised ``CHUNK_ROWS`` at a time, so memory holds one chunk of
+    Python rows: the normalised rows are Arrow data, in memory while small and memory-mapped from
+    disk past ``rowstore.SPILL_BYTES`` (:mod:`core.rowstore`). The format is the one most rows of the
+    first chunk fit; a later row of another shape is an invalid row like any other. ``streaming``
+    reads a Hub dataset as it downloads (``datasets.load_dataset(..., streaming=True)``); a streaming
+    ``IterableDataset`` passed as the source is read the same way.
     """
-    from .formats import _normalize
-    from .sources import read_source
+    from .formats import _normalize_rows, _notes, _Tally
+    from .rowstore import RowStore
+    from .sources import iter_source
 
-    rows, where = read_source(source, split=split, config=config, namespace=namespace)
-    if not rows:
-        raise DataError(f"{where}: no rows")
-    mapped = []
-    if columns or system or convert is not None:
+    stream, where = iter_source(source, split=split, config=config, namespace=namespace, streaming=streaming)
+    remap = columns or system or convert is not None
+    if remap:
         from .dataset_spec import remap_rows
-
-        rows, mapped = remap_rows(rows, columns=columns, system=system, convert=convert, where=where)
-    try:
-        source_format = detect_format(rows)
-    except DataError as exc:
-        raise DataError(f"{where}: {exc}") from None
-    normalised, kept, trl_format, notes, problems = _normalize(rows, source_format)
-    if problems and (strict or not normalised):
-        n_bad = len({p.row for p in problems})
-        shown = [str(p) for p in problems[: max(0, max_problems_shown)]]
-        if len(problems) > len(shown):
-            shown.append(f"… and {len(problems) - len(shown)} more")
-        raise DataError(f"{where}: {n_bad} of {len(rows)} rows are invalid — " + "; ".join(shown), problems)
-    bad_rows = sorted({p.row for p in problems})
+    source_format = ""
+    mapped: list[str] = []
+    tally = _Tally()
+    problems: list[RowProblem] = []
+    invalid: list[tuple[int, Any]] = []
+    digests = bytearray()
+    total = 0
+    kept: list[int] | None = None  # source row of each valid row, once a row is invalid (before: row i is row i)
+    with RowStore(where) as store:
+        for rows in _batched(stream, CHUNK_ROWS):
+            if remap:
+                rows, mapped = remap_rows(
+                    rows, columns=columns, system=system, convert=convert, where=where, start=total
+                )
+            if not source_format:  # the format most rows of the first chunk fit
+                try:
+                    source_format = detect_format(rows)
+                except DataError as exc:
+                    raise DataError(f"{where}: {exc}") from None
+            out, kept_here, found = _normalize_rows(rows, source_format, total, tally)
+            if found:
+                if kept is None:
+                    kept = list(range(total))
+                problems += found
+                invalid += [(i, rows[i - total]) for i in sorted({p.row for p in found})]
+            if not (strict and problems):  # a strict load that has failed only goes on to list every problem
+                store.add(out)
+                digests += b"".join(map(_row_digest, out))
+            if kept is not None:
+                kept += kept_here
+            total += len(rows)
+        if not total:
+            raise DataError(f"{where}: no rows")
+        if problems and (strict or not store.rows):
+            n_bad = len({p.row for p in problems})
+            shown = [str(p) for p in problems[: max(0, max_problems_shown)]]
+            if len(problems) > len(shown):
+                shown.append(f"… and {len(problems) - len(shown)} more")
+            raise DataError(f"{where}: {n_bad} of {total} rows are invalid — " + "; ".join(shown), problems)
+        fingerprint = _digests_fingerprint(bytes(digests))
+        dataset = store.dataset(fingerprint)
     return LoadedData(
-        dataset=_to_dataset(normalised, where),
-        format=trl_format,
+        dataset=dataset,
+        format=TRL_FORMAT[source_format],
         source_format=source_format,
         source=where,
-        notes=tuple(mapped + list(notes)),
-        fingerprint=_fingerprint(normalised),
+        notes=tuple(mapped + _notes(source_format, tally, total)),
+        fingerprint=fingerprint,
         problems=tuple(problems),
-        row_index=tuple(kept) if problems else None,
-        invalid_rows=tuple((i, rows[i]) for i in bad_rows),
+        row_index=tuple(kept) if kept is not None else None,
+        invalid_rows=tuple(invalid),
+        row_digests=bytes(digests),
     )
+
+
+def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def train_val_split(data: LoadedData, fraction: float, seed: int = 42) -> tuple[LoadedData, LoadedData]:
@@ -373,12 +445,14 @@ def sample_data(data: LoadedData, n: int, seed: int = 0) -> LoadedData:
 def _subset(data: LoadedData, indices: list[int], label: str) -> LoadedData:
     """The rows at ``indices`` (positions in ``data``), labelled in ``source``; rows keep their source numbers."""
     ds = data.dataset.select(indices)
+    digests = _pick_digests(data.row_digests, indices)
     return LoadedData(
         dataset=ds,
         format=data.format,
         source_format=data.source_format,
         source=f"{data.source} [{label}]",
         notes=data.notes,
-        fingerprint=_fingerprint(ds.to_list()),
+        fingerprint=_digests_fingerprint(digests),
         row_index=tuple(data.source_index(i) for i in indices),
+        row_digests=digests,
     )

@@ -9,17 +9,28 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from .data import DataError, LoadedData, UnreadableRow, _fingerprint, _one_line, _short, _type, load_data
+from .data import (
+    DataError,
+    LoadedData,
+    UnreadableRow,
+    _digests_fingerprint,
+    _one_line,
+    _pick_digests,
+    _short,
+    _type,
+    load_data,
+)
 
-DATASET_KEYS = ("path", "config", "name", "split", "columns", "system", "convert")
-MIXTURE_KEYS = ("mixture", "seed", "test_split_size")
+DATASET_KEYS = ("path", "config", "name", "split", "columns", "system", "convert", "streaming")
+MIXTURE_KEYS = ("mixture", "seed", "test_split_size", "streaming")
 
 
 def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None, strict: bool = True) -> LoadedData:
     """What a ``dataset:`` key names: a source (file, folder, variable, Hub id), or a mapping
-    ``{path, config, split, columns, system, convert}`` (``convert``: a function, or the name of a
-    notebook function), or ``{mixture: [...], seed, test_split_size}`` (each entry a mapping with an
-    optional ``weight``: the fraction of its rows kept)."""
+    ``{path, config, split, columns, system, convert, streaming}`` (``convert``: a function, or the
+    name of a notebook function; ``streaming``: read a Hub dataset as it downloads, as ``datasets``'
+    ``streaming=True``), or ``{mixture: [...], seed, test_split_size, streaming}`` (each entry a
+    mapping with an optional ``weight``: the fraction of its rows kept)."""
     if not isinstance(value, Mapping):
         return load_data(value, namespace=namespace, strict=strict)
     if "mixture" in value:
@@ -34,6 +45,9 @@ def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None,
         if not (namespace and callable(namespace.get(convert))):
             raise DataError(f"dataset: convert: no notebook function named '{convert}'")
         convert = namespace[convert]
+    streaming = value.get("streaming", False)
+    if not isinstance(streaming, bool):
+        raise DataError(f"dataset: streaming must be true or false, got {_short(streaming)}")
     return load_data(
         value["path"],
         split=value.get("split"),
@@ -43,6 +57,7 @@ def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None,
         columns=value.get("columns"),
         system=value.get("system"),
         convert=convert,
+        streaming=streaming,
     )
 
 
@@ -61,25 +76,32 @@ def _load_mixture(value: Mapping, namespace: Mapping[str, Any] | None) -> Loaded
             raise DataError(f"dataset mixture entry {k}: expected a mapping with a path")
         entry = dict(entry)
         weight = entry.pop("weight", 1.0)
+        if "streaming" in value and isinstance(entry, dict):
+            entry.setdefault("streaming", value["streaming"])  # TRL's mixture-wide switch
         if not isinstance(weight, (int, float)) or not 0 < weight <= 1:
             raise DataError(f"dataset mixture entry {k}: weight must be a fraction in (0, 1], got {weight!r}")
         data = load_dataset_spec(entry, namespace=namespace)
-        if weight < 1:
+        if weight < 1:  # the first rows of a seeded shuffle, as datasets' shuffle(seed).select(range(keep))
+            import numpy as np
+
             keep = max(1, int(len(data) * weight))
-            data = replace(data, dataset=data.dataset.shuffle(seed=seed).select(range(keep)))
+            order = np.random.default_rng(seed).permutation(len(data))[:keep].tolist()
+            data = replace(data, dataset=data.dataset.select(order), row_digests=_pick_digests(data.row_digests, order))
         parts.append(data)
         described.append(f"{data.source} ×{weight:g} ({len(data)} rows)")
     formats = {p.format for p in parts}
     if len(formats) > 1:
         raise DataError(f"dataset mixture: the datasets have different formats ({', '.join(sorted(formats))})")
     joined = concatenate_datasets([p.dataset for p in parts])
+    digests = b"".join(p.row_digests for p in parts)
     return LoadedData(
         dataset=joined,
         format=parts[0].format,
         source_format=parts[0].source_format,
         source="mixture of " + " + ".join(described),
         notes=tuple(n for p in parts for n in p.notes),
-        fingerprint=_fingerprint(joined.to_list()),
+        fingerprint=_digests_fingerprint(digests),
+        row_digests=digests,
     )
 
 
@@ -93,10 +115,12 @@ def remap_rows(
     system: str | None = None,
     convert: Any = None,
     where: str = "the data",
+    start: int = 0,
 ) -> tuple[list[Any], list[str]]:
     """Your data in sft_magics' terms: ``convert(row)`` first (a dict row, or a list of messages),
     then ``columns`` (target -> your column; ``user``/``assistant`` make a two-turn conversation),
-    then ``system`` prepended to every conversation. Returns the rows and a note of what was done."""
+    then ``system`` prepended to every conversation. Returns the rows and a note of what was done.
+    ``start`` is the source row number of ``rows[0]`` (rows come a chunk at a time), for errors."""
     columns = dict(columns or {})
     for target, column in columns.items():
         if target not in TARGET_COLUMNS:
@@ -106,7 +130,7 @@ def remap_rows(
     if convert is not None and not callable(convert):
         raise DataError(f"convert: expected a function row -> conversation, got {_type(convert)}")
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start):
         if isinstance(row, UnreadableRow):
             out.append(row)
             continue

@@ -288,15 +288,24 @@ def normalize(rows: list[dict], source_format: str) -> tuple[list[dict], str, li
 
 def _normalize(rows: list[dict], source_format: str) -> tuple[list[dict], list[int], str, list[str], list[RowProblem]]:
     """``normalize`` plus the source index of each normalised row."""
+    tally = _Tally()
+    out, kept, problems = _normalize_rows(rows, source_format, 0, tally)
+    return out, kept, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
+
+
+def _normalize_rows(
+    rows: list[Any], source_format: str, start: int, tally: _Tally
+) -> tuple[list[dict], list[int], list[RowProblem]]:
+    """One chunk of rows (the first is source row ``start``): the normalised rows, the source index
+    of each, and every problem (with source row numbers); ``tally`` adds up what was done for the notes."""
     convert = _CONVERTERS.get(source_format)
     if convert is None:
         raise DataError(f"unknown format '{source_format}' (expected one of {', '.join(SOURCE_FORMATS)})")
     allowed = FORMAT_COLUMNS[source_format]
-    tally = _Tally()
     problems: list[RowProblem] = []
     out: list[dict] = []
     kept: list[int] = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start):
         if isinstance(row, UnreadableRow):
             problems.append(RowProblem(i, "<row>", row.reason))
             continue
@@ -306,13 +315,13 @@ def _normalize(rows: list[dict], source_format: str) -> tuple[list[dict], list[i
         for key in row:
             if key not in allowed:
                 tally.dropped_columns[str(key)] = None
-        start = len(problems)
+        before = len(problems)
         converted = convert(row, i, problems, tally)
-        if converted is not None and len(problems) == start:
+        if converted is not None and len(problems) == before:
             out.append(converted)
             kept.append(i)
     if any("tools" in r for r in out):
-        # Dataset.from_list takes its columns from the first row, so every row needs the key.
+        # An Arrow table takes its columns from the first row, so every row needs the key.
         for r in out:
             r.setdefault("tools", None)
-    return out, kept, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
+    return out, kept, problems

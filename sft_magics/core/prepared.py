@@ -64,8 +64,9 @@ def to_trl_rows(
         from datasets import load_from_disk
 
         try:
-            # In memory, as a fresh preparation is: the trainer's own steps then write nothing into the cache.
-            return load_from_disk(str(folder), keep_in_memory=True)
+            # Where a fresh preparation would be: in memory for data held in memory (the trainer's own steps
+            # then write nothing into the cache), memory-mapped for data too large for it (core.rowstore).
+            return load_from_disk(str(folder), keep_in_memory=not data.dataset.cache_files)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # damaged: prepared again below
 
@@ -82,6 +83,9 @@ def to_trl_rows(
         batch_size=chunk,
         remove_columns=data.dataset.column_names,
         num_proc=procs if procs > 1 else None,
+        # Never datasets' own map cache (data on disk has one): it keys on the function by name, not on the
+        # code of encode_rows, so an upgrade could be served rows prepared by old rules. Ours keys on the code.
+        load_from_cache_file=False,
     )
     if folder is not None:
         _store(prepared, folder)

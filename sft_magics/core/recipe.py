@@ -149,10 +149,8 @@ def _read_data(config: dict, notes: list[str]) -> dict:
     """ScriptArguments' dataset keys, and alignment-handbook's dataset_mixture."""
     out: dict[str, Any] = {}
     streaming = config.pop("dataset_streaming", False)
-    if streaming:
-        raise RecipeError(
-            "dataset_streaming: true is not supported yet: give the dataset (or a part of it) without streaming"
-        )
+    if not isinstance(streaming, bool):
+        raise RecipeError(f"dataset_streaming: expected true or false, got {streaming!r}")
     if "dataset_mixture" in config:
         mixture = config.pop("dataset_mixture")
         if not isinstance(mixture, Mapping) or not isinstance(mixture.get("datasets"), list):
@@ -171,6 +169,7 @@ def _read_data(config: dict, notes: list[str]) -> dict:
                 entry["columns"] = {c: c for c in columns}
             entries.append(entry)
         out["dataset"] = {"mixture": entries, "seed": mixture.get("seed", 42)}
+        streaming = streaming or mixture.get("streaming") is True
         if mixture.get("test_split_size"):
             size = mixture["test_split_size"]
             out["eval_split"] = int(size) if isinstance(size, int) or float(size) >= 1 else float(size)
@@ -205,6 +204,13 @@ def _read_data(config: dict, notes: list[str]) -> dict:
             out["eval_dataset"] = {**source, "split": test}
             notes.append(f"dataset_test_split → eval_dataset (split {test!r}), as TRL does when eval_strategy is set")
     config.pop("dataset_config", None)
+    if streaming and "dataset" not in out:
+        notes.append("dataset_streaming: no effect without dataset_name or dataset_mixture")
+    elif streaming:
+        for key in ("dataset", "eval_dataset"):
+            if isinstance(out.get(key), dict):
+                out[key]["streaming"] = True
+        notes.append("dataset_streaming → streaming: Hub datasets are read as they download")
     for key in ("dataset_train_split", "dataset_test_split"):
         if key in config:
             config.pop(key)

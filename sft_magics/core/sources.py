@@ -1,16 +1,22 @@
 """Where data comes from: files (JSONL, JSON, CSV, Parquet), globs, ``save_to_disk`` folders,
-notebook variables and objects (lists, DataFrames, datasets), and the Hugging Face Hub. Each
-reader returns raw rows; :mod:`core.data` detects the format, validates and normalises them."""
+notebook variables and objects (lists, DataFrames, datasets, streaming ``IterableDataset``s), and the
+Hugging Face Hub (``streaming=True`` too). Each reader yields raw rows one at a time, so
+:func:`core.data.load_data` can normalise a source larger than memory a chunk at a time: JSONL line by
+line, CSV and Parquet by blocks, Arrow datasets (saved folders, the Hub's cache) memory-mapped, a slice
+at a time. Only a JSON array file is read whole (JSON has no way to read half an array): JSON Lines
+or Parquet are the formats for data that does not fit in memory."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from itertools import chain
 from typing import Any
 
 from .data import (
+    CHUNK_ROWS,
     CSV_JSON_COLUMNS,
     FILE_SUFFIXES,
     DataError,
@@ -20,29 +26,30 @@ from .data import (
     _plain,
     _short_reason,
     _type,
+    batch_rows,
+    dataset_chunks,
 )
 
 
-def _read_jsonl(path: str) -> list[Any]:
+def _read_jsonl(path: str) -> Iterator[Any]:
     """One row per non-blank line; a bad line becomes an UnreadableRow so its index survives."""
-    rows: list[Any] = []
     name = os.path.basename(path)
+    lineno = 0
     try:
         with open(path, encoding="utf-8-sig") as handle:
             for lineno, line in enumerate(handle, 1):
                 if not line.strip():
                     continue  # blank lines are not rows
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as exc:
-                    rows.append(UnreadableRow(f"invalid JSON ({name} line {lineno}): {exc.msg} at column {exc.colno}"))
+                    yield UnreadableRow(f"invalid JSON ({name} line {lineno}): {exc.msg} at column {exc.colno}")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({_short_reason(exc)})") from None
-    return rows
+        raise DataError(f"{path}: not UTF-8 text near line {lineno + 1} ({_short_reason(exc)})") from None
 
 
-def _read_json(path: str) -> list[Any]:
-    """A list of rows, or an object holding one under 'data', 'rows' or 'train'."""
+def _read_json(path: str) -> Iterator[Any]:
+    """A list of rows, or an object holding one under 'data', 'rows' or 'train' (read whole)."""
     try:
         with open(path, encoding="utf-8-sig") as handle:
             text = handle.read()
@@ -52,14 +59,15 @@ def _read_json(path: str) -> list[Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
+            del text
             return _read_jsonl(path)  # JSON Lines saved with a .json suffix
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if isinstance(data, list):
-        return data
+        return iter(data)
     if isinstance(data, dict):
         for key in ("data", "rows", "train"):
             if isinstance(data.get(key), list):
-                return data[key]
+                return iter(data[key])
         raise DataError(
             f"{path}: expected a list of rows or an object with a 'data', 'rows' or 'train' list; "
             f"found an object with keys {_keys_of(data)}"
@@ -80,33 +88,41 @@ def _looks_like_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
-def _read_csv(path: str) -> list[dict]:
+def _read_csv(path: str) -> Iterator[dict]:
     import pandas as pd
 
     try:
-        # dtype=str: every supported field is text, and "123" must stay "123".
-        frame = pd.read_csv(path, dtype=str)
+        # dtype=str: every supported field is text, and "123" must stay "123". Read by blocks of rows.
+        blocks = pd.read_csv(path, dtype=str, chunksize=CHUNK_ROWS)
+        for frame in blocks:
+            yield from map(_csv_row, frame.to_dict("records"))
+    except DataError:
+        raise
     except Exception as exc:  # pandas raises many types for bad CSV
         raise DataError(f"{path}: could not read CSV ({_short_reason(exc)})") from None
-    rows = [_plain(row) for row in frame.to_dict("records")]
-    for row in rows:
-        for column in CSV_JSON_COLUMNS:
-            if column in row:
-                row[column] = _decode_json_cell(row[column])
-        # prompt/completion only when the cell really is a message list, so plain text stays text.
-        for column in ("prompt", "completion"):
-            decoded = _decode_json_cell(row.get(column))
-            if _looks_like_messages(decoded):
-                row[column] = decoded
-    return rows
 
 
-def _read_parquet(path: str) -> list[dict]:
+def _csv_row(record: dict) -> dict:
+    row = _plain(record)
+    for column in CSV_JSON_COLUMNS:
+        if column in row:
+            row[column] = _decode_json_cell(row[column])
+    # prompt/completion only when the cell really is a message list, so plain text stays text.
+    for column in ("prompt", "completion"):
+        decoded = _decode_json_cell(row.get(column))
+        if _looks_like_messages(decoded):
+            row[column] = decoded
+    return row
+
+
+def _read_parquet(path: str) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
-        # pyarrow gives plain Python lists/dicts; pandas would give numpy arrays.
-        return pq.read_table(path).to_pylist()
+        # pyarrow gives plain Python lists/dicts (pandas would give numpy arrays), a row group's block at a time.
+        with pq.ParquetFile(path) as handle:
+            for batch in handle.iter_batches(batch_size=CHUNK_ROWS):
+                yield from batch.to_pylist()
     except Exception as exc:
         raise DataError(f"{path}: could not read Parquet ({_short_reason(exc)})") from None
 
@@ -114,12 +130,16 @@ def _read_parquet(path: str) -> list[dict]:
 _FILE_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
-def _read_file(path: str) -> list[Any]:
+def _reader(path: str) -> Any:
     suffix = os.path.splitext(path)[1].lower()
     reader = _FILE_READERS.get(suffix)
     if reader is None:
         raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}' (expected {', '.join(FILE_SUFFIXES)})")
-    return reader(path)
+    return reader
+
+
+def _read_file(path: str) -> Iterator[Any]:
+    return _reader(path)(path)
 
 
 def _is_saved_dataset(folder: str) -> bool:
@@ -133,53 +153,71 @@ def _pick_split(dataset_dict: Any, split: str | None, where: str) -> tuple[Any, 
     return dataset_dict[name], name
 
 
-def _read_saved_folder(folder: str, shown: str, split: str | None) -> tuple[list[dict], str]:
+def _read_saved_folder(folder: str, shown: str, split: str | None) -> tuple[Iterator[dict], str]:
     import datasets
 
     try:
-        loaded = datasets.load_from_disk(folder)
+        loaded = datasets.load_from_disk(folder)  # memory-mapped
     except Exception as exc:
         raise DataError(f"{shown}: could not load saved dataset ({_short_reason(exc)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         ds, name = _pick_split(loaded, split, shown)
-        return ds.to_list(), f"{shown}[{name}]"
-    return loaded.to_list(), shown
+        return _dataset_rows(ds), f"{shown}[{name}]"
+    return _dataset_rows(loaded), shown
 
 
-def _read_object(obj: Any, label: str, split: str | None) -> tuple[list[Any], str]:
-    """Rows of an in-memory object: list of dicts, DataFrame, Dataset or DatasetDict."""
+def _dataset_rows(ds: Any) -> Iterator[dict]:
+    """The rows of a ``datasets.Dataset`` (a slice at a time) or ``IterableDataset`` (a batch at a time,
+    so a streaming dataset is read as it arrives)."""
+    if _is_instance(ds, "datasets", "IterableDataset"):
+        return chain.from_iterable(map(batch_rows, ds.iter(batch_size=CHUNK_ROWS)))
+    return chain.from_iterable(rows for _, rows in dataset_chunks(ds))
+
+
+def _read_object(obj: Any, label: str, split: str | None) -> tuple[Iterator[Any], str]:
+    """Rows of an in-memory object: list of dicts, DataFrame, Dataset, DatasetDict or IterableDataset."""
     if isinstance(obj, (list, tuple)):
-        return list(obj), label
+        return iter(obj), label
     if _is_instance(obj, "pandas", "DataFrame"):
-        return [_plain(row) for row in obj.to_dict("records")], label
-    if _is_instance(obj, "datasets", "Dataset"):
-        return obj.to_list(), label
-    if _is_instance(obj, "datasets", "DatasetDict"):
+        return _frame_rows(obj), label
+    if _is_instance(obj, "datasets", "Dataset") or _is_instance(obj, "datasets", "IterableDataset"):
+        return _dataset_rows(obj), label
+    if _is_instance(obj, "datasets", "DatasetDict") or _is_instance(obj, "datasets", "IterableDatasetDict"):
         ds, name = _pick_split(obj, split, label)
-        return ds.to_list(), f"{label}[{name}]"
-    if _is_instance(obj, "datasets", "IterableDataset"):
-        return list(obj), label
+        return _dataset_rows(ds), f"{label}[{name}]"
     raise DataError(
         f"{label}: unsupported data object of type {type(obj).__name__} "
-        "(expected a list of dicts, pandas DataFrame, datasets.Dataset or DatasetDict)"
+        "(expected a list of dicts, pandas DataFrame, datasets.Dataset, DatasetDict or IterableDataset)"
     )
 
 
-def _read_hub(name: str, config: str | None, split: str | None, hint: str = "") -> tuple[list[Any], str]:
+def _frame_rows(frame: Any) -> Iterator[dict]:
+    for start in range(0, len(frame), CHUNK_ROWS):
+        yield from (_plain(row) for row in frame.iloc[start : start + CHUNK_ROWS].to_dict("records"))
+
+
+def _read_hub(
+    name: str, config: str | None, split: str | None, hint: str = "", streaming: bool = False
+) -> tuple[Iterator[Any], str]:
+    """A Hub dataset: downloaded into the ``datasets`` cache and read memory-mapped, or with
+    ``streaming`` read as it downloads (nothing of the raw data is kept on disk)."""
     import datasets
 
     split = split or "train"
-    shown = f"hub:{name}" + (f":{config}" if config else "") + f"[{split}]"
+    shown = f"hub:{name}" + (f":{config}" if config else "") + f"[{split}]" + (" (streamed)" if streaming else "")
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        extra = {"streaming": True} if streaming else {}
+        ds = datasets.load_dataset(name, config, split=split, **extra)
     except Exception as exc:
         raise DataError(
             f"could not load dataset '{name}' from the Hugging Face Hub ({_short_reason(exc)}){hint}; "
             "local files (.jsonl, .json, .csv, .parquet) and notebook variables work offline"
         ) from None
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         ds, split = _pick_split(ds, split, shown)
-    return (ds.to_list() if hasattr(ds, "to_list") else list(ds)), shown
+    if _is_instance(ds, "datasets", "Dataset") or _is_instance(ds, "datasets", "IterableDataset"):
+        return _dataset_rows(ds), shown
+    return iter(ds), shown
 
 
 def _looks_like_path(text: str) -> bool:
@@ -192,13 +230,29 @@ def read_source(
     split: str | None = None,
     config: str | None = None,
     namespace: Mapping[str, Any] | None = None,
-) -> tuple[list[dict], str]:
-    """Raw rows and a readable description of where they came from.
+    streaming: bool = False,
+) -> tuple[list[Any], str]:
+    """Raw rows (a list: :func:`iter_source` read to the end) and where they came from."""
+    rows, where = iter_source(source, split=split, config=config, namespace=namespace, streaming=streaming)
+    return list(rows), where
+
+
+def iter_source(
+    source: Any,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    streaming: bool = False,
+) -> tuple[Iterator[Any], str]:
+    """Raw rows, read lazily, and a readable description of where they came from.
 
     Strings resolve in order: existing file/folder or glob match, then a variable in
-    ``namespace``, then a Hub dataset. Rows that could not be parsed are
-    ``UnreadableRow`` placeholders so indices stay aligned. ``split`` picks a
-    DatasetDict split (default "train"); ``config`` is for the Hub only.
+    ``namespace``, then a Hub dataset. What the source is resolves now (a missing file, an
+    unknown split, an unreachable Hub dataset raise here); its rows are read as they are asked
+    for. Rows that could not be parsed are ``UnreadableRow`` placeholders so indices stay
+    aligned. ``split`` picks a DatasetDict split (default "train"); ``config`` and
+    ``streaming`` are for the Hub only.
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -227,9 +281,9 @@ def read_source(
         matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
         if not matches:
             raise DataError(f"no files match {text}")
-        rows: list[Any] = []
-        for match in matches:
-            rows.extend(_read_file(match))
+        for match in matches:  # every file's type is checked before any row is read
+            _reader(match)
+        rows = chain.from_iterable(map(_read_file, matches))
         return rows, f"{text} ({len(matches)} file{'s' if len(matches) != 1 else ''})"
     if in_namespace:
         return _read_object(namespace[text], f"variable '{text}'", split)
@@ -238,7 +292,7 @@ def read_source(
     hint = ""
     if namespace is not None and text.isidentifier():
         hint = f" and there is no notebook variable named '{text}'"
-    return _read_hub(text, config, split, hint)
+    return _read_hub(text, config, split, hint, streaming)
 
 
 def _object_label(obj: Any) -> str:

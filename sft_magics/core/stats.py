@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .data import CHUNK_ROWS, dataset_chunks
 from .token_counts import _Counter, count_rows
 
 __all__ = ["DataStats", "data_stats", "histogram_png"]
@@ -146,23 +147,20 @@ class DataStats:
 
 
 class _Duplicates:
-    """Rows that repeat an earlier row exactly (after normalisation), fed chunk by chunk. Each row is
-    kept as a 16-byte digest of its normalised JSON, not the row, so memory stays small."""
+    """Rows that repeat an earlier row exactly (after normalisation), found by their 16-byte digests
+    (``LoadedData.row_digests``, computed once at load), so memory stays small."""
 
     def __init__(self) -> None:
         self._first: dict[bytes, int] = {}  # digest -> position of its first row
         self._groups: dict[int, list[int]] = {}  # first position -> every position, for repeated rows
 
-    def add(self, start: int, rows: list[dict]) -> None:
-        from hashlib import blake2b
+    def add(self, digests: bytes) -> None:
+        from .data import DIGEST_BYTES as n
 
-        from .data import _row_json
-
-        for k, row in enumerate(rows):
-            digest = blake2b(_row_json(row).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            first = self._first.setdefault(digest, start + k)
-            if first != start + k:
-                self._groups.setdefault(first, [first]).append(start + k)
+        for k in range(len(digests) // n):
+            first = self._first.setdefault(digests[k * n : (k + 1) * n], k)
+            if first != k:
+                self._groups.setdefault(first, [first]).append(k)
 
     def result(self, source_index) -> tuple[int, list[list[int]], int]:
         groups = [self._groups[f] for f in sorted(self._groups)]
@@ -230,24 +228,7 @@ def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int) -
     return out
 
 
-CHUNK_ROWS = 1000  # rows read, rendered and tokenized at a time: the doctor's memory does not grow with the data
 SAMPLE_HINT_ROWS = 100_000  # above this, %sft_data says that --sample gives a quicker look
-CHUNK_BYTES = 3_000_000  # ... and fewer when rows are long: ~3 MB of Arrow data (~1M tokens) per chunk
-
-
-def _chunks(dataset, size: int):
-    """(start, rows as dicts) for at most ``size`` rows (fewer when rows are long) at a time: one
-    Arrow -> Python conversion per chunk (iterating a Dataset row by row is slow; converting it all at
-    once holds every row twice). Measured at 1,000 rows of ~930 tokens: ~0.3 GiB while a chunk is in
-    flight, the same at 4,000 and 16,000 rows (``benchmarks/bench_doctor.py``)."""
-    n = len(dataset)
-    if n:  # bytes per row of the underlying table (a select()ed dataset keeps the whole table)
-        per_row = dataset.data.nbytes / max(1, dataset.data.num_rows)
-        size = max(1, min(size, int(CHUNK_BYTES / max(1.0, per_row))))
-    from .data import batch_rows
-
-    for start in range(0, n, size):
-        yield start, batch_rows(dataset[start : start + size])
 
 
 def data_stats(
@@ -264,7 +245,8 @@ def data_stats(
 
     ``data`` is a :class:`~sft_magics.core.data.LoadedData`; with ``load_data(..., strict=False)`` the
     invalid rows it left out are reported in ``problems``. Rows are read ``chunk`` at a time and only
-    small per-row numbers are kept (tokens, trained ranges, a 16-byte digest for duplicates), so the
+    small per-row numbers are kept (tokens, trained ranges; duplicates come from the rows' 16-byte digests,
+    made once at load), so the
     statistics are exact for every row while memory stays bounded by the chunk, not the data.
     """
     from .template import choose_mask_method
@@ -286,8 +268,9 @@ def data_stats(
     roles: Counter[str] = Counter()
     turns, n_messages = [], []
     duplicates = _Duplicates()
+    duplicates.add(data.row_digests)
     drops: list[tuple[int, str]] = []
-    for start, rows in _chunks(data.dataset, max(1, chunk)):
+    for start, rows in dataset_chunks(data.dataset, max(1, chunk)):
         counter = _Counter(len(rows), tokenizer)
         count_rows(counter, tokenizer, rows, fmt, method)
         total += counter.total
@@ -300,7 +283,6 @@ def data_stats(
                 roles.update(m["role"] for m in conversation)
                 turns.append(sum(m["role"] == "assistant" for m in conversation))
                 n_messages.append(len(conversation))
-        duplicates.add(start, rows)
         drops += _template_drops(tokenizer, rows, fmt, method, start)
 
     row_index = getattr(data, "row_index", None)

@@ -1,0 +1,134 @@
+"""Benchmark: ``load_data``'s peak memory and time on a JSONL source, chunked vs read whole.
+
+    python benchmarks/bench_load.py [--rows 16000 64000 128000] [--turns 12] [--rounds 1]
+
+For each size a JSONL file of multi-turn conversations (``bench_prepare``'s rows, ``--turns``
+exchanges each; 12 give ~940 tokens, ~4 KB a row) is written once. Then, in a fresh process per
+measurement and with the kernel's peak-RSS counter reset before the call (``/proc/self/clear_refs``):
+
+- ``chunked``: ``load_data(path)`` as it is: rows read, normalised and stored ``CHUNK_ROWS`` at a
+  time, in memory up to ``rowstore.SPILL_BYTES`` (64 MiB of Arrow data), memory-mapped from disk past it;
+- ``whole``: the way ``load_data`` worked before: every row read into a Python list, normalised
+  into a second list, then one ``datasets.Dataset.from_list``.
+
+Printed per size: the peak RSS above the RSS before the call and the wall time of each, their ratios,
+and whether the chunked dataset is on disk. Both must give the same fingerprint (checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+GIB = 1024**3
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+
+def write_source(path: Path, rows: int, turns: int) -> None:
+    """``bench_prepare.conversations(rows, turns)``, written a row at a time."""
+    from bench_prepare import DATA
+
+    pool = [json.loads(line)["messages"] for line in DATA.read_text().splitlines()]
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(rows):
+            messages = [m for k in range(turns) for m in pool[(i * turns + k) % len(pool)]]
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+
+def measure(side: str, path: str) -> dict:
+    """One measurement in this (fresh) process."""
+    import gc
+    import time
+
+    from bench_doctor import _status
+
+    from sft_magics.core import data as D
+    from sft_magics.core.formats import _normalize
+    from sft_magics.core.sources import read_source
+
+    D.load_data([{"prompt": "warm", "completion": "up"}] * 3)  # first-call imports not measured
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    base = _status("VmRSS")
+    start = time.perf_counter()
+    if side == "chunked":
+        loaded = D.load_data(path)
+        fingerprint, rows, on_disk = loaded.fingerprint, len(loaded), bool(loaded.dataset.cache_files)
+    else:
+        import datasets
+
+        raw, _ = read_source(path)
+        normalised, _, _, _, _ = _normalize(raw, D.detect_format(raw))
+        dataset = datasets.Dataset.from_list(normalised)
+        fingerprint, rows, on_disk = D._fingerprint(normalised), len(dataset), False
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_above": _status("VmHWM") - base,
+        "fingerprint": fingerprint,
+        "rows": rows,
+        "on_disk": on_disk,
+    }
+
+
+def _run(side: str, path: Path, cache: Path) -> dict:
+    shutil.rmtree(cache, ignore_errors=True)  # every chunked load writes its copy: nothing reused
+    env = {**os.environ, "SFT_MAGICS_CACHE": str(cache)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", side, "--path", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[16000, 64000, 128000])
+    parser.add_argument("--turns", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--measure", choices=["chunked", "whole"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.path)))
+        return
+
+    print(f"load_data on JSONL, {args.turns}-turn conversations, {os.cpu_count()} CPU cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            path = Path(tmp) / f"rows-{rows}.jsonl"
+            write_source(path, rows, args.turns)
+            got: dict[str, list[dict]] = {"chunked": [], "whole": []}
+            for r in range(args.rounds):
+                for side in ("chunked", "whole") if r % 2 == 0 else ("whole", "chunked"):
+                    got[side].append(_run(side, path, Path(tmp) / "cache"))
+            c, w = got["chunked"], got["whole"]
+            assert {x["fingerprint"] for x in c + w} == {c[0]["fingerprint"]}, "the two loads differ"
+            assert {x["rows"] for x in c + w} == {rows}
+            cs, ws = statistics.median(x["seconds"] for x in c), statistics.median(x["seconds"] for x in w)
+            cm, wm = max(x["peak_above"] for x in c), max(x["peak_above"] for x in w)
+            print(
+                f"{rows:>7} rows ({path.stat().st_size / 2**20:.0f} MiB): "
+                f"chunked {cs:.1f} s, peak +{cm / GIB:.2f} GiB ({'on disk' if c[0]['on_disk'] else 'in memory'}) | "
+                f"whole {ws:.1f} s, peak +{wm / GIB:.2f} GiB | memory {wm / max(cm, 1):.1f}x less, "
+                f"time {ws / cs:.2f}x",
+                flush=True,
+            )
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
