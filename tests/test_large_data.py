@@ -6,6 +6,7 @@ one-line error), and reads streaming datasets as they arrive."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from sft_magics.core import rowstore, sources
 from sft_magics.core.data import DataError, _drop_none, load_data
 from sft_magics.core.dataset_spec import load_dataset_spec
 from sft_magics.core.recipe import read_recipe
+from tests.test_reliability import tmpfs  # noqa: F401 - a real small tmpfs (fixture)
 
 
 def turn(i: int, **extra) -> dict:
@@ -126,6 +128,9 @@ def test_a_spilled_dataset_trains_the_same_rows(tmp_path, cache, small_chunks, t
     assert first.to_list() == to_trl_rows(in_memory, tokenizer, cache=False).to_list()
     cached = to_trl_rows(on_disk, tokenizer)  # stored, then loaded memory-mapped as the data is
     assert to_trl_rows(on_disk, tokenizer).cache_files and cached.to_list() == first.to_list()
+    assert all("prepared" in f["filename"] for f in cached.cache_files)
+    left = sorted(p.name for p in (cache / "data").iterdir())  # map's own copy beside the data is gone
+    assert left == [Path(on_disk.dataset.cache_files[0]["filename"]).name], "one copy of the prepared rows"
 
 
 def test_row_numbers_are_global_across_chunks(tmp_path, cache, small_chunks, spill):
@@ -189,8 +194,23 @@ def test_rows_whose_types_clash_across_chunks_are_one_line_errors(
         load_data(write_jsonl(tmp_path / "clash.jsonl", rows))
     message = str(info.value)
     assert "\n" not in message
-    assert "rows could not be stored as a dataset" in message and "tool_calls arguments" in message
+    assert message.startswith(f"{tmp_path / 'clash.jsonl'}: rows 4–7 and the rows before them could not be stored")
+    assert "tool_calls arguments" in message
     assert not list(cache.glob("data/.partial-*"))
+
+
+def test_text_that_is_not_unicode_is_a_one_line_error(tmp_path):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"prompt": "fine", "completion": "ok"}\n{"prompt": "bad \\ud800", "completion": "x"}\n')
+    with pytest.raises(DataError) as info:
+        load_data(str(path))
+    assert str(info.value).startswith(f"{path}: rows 0–1 could not be stored as one dataset (UnicodeEncodeError")
+
+
+def test_a_loaded_dataset_shows_briefly():
+    loaded = load_data([turn(i) for i in range(2000)])
+    assert len(loaded.row_digests) == 2000 * D.DIGEST_BYTES
+    assert "row_digests" not in repr(loaded) and len(repr(loaded)) < 1000
 
 
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_parts(tmp_path, cache, small_chunks, spill, monkeypatch):
@@ -213,25 +233,53 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_parts(tmp_path, cache, sm
     assert list((cache / "data").iterdir()) == []
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_real_full_or_read_only_disk_is_a_one_line_error(tmp_path, tmpfs, spill, monkeypatch, readonly):  # noqa: F811
+    disk = tmpfs("cache", size="1m", readonly=readonly)
+    monkeypatch.setenv("SFT_MAGICS_CACHE", str(disk))
+    rows = [{"messages": msgs} for msgs in (turn(i)["messages"] for i in range(2000))]
+    for row in rows:
+        row["messages"][1]["content"] += " " + "x" * 1000  # ~2 MB of rows for a 1 MB disk
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_data(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: could not write the rows to {disk / 'data'} (OSError: [Errno ")
+    assert ("Read-only file system" if readonly else "No space left on device") in message
+    assert "\n" not in message
+    assert not any(disk.rglob("*.arrow")) and not any(disk.glob("data/.partial-*"))
+
+
 def test_the_parts_of_a_killed_load_are_removed_by_the_next_one(tmp_path, cache, small_chunks, spill):
-    root = cache / "data"
-    dead = root / ".partial-999999999-deadbeef"
-    alive = root / f".partial-{os.getppid()}-cafecafe"  # another live process's load: not touched
-    for folder in (dead, alive):
+    import socket
+    import time
+
+    host, root = socket.gethostname(), cache / "data"
+    dead = root / f".partial-{host}-999999999-deadbeef"  # this machine's, its process gone: removed
+    alive = root / f".partial-{host}-{os.getppid()}-cafecafe"  # another live load here: kept
+    elsewhere = root / ".partial-other-host-999999999-0badcafe"  # a load on another machine (shared disk): kept
+    stale = root / ".partial-other-host-999999998-0ddba11d"  # ... unless untouched for more than a day
+    for folder in (dead, alive, elsewhere, stale):
         folder.mkdir(parents=True)
         (folder / "part-000000.arrow").write_bytes(b"x")
+    day_ago = time.time() - rowstore.ABANDONED_AFTER_S - 60
+    os.utime(stale, (day_ago, day_ago))
     load_data(write_jsonl(tmp_path / "rows.jsonl", MIXED))
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists() and not stale.exists()
+    assert alive.exists() and elsewhere.exists()
 
 
-def test_a_damaged_stored_copy_is_written_again(tmp_path, cache, small_chunks, spill):
+@pytest.mark.parametrize("damage", ["not arrow", "cut in half"])
+def test_a_damaged_stored_copy_is_written_again(tmp_path, cache, small_chunks, spill, damage):
     path = write_jsonl(tmp_path / "rows.jsonl", MIXED)
     first = load_data(path)
     stored = Path(first.dataset.cache_files[0]["filename"])
     del first
-    stored.write_bytes(b"not arrow")
+    content = stored.read_bytes()
+    stored.write_bytes(b"not arrow" if damage == "not arrow" else content[: len(content) // 2])
     again = load_data(path)
     assert plain(again.dataset) == [_drop_none(r) for r in MIXED]
+    assert stored.read_bytes() == content
 
 
 def test_csv_and_parquet_are_read_by_blocks(tmp_path, small_chunks):
@@ -254,6 +302,19 @@ def test_a_streaming_dataset_is_read_as_it_arrives(tmp_path, small_chunks):
     loaded = load_data("stream", namespace={"stream": stream})
     assert plain(loaded.dataset) == [_drop_none(r) for r in MIXED]
     assert loaded.source == "variable 'stream'"
+
+
+def test_a_stream_that_breaks_is_a_one_line_error_naming_the_row(small_chunks):
+    def rows():
+        for i in range(5):
+            yield turn(i)
+        raise ConnectionError("Connection reset by peer\nTraceback ...")
+
+    stream = datasets.IterableDataset.from_generator(rows)
+    with pytest.raises(DataError) as info:
+        load_data(stream)
+    message = str(info.value)  # the stream is read a batch at a time: the rows before the broken batch
+    assert message == "IterableDataset: reading stopped after 3 rows (ConnectionError: Connection reset by peer)"
 
 
 def test_streaming_true_asks_the_hub_for_a_stream(monkeypatch, small_chunks):
@@ -325,6 +386,18 @@ def test_a_run_trains_and_resumes_on_rows_memory_mapped_from_disk(tmp_path, cach
     shutil.rmtree(result.path / "final")
     status = json.loads((result.path / "status.json").read_text())
     (result.path / "status.json").write_text(json.dumps({**status, "state": "failed", "step": 3}))
+
+    # A run recorded before fingerprints were made of row digests: sha256 of the rows' JSON lines.
+    from sft_magics.core.config import ConfigError, plan
+
+    train_rows = plan(spec).train_data.dataset.to_list()
+    legacy = hashlib.sha256(b"".join(D._row_json(r).encode() + b"\n" for r in train_rows)).hexdigest()
+    for recorded in ("0" * 64, legacy):
+        env["datasets"]["train"]["fingerprint"] = recorded
+        (result.path / "environment.json").write_text(json.dumps(env))
+        if recorded != legacy:
+            with pytest.raises(ConfigError, match="the training data changed since the run started"):
+                train(spec, resume=True)
     resumed = train(spec, resume=True)
     assert resumed.status == "finished" and resumed.path == result.path
     assert (result.path / "final").is_dir()

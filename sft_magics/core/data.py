@@ -17,7 +17,8 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ TRL_FORMAT = {
 # Columns of CSV files that hold JSON text (CSV cells cannot hold lists).
 CSV_JSON_COLUMNS = ("messages", "conversations", "tools")
 CHUNK_ROWS = 1000  # rows read, normalised, rendered and tokenized at a time: memory does not grow with the data
-CHUNK_BYTES = 3_000_000  # ... and fewer when rows are long: ~3 MB of Arrow data (~1M tokens) per chunk
+CHUNK_BYTES = 3_000_000  # dataset_chunks reads fewer when rows are long: ~3 MB of Arrow data (~1M tokens) per chunk
 
 
 # --------------------------------------------------------------------------- types
@@ -133,7 +134,8 @@ class LoadedData:
     row_index: tuple[int, ...] | None = None  # source index of each kept row; None: row i is source row i
     invalid_rows: tuple[tuple[int, Any], ...] = ()  # (source index, raw row) of each invalid row, for display
     sampled_from: int | None = None  # rows of the data this is a random sample of (``sample_data``); None: all rows
-    row_digests: bytes = b""  # DIGEST_BYTES per row of ``dataset``, in order (``_row_digest``)
+    # DIGEST_BYTES per row of ``dataset``, in order (``_row_digest``); not in repr: megabytes for big data
+    row_digests: bytes = field(default=b"", repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -230,6 +232,20 @@ def _digests_fingerprint(digests: bytes) -> str:
     fingerprinted from its rows' digests without reading them again, and gets the same value as
     loading those rows would."""
     return hashlib.sha256(digests).hexdigest()
+
+
+def _same_rows(data: LoadedData, fingerprint: str) -> bool:
+    """Whether ``fingerprint`` is of ``data``'s rows: this version's, or the one runs recorded before
+    fingerprints were made of row digests (sha256 of the rows' JSON lines), read again only then."""
+    if fingerprint == data.fingerprint:
+        return True
+    if len(fingerprint) != 64:
+        return False
+    digest = hashlib.sha256()
+    for _, rows in dataset_chunks(data.dataset):
+        for row in rows:
+            digest.update(_row_json(row).encode() + b"\n")
+    return digest.hexdigest() == fingerprint
 
 
 def _pick_digests(digests: bytes, indices: Iterable[int]) -> bytes:
@@ -355,7 +371,7 @@ def load_data(
     digests = bytearray()
     total = 0
     kept: list[int] | None = None  # source row of each valid row, once a row is invalid (before: row i is row i)
-    with RowStore(where) as store:
+    with RowStore(where) as store, closing(stream):  # a failed load closes its file at once
         for rows in _batched(stream, CHUNK_ROWS):
             if remap:
                 rows, mapped = remap_rows(
@@ -371,9 +387,10 @@ def load_data(
                 if kept is None:
                     kept = list(range(total))
                 problems += found
-                invalid += [(i, rows[i - total]) for i in sorted({p.row for p in found})]
+                if not strict:  # kept for the row browser; a strict load raises with the problems alone
+                    invalid += [(i, rows[i - total]) for i in sorted({p.row for p in found})]
             if not (strict and problems):  # a strict load that has failed only goes on to list every problem
-                store.add(out)
+                store.add(out, (total, total + len(rows) - 1))
                 digests += b"".join(map(_row_digest, out))
             if kept is not None:
                 kept += kept_here

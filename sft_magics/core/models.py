@@ -61,7 +61,8 @@ class LoadedModel:
 
 def cache_dir() -> Path:
     """Our cache root: $SFT_MAGICS_CACHE, else ~/.cache/sft_magics."""
-    return Path(os.environ.get("SFT_MAGICS_CACHE") or Path.home() / ".cache" / "sft_magics")
+    # Absolute: memory-mapped datasets keep this path, and a notebook may %cd away.
+    return Path(os.environ.get("SFT_MAGICS_CACHE") or Path.home() / ".cache" / "sft_magics").expanduser().resolve()
 
 
 def _gguf_file(alias: str) -> Path:

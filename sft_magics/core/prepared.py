@@ -89,6 +89,14 @@ def to_trl_rows(
     )
     if folder is not None:
         _store(prepared, folder)
+        if prepared.cache_files and (folder / "dataset_info.json").is_file():
+            # Data on disk: map wrote its result beside the data; the stored copy replaces it (one copy on disk).
+            from datasets import load_from_disk
+
+            written = [Path(f["filename"]) for f in prepared.cache_files]
+            prepared = load_from_disk(str(folder))
+            for path in written:
+                path.unlink(missing_ok=True)
     return prepared
 
 

@@ -6,21 +6,25 @@ from there (what ``datasets`` does with everything it loads), so loading a sourc
 needs memory for one chunk, not for the data.
 
 Chunks can disagree on optional keys (a ``tools`` column, ``tool_calls`` or ``name`` in some messages
-only, a number that is whole in one chunk and not in the next): their schemas are unified at the end,
-as one ``from_list`` over every row would have typed them, and each chunk is cast to the result
+only, a number that is whole in one chunk and not in the next): each new schema is unified with the
+ones before it as it arrives (so a clash is found, and named by its rows, at once), as one
+``from_list`` over every row would have typed them, and each chunk is cast to the result at the end
 (``datasets.table.table_cast``). Rows whose types cannot be unified are one-line errors.
 
-On disk: ``$SFT_MAGICS_CACHE/data/<fingerprint>.arrow``, named by the rows' content (a source that
-changes gets a new name, so a stored copy is never stale), written whole or not at all (parts are
-written into a ``.partial-<pid>-…`` folder, the finished file renamed into place). The part folder of
-a killed load is removed by the next load that spills; a full or read-only disk is a one-line error
-that names the folder.
+On disk: ``$SFT_MAGICS_CACHE/data/<fingerprint[:32]>.arrow``, named by the rows' content (a source
+that changes gets a new name, so a stored copy is never stale), written whole or not at all (parts
+go into a ``.partial-<host>-<pid>-…`` folder; the finished file is synced, then renamed into place),
+and reused only when it holds these rows' count and schema. The part folder of a killed load is
+removed by the next load that spills on the same machine (on a shared disk: after a day); a full or
+read-only disk is a one-line error that names the folder.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +44,7 @@ class RowStore:
         self.rows = 0
         self._tables: list[Any] = []  # in memory, until the rows spill
         self._parts: list[Path] = []  # on disk, after
-        self._schemas: list[Any] = []
+        self._schema: Any = None  # every chunk's schema, unified so far
         self._nbytes = 0
         self._folder: Path | None = None
         self._writer: _Part | None = None  # the part being written
@@ -55,13 +59,18 @@ class RowStore:
     def on_disk(self) -> bool:
         return self._folder is not None
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[dict], span: tuple[int, int] | None = None) -> None:
+        """Store a chunk of normalised rows; ``span`` is the source rows it came from (first, last),
+        named when its types clash with the rows before it."""
         if not rows:
             return
-        table = _table(rows, self.where)
+        which = f"rows {span[0]}–{span[1]}" if span else "rows"
+        table = _table(rows, self.where, which)
+        if self._schema is None:
+            self._schema = table.schema
+        elif not table.schema.equals(self._schema):  # found now, not after the whole source is read
+            self._schema = _unify([self._schema, table.schema], self.where, f"{which} and the rows before them")
         self.rows += len(rows)
-        if not any(table.schema.equals(s) for s in self._schemas):
-            self._schemas.append(table.schema)
         self._nbytes += table.nbytes
         if self._folder is None and self._nbytes > SPILL_BYTES:
             self._spill()
@@ -75,7 +84,7 @@ class RowStore:
         import datasets
         from datasets.table import InMemoryTable
 
-        schema = self._schema()
+        schema = self._schema
         if self._folder is None:
             import pyarrow as pa
 
@@ -85,15 +94,19 @@ class RowStore:
         final = self._folder.parent / f"{fingerprint[:32]}.arrow"
         with self._disk_errors():
             self._close_part()
-            if not _readable(final):
+            if not _holds(final, schema, self.rows):
                 if len(self._parts) == 1 and _schema_of(self._parts[0]).equals(schema):
                     staged = self._parts[0]  # one schema throughout: the part is the file
                 else:
                     staged = self._folder / final.name
                     self._write(staged, schema)
+                _sync(staged)
                 os.replace(staged, final)  # whole or not at all; an identical concurrent copy is as good
         self.discard()
-        return datasets.Dataset.from_file(str(final))  # its fingerprint: from the file's name (the content's)
+        try:
+            return datasets.Dataset.from_file(str(final))  # its fingerprint: from the file's name (the content's)
+        except Exception as exc:
+            raise DataError(f"{self.where}: could not read back {final} ({_short_reason(exc)})") from None
 
     def discard(self) -> None:
         """Remove the parts (the finished file stays: it is the dataset)."""
@@ -107,16 +120,6 @@ class RowStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _schema(self) -> Any:
-        import pyarrow as pa
-
-        if len(self._schemas) == 1:
-            return self._schemas[0]
-        try:
-            return pa.unify_schemas(self._schemas, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise _clash(self.where, exc) from None
-
     def _spill(self) -> None:
         from .models import cache_dir
 
@@ -124,7 +127,7 @@ class RowStore:
         with self._disk_errors(root):
             root.mkdir(parents=True, exist_ok=True)
             _remove_abandoned(root)
-            self._folder = root / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._folder = root / _part_folder_name()
             self._folder.mkdir()
             held, self._tables = self._tables, []
             for table in held:
@@ -194,13 +197,13 @@ class _DiskErrors:
             ) from None
 
 
-def _table(rows: list[dict], where: str) -> Any:
+def _table(rows: list[dict], where: str, which: str = "rows") -> Any:
     import pyarrow as pa
 
     try:
         return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
-        raise _clash(where, exc) from None
+    except Exception as exc:  # type clashes, ints too large, text that is not valid Unicode (lone surrogates)
+        raise _clash(where, exc, which) from None
 
 
 def _conform(table: Any, schema: Any, where: str) -> Any:
@@ -217,9 +220,18 @@ def _conform(table: Any, schema: Any, where: str) -> Any:
         raise _clash(where, exc) from None
 
 
-def _clash(where: str, exc: BaseException) -> DataError:
+def _unify(schemas: list[Any], where: str, which: str = "rows") -> Any:
+    import pyarrow as pa
+
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise _clash(where, exc, which) from None
+
+
+def _clash(where: str, exc: BaseException, which: str = "rows") -> DataError:
     return DataError(
-        f"{where}: rows could not be stored as a dataset ({_short_reason(exc)}); "
+        f"{where}: {which} could not be stored as one dataset ({_short_reason(exc)}); "
         "check that each field has the same type in every row (e.g. tool_calls arguments)"
     )
 
@@ -231,27 +243,53 @@ def _schema_of(path: Path) -> Any:
         return pa.ipc.open_stream(source).schema
 
 
-def _readable(path: Path) -> bool:
+def _holds(path: Path, schema: Any, rows: int) -> bool:
+    """Whether ``path`` is a whole stored copy of these rows (read through, so a cut file fails);
+    anything else there is removed, to be written again."""
     if not path.is_file():
         return False
-    try:
-        import pyarrow as pa
+    import pyarrow as pa
 
-        _schema_of(path)  # a damaged file fails here
-        return True
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_stream(source)
+            count = sum(batch.num_rows for batch in reader)
+            if reader.schema.equals(schema) and count == rows:
+                return True
     except (OSError, pa.ArrowInvalid):
-        path.unlink(missing_ok=True)
-        return False
+        pass
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _sync(path: Path) -> None:
+    """On disk before it is renamed into place: a crash then leaves the old name or the whole file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+ABANDONED_AFTER_S = 24 * 3600  # a part folder untouched this long is abandoned, whichever machine made it
+
+
+def _part_folder_name() -> str:
+    return f".partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _remove_abandoned(root: Path) -> None:
-    """Part folders of loads whose process is gone (killed mid-load)."""
+    """Part folders of loads that were killed: this machine's whose process is gone, and any left
+    untouched for a day (a cache on a shared disk may hold other machines' loads in progress)."""
+    host = socket.gethostname()
     for folder in root.glob(".partial-*"):
         try:
-            pid = int(folder.name.split("-")[1])
-        except (IndexError, ValueError):
+            made_on, pid = folder.name[len(".partial-") :].rsplit("-", 2)[:2]
+            age = time.time() - folder.stat().st_mtime
+        except (ValueError, OSError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        mine = made_on == host and pid.isdigit()
+        if (mine and int(pid) != os.getpid() and not _alive(int(pid))) or age > ABANDONED_AFTER_S:
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -252,8 +252,32 @@ def iter_source(
     unknown split, an unreachable Hub dataset raise here); its rows are read as they are asked
     for. Rows that could not be parsed are ``UnreadableRow`` placeholders so indices stay
     aligned. ``split`` picks a DatasetDict split (default "train"); ``config`` and
-    ``streaming`` are for the Hub only.
+    ``streaming`` are for the Hub only. A failure while reading (a stream that breaks, a file that
+    cannot be read further) is a one-line DataError naming the source and the row it stopped at.
     """
+    rows, where = _resolve(source, split, config, namespace, streaming)
+    return _guarded(rows, where), where
+
+
+def _guarded(rows: Iterator[Any], where: str) -> Iterator[Any]:
+    count = 0
+    try:
+        for row in rows:
+            yield row
+            count += 1
+    except DataError:
+        raise
+    except Exception as exc:  # the libraries' own errors: a network stream, pyarrow, the file system
+        raise DataError(f"{where}: reading stopped after {count:,} rows ({_short_reason(exc)})") from None
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()  # the reader's file, now, not when the generator is collected
+
+
+def _resolve(
+    source: Any, split: str | None, config: str | None, namespace: Mapping[str, Any] | None, streaming: bool
+) -> tuple[Iterator[Any], str]:
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
         if not os.path.exists(os.path.expanduser(source)):

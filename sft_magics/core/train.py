@@ -14,6 +14,7 @@ from typing import Any
 
 from .callbacks import StopFlag, _callback_class
 from .config import ConfigError, Plan, TrainSpec, _lora_config, plan
+from .data import _same_rows
 from .errors import SftError
 from .events import Event, Sink, fan_out
 from .models import DEFAULT_MODEL
@@ -177,7 +178,7 @@ def _resume_point(p: Plan, folder, resume_anyway: bool) -> tuple[Path, list[str]
             f"{checkpoint.name} has no {' or '.join(missing)}: the optimizer and learning-rate schedule would restart"
         )
     recorded = (read_json(run.path / "environment.json").get("datasets") or {}).get("train") or {}
-    if recorded.get("fingerprint") and recorded["fingerprint"] != p.train_data.fingerprint:
+    if recorded.get("fingerprint") and not _same_rows(p.train_data, recorded["fingerprint"]):
         problems.append(
             f"the training data changed since the run started ({recorded.get('rows')} rows, fingerprint "
             f"{recorded['fingerprint'][:12]} → {len(p.train_data)} rows, {p.train_data.fingerprint[:12]})"
