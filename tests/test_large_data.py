@@ -404,3 +404,21 @@ def test_a_run_trains_and_resumes_on_rows_memory_mapped_from_disk(tmp_path, cach
     events = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
     started = [e for e in events if e["kind"] == "started"]
     assert started[-1]["resumed_from"].endswith("checkpoint-2")
+
+
+def test_the_data_doctor_on_rows_on_disk_counts_every_row_in_source_numbers(
+    shell, tiny_model, tmp_path, cache, small_chunks, spill, capsys
+):
+    """%sft_data on a source read in chunks and memory-mapped: duplicates across chunk borders and
+    invalid rows in later chunks are found and named by their source row numbers."""
+    rows = [turn(i) for i in range(12)]
+    rows[5] = turn(1)  # a duplicate of row 1, in another chunk
+    rows[10] = turn(1)
+    rows[7] = {"messages": [{"role": "user", "content": "no answer"}]}
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    stats = shell.run_line_magic("sft_data", f"{path} --model {tiny_model} -o s")
+    out = capsys.readouterr().out
+    assert (stats.rows, stats.invalid_rows, stats.source_rows) == (11, 1, 12)
+    assert stats.duplicates == 2 and stats.duplicate_groups == [[1, 5, 10]]
+    assert "row 7 messages: no assistant turn, nothing to train on" in out
+    assert list((cache / "data").glob("*.arrow"))
