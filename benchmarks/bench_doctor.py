@@ -72,14 +72,14 @@ def measure(side: str, rows: int, turns: int) -> dict:
     return {"seconds": seconds, "peak_above": peak - base, "tokens": sum(totals), "trained": sum(trained)}
 
 
-def _run(side: str, rows: int, turns: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", side, "--rows", str(rows), "--turns", str(turns)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def fresh_process(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``script`` with ``args`` in a fresh Python process; its last line of output, read as JSON."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run(side: str, rows: int, turns: int) -> dict:
+    return fresh_process(__file__, "--measure", side, "--rows", str(rows), "--turns", str(turns))
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -84,15 +83,10 @@ def measure(side: str, path: str) -> dict:
 
 def _run(side: str, path: Path, cache: Path) -> dict:
     shutil.rmtree(cache, ignore_errors=True)  # every chunked load writes its copy: nothing reused
+    from bench_doctor import fresh_process
+
     env = {**os.environ, "SFT_MAGICS_CACHE": str(cache)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", side, "--path", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return fresh_process(__file__, "--measure", side, "--path", str(path), env=env)
 
 
 def main() -> None:

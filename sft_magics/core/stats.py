@@ -146,27 +146,18 @@ class DataStats:
 # --------------------------------------------------------------------------- the rest
 
 
-class _Duplicates:
+def _duplicates(digests: bytes, source_index) -> tuple[int, list[list[int]], int]:
     """Rows that repeat an earlier row exactly (after normalisation), found by their 16-byte digests
-    (``LoadedData.row_digests``, computed once at load), so memory stays small."""
+    (``LoadedData.row_digests``, computed once at load): extra rows, the first groups shown, groups."""
+    from .data import DIGEST_BYTES as n
 
-    def __init__(self) -> None:
-        self._first: dict[bytes, int] = {}  # digest -> position of its first row
-        self._groups: dict[int, list[int]] = {}  # first position -> every position, for repeated rows
-
-    def add(self, digests: bytes) -> None:
-        from .data import DIGEST_BYTES as n
-
-        for k in range(len(digests) // n):
-            first = self._first.setdefault(digests[k * n : (k + 1) * n], k)
-            if first != k:
-                self._groups.setdefault(first, [first]).append(k)
-
-    def result(self, source_index) -> tuple[int, list[list[int]], int]:
-        groups = [self._groups[f] for f in sorted(self._groups)]
-        extra = sum(len(g) - 1 for g in groups)
-        shown = [[source_index(i) for i in g] for g in groups[:DUPLICATE_GROUPS_KEPT]]
-        return extra, shown, len(groups)
+    groups: dict[bytes, list[int]] = {}
+    for k in range(len(digests) // n):
+        groups.setdefault(digests[k * n : (k + 1) * n], []).append(k)
+    repeated = [g for g in groups.values() if len(g) > 1]  # in order of each group's first row
+    extra = sum(len(g) - 1 for g in repeated)
+    shown = [[source_index(i) for i in g] for g in repeated[:DUPLICATE_GROUPS_KEPT]]
+    return extra, shown, len(repeated)
 
 
 def _truncation(totals, ranges, ends, max_length, source_index, skip=frozenset()) -> dict[str, Any]:
@@ -267,8 +258,6 @@ def data_stats(
     errors: dict[int, str] = {}  # row position -> why the template could not render it
     roles: Counter[str] = Counter()
     turns, n_messages = [], []
-    duplicates = _Duplicates()
-    duplicates.add(data.row_digests)
     drops: list[tuple[int, str]] = []
     for start, rows in dataset_chunks(data.dataset, max(1, chunk)):
         counter = _Counter(len(rows), tokenizer)
@@ -287,7 +276,7 @@ def data_stats(
 
     row_index = getattr(data, "row_index", None)
     source_index = (lambda i: i) if row_index is None else row_index.__getitem__
-    n_duplicates, groups, n_groups = duplicates.result(source_index)
+    n_duplicates, groups, n_groups = _duplicates(data.row_digests, source_index)
     from .data import RowProblem
 
     template_errors = tuple(
