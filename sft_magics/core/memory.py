@@ -23,7 +23,7 @@ which is why "fits" needs a 10% margin. On a GPU they are unchecked until one is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 GIB = 1024**3
 # Elements kept per token and layer: ACT_HIDDEN x hidden + ACT_MLP x intermediate + ACT_KV x key/value
@@ -261,4 +261,4 @@ def _with_advice(est: FitEstimate, p, model_config) -> FitEstimate:
         else:
             what = "a smaller model, or a GPU with more memory"
         advice.append(f"weights, optimizer state and overhead (~{fixed:.2f} GiB) leave too little room: {what}")
-    return FitEstimate(**{**est.__dict__, "advice": tuple(advice)})
+    return replace(est, advice=tuple(advice))
