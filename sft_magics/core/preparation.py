@@ -64,7 +64,39 @@ def prepare_model(p: Plan):
                 *lora["modules_to_save"],
                 *[m for m in ("embed_tokens", "lm_head") if m not in lora["modules_to_save"]],
             ]
+    settle_tokenizer(model, tokenizer, p.sft_args)
     return model, tokenizer, lora
+
+
+def settle_tokenizer(model, tokenizer, sft_args) -> None:
+    """The tokenizer as TRL's ``SFTTrainer`` will leave it, settled before any row is prepared (rows
+    prepared earlier would train an end token the saved model does not stop on): ``eos_token`` and
+    ``pad_token`` set, and mirrored onto the model's configs as TRL does (the new EOS joins the
+    generation config's stop tokens). TRL's own changes are then no-ops."""
+    vocab = tokenizer.get_vocab()
+    for key in ("eos_token", "pad_token"):
+        token = sft_args.get(key)
+        if token is not None and token not in vocab:
+            raise ConfigError(
+                f"key '{key}': {token!r} is not a token of this model's tokenizer; use one it has "
+                f"(its EOS is {tokenizer.eos_token!r}), or add it with chat_template"
+            )
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    generation = getattr(model, "generation_config", None)
+    if sft_args.get("eos_token") is not None:
+        tokenizer.eos_token = sft_args["eos_token"]
+        text_config.eos_token_id = tokenizer.eos_token_id
+        if generation is not None:
+            old = generation.eos_token_id
+            old = [] if old is None else [old] if isinstance(old, int) else list(old)
+            if tokenizer.eos_token_id not in old:
+                generation.eos_token_id = [tokenizer.eos_token_id, *old]
+    pad = sft_args.get("pad_token") or tokenizer.pad_token or tokenizer.eos_token
+    if pad is not None:
+        tokenizer.pad_token = pad
+        text_config.pad_token_id = tokenizer.pad_token_id
+        if generation is not None:
+            generation.pad_token_id = tokenizer.pad_token_id
 
 
 def trainable_model(p: Plan):

@@ -70,16 +70,17 @@ def to_trl_rows(
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # damaged: prepared again below
 
-    fmt = data.format  # not `data` itself in the closure: a worker process would receive the whole dataset
+    fmt, row_index = data.format, data.row_index  # not `data` itself: a worker process would receive the rows
 
-    def encode(batch):
-        ids, masks = encode_rows(tokenizer, batch_rows(batch), fmt, method)
+    def encode(batch, indices):
+        ids, masks = encode_rows(tokenizer, batch_rows(batch), fmt, method, indices[0] if indices else 0, row_index)
         return {"input_ids": ids, "assistant_masks": [[1] * len(x) for x in ids] if train_on_all else masks}
 
     procs = _processes(num_proc, len(data.dataset), chunk)
     prepared = data.dataset.map(
         encode,
         batched=True,
+        with_indices=True,
         batch_size=chunk,
         remove_columns=data.dataset.column_names,
         num_proc=procs if procs > 1 else None,

@@ -199,7 +199,7 @@ def _conversation(row: dict, fmt: str) -> list[dict]:
     return []
 
 
-def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int) -> list[tuple[int, str]]:
+def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int, counter) -> list[tuple[int, str]]:
     """(position, what) of the rows whose messages' content (or tool calls) the chat template does not
     render, from one batched render of each conversation."""
     from .template import clean_messages
@@ -209,7 +209,9 @@ def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int) -
     if fmt != "messages":
         return []
     convs = [clean_messages(r["messages"]) for r in rows]
-    texts = _render_many(tokenizer, convs, add_generation_prompt=False, chat_template=method[1] if method else None)
+    texts = _render_many(
+        tokenizer, convs, list(range(len(convs))), counter, add_generation_prompt=False, chat_template=method[1] if method else None
+    )
     out = []
     for i, (conv, text) in enumerate(zip(convs, texts)):
         if text is not None:
@@ -260,7 +262,7 @@ def data_stats(
     turns, n_messages = [], []
     drops: list[tuple[int, str]] = []
     for start, rows in dataset_chunks(data.dataset, max(1, chunk)):
-        counter = _Counter(len(rows), tokenizer)
+        counter = _Counter(len(rows), tokenizer, start=start, row_index=getattr(data, "row_index", None))
         count_rows(counter, tokenizer, rows, fmt, method)
         total += counter.total
         ranges += counter.ranges
@@ -272,7 +274,7 @@ def data_stats(
                 roles.update(m["role"] for m in conversation)
                 turns.append(sum(m["role"] == "assistant" for m in conversation))
                 n_messages.append(len(conversation))
-        drops += _template_drops(tokenizer, rows, fmt, method, start)
+        drops += _template_drops(tokenizer, rows, fmt, method, start, counter)
 
     row_index = getattr(data, "row_index", None)
     source_index = (lambda i: i) if row_index is None else row_index.__getitem__

@@ -158,11 +158,18 @@ def has_generation_markers(template: str | None) -> bool:
 
 
 def training_template(tokenizer) -> str | None:
-    """TRL's training variant of the tokenizer's template, or None if TRL has none for it."""
+    """TRL's training variant of the tokenizer's template, or None if TRL has none for it. TRL renders
+    the template itself (``supports_tool_calling``): inside our bound, after our probe."""
+    from .render import TemplateError, bounded, template_text, vet_template
+
+    vet_template(tokenizer)
     try:
         from trl.chat_template_utils import get_training_chat_template
 
-        return get_training_chat_template(tokenizer)
+        with bounded(template_text(tokenizer), " in TRL's get_training_chat_template"):
+            return get_training_chat_template(tokenizer)
+    except TemplateError:
+        raise
     except Exception:
         return None
 
@@ -208,6 +215,9 @@ def _assistant_spans_by_prefix(tokenizer, messages, full_text, **kw) -> list[tup
 
 def choose_mask_method(tokenizer, chat_template: str | None = None) -> tuple[str, str | None]:
     """How assistant-only masks are made for this tokenizer: (method, template to render with)."""
+    from .render import vet_template
+
+    vet_template(tokenizer, chat_template)  # a template that loops is refused here, before TRL renders it
     template = chat_template or tokenizer.chat_template
     if isinstance(template, dict):
         template = template.get("default")

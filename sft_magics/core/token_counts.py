@@ -70,7 +70,8 @@ def _end_position(ids: list[int], ranges, end_ids: frozenset[int]) -> int:
 class _Counter:
     """Collects (total, ranges, end position) per row, by row position; with ``keep_ids``, the ids too."""
 
-    def __init__(self, n: int, tokenizer, keep_ids: bool = False) -> None:
+    def __init__(self, n: int, tokenizer, keep_ids: bool = False, start: int = 0, row_index=None) -> None:
+        self.start, self.row_index = start, row_index  # to name a row in errors: its number in the source
         self.ids: list[list[int]] | None = [[] for _ in range(n)] if keep_ids else None
         self.total = [0] * n
         self.ranges: list[tuple] = [()] * n
@@ -84,6 +85,11 @@ class _Counter:
         self.total[i] = len(ids)
         self.ranges[i] = ranges
         self.end[i] = _end_position(ids, ranges, self.end_ids)
+
+    def row(self, i: int) -> str:
+        """Row position ``i`` of this batch as the user knows it: its number in the source."""
+        k = self.start + i
+        return f"row {k if self.row_index is None else self.row_index[k]}"
 
     def put_rendering(self, i: int, rendering) -> None:
         self.put(i, rendering.input_ids, _ranges_from_mask(rendering.assistant_masks))
@@ -102,39 +108,55 @@ def _tokenize(tokenizer, texts: list[str], offsets: bool = False):
     return enc["input_ids"], (enc["offset_mapping"] if offsets else [])
 
 
-def _many(call, items: list) -> list:
+def _many(call, items: list, rows: list[int], c: _Counter) -> list:
     """``call(items)`` for a batch; if the batch fails, item by item, with None for the items that fail
-    (their rows then go through tokenize_row, which reports the error properly)."""
+    (their rows then go through tokenize_row, which reports the error properly). ``rows[k]``: the row
+    position of item k (named through ``c``). A template that ran past the bound stops the whole load at the
+    first item that shows it, naming its row: the bound is paid about twice, not once per row."""
+    from .render import TemplateTimeout
+
     if not items:
         return []
+    timed_out = False
     try:
         out = call(items)
         if len(out) == len(items):
             return list(out)
+    except TemplateTimeout as err:
+        if err.located:  # refused earlier in this load
+            raise
+        timed_out = True
     except Exception:
         pass
     results = []
-    for item in items:
+    for k, item in enumerate(items):
         try:
-            results.append(call([item])[0])
+            results.append(call([item], confirm=timed_out)[0])
+        except TemplateTimeout as err:
+            raise err.at(c.row(rows[k])) from None
         except Exception:
             results.append(None)
     return results
 
 
 def _render_many(
-    tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool, chat_template
+    tokenizer, conversations: list[list[dict]], rows: list[int], c: _Counter, *, add_generation_prompt: bool, chat_template
 ) -> list[str | None]:
     """The strings of many conversations, rendered by apply_chat_template many at a time."""
 
     from .render import apply_chat_template
 
-    def call(convs):
+    def call(convs, confirm=False):
         return apply_chat_template(
-            tokenizer, convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            tokenizer,
+            convs,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+            confirm=confirm,
         )
 
-    return _many(call, conversations)
+    return _many(call, conversations, rows, c)
 
 
 def count_rows(c: _Counter, tokenizer, rows: list[dict], fmt: str, method=None) -> None:
@@ -150,16 +172,23 @@ def count_rows(c: _Counter, tokenizer, rows: list[dict], fmt: str, method=None) 
         _count_messages(c, tokenizer, rows, method)
 
 
-def encode_rows(tokenizer, rows: list[dict], fmt: str, method=None) -> tuple[list[list[int]], list[list[int]]]:
+def encode_rows(
+    tokenizer, rows: list[dict], fmt: str, method=None, start: int = 0, row_index=None
+) -> tuple[list[list[int]], list[list[int]]]:
     """(input_ids, trained mask of 0/1) per row: what :func:`core.template.tokenize_row` gives, many
     rows per template call and one batched tokenizer call, without building the token-by-token view.
     A row the template cannot render raises its error, as tokenize_row does."""
     from .template import tokenize_row
 
-    c = _Counter(len(rows), tokenizer, keep_ids=True)
+    from .render import TemplateTimeout
+
+    c = _Counter(len(rows), tokenizer, keep_ids=True, start=start, row_index=row_index)
     count_rows(c, tokenizer, rows, fmt, method)
     for i in sorted(c.errors):  # raises the row's TemplateError (or, if it renders this time, counts it)
-        c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
+        try:
+            c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
+        except TemplateTimeout as err:
+            raise err.at(c.row(i)) from None
     masks = []
     for ids, ranges in zip(c.ids, c.ranges):
         mask = [0] * len(ids)
@@ -186,12 +215,14 @@ def _count_prompt_completion(c: _Counter, tokenizer, rows: list[dict]) -> None:
 
 
 def _count_by_rows(c: _Counter, tokenizer, rows, positions, fmt, method) -> None:
-    from .render import TemplateError
+    from .render import TemplateError, TemplateTimeout
     from .template import tokenize_row
 
     for i in positions:
         try:
             c.put_rendering(i, tokenize_row(tokenizer, rows[i], fmt, method=method))
+        except TemplateTimeout as err:  # the whole load stops: every other row would pay the bound again
+            raise err.at(c.row(i)) from None
         except TemplateError as err:  # reported, not fatal: the doctor should still see the other rows
             c.errors[i] = str(err)
 
@@ -202,8 +233,8 @@ def _count_conversational_pc(c: _Counter, tokenizer, rows: list[dict]) -> None:
     batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
     prompts = [clean_messages(rows[i]["prompt"]) for i in batch]
     fulls = [p + clean_messages(rows[i]["completion"]) for p, i in zip(prompts, batch)]
-    prompt_texts = _render_many(tokenizer, prompts, add_generation_prompt=True, chat_template=None)
-    full_texts = _render_many(tokenizer, fulls, add_generation_prompt=False, chat_template=None)
+    prompt_texts = _render_many(tokenizer, prompts, batch, c, add_generation_prompt=True, chat_template=None)
+    full_texts = _render_many(tokenizer, fulls, batch, c, add_generation_prompt=False, chat_template=None)
     ok = [k for k, (p, f) in enumerate(zip(prompt_texts, full_texts)) if p is not None and f is not None]
     p_ids, _ = _tokenize(tokenizer, [prompt_texts[k] for k in ok])
     f_ids, _ = _tokenize(tokenizer, [full_texts[k] for k in ok])
@@ -229,7 +260,7 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
         # The template marks the assistant tokens itself: transformers' mask, many rows per call.
         from .render import apply_chat_template
 
-        def call(conversations):
+        def call(conversations, confirm=False):
             enc = apply_chat_template(
                 tokenizer,
                 conversations,
@@ -237,10 +268,11 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
                 return_dict=True,
                 return_assistant_tokens_mask=True,
                 chat_template=template,
+                confirm=confirm,
             )
             return list(zip(enc["input_ids"], enc["assistant_masks"]))
 
-        for i, got in zip(batch, _many(call, [convs[i] for i in batch])):
+        for i, got in zip(batch, _many(call, [convs[i] for i in batch], batch, c)):
             if got is not None:
                 c.put(i, list(got[0]), _ranges_from_mask(got[1]))
                 done.add(i)
@@ -249,6 +281,8 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
         # prompt) to the end of render(messages[:k+1]); the whole conversation is one more render.
         requests_gen: list[list[dict]] = []  # messages[:k] + generation prompt
         requests_end: list[list[dict]] = []  # full conversation and messages[:k+1]
+        gen_rows: list[int] = []  # the row of each request
+        end_rows: list[int] = []
         plan: dict[int, tuple[int, list[tuple[int, int]]]] = {}
         for i in batch:
             msgs = convs[i]
@@ -257,18 +291,25 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
                 continue  # no prompt before the first answer: the per-row path decides
             full_at = len(requests_end)
             requests_end.append(msgs)
+            end_rows.append(i)
             pairs = []
             for k in turns:
                 requests_gen.append(msgs[:k])
+                gen_rows.append(i)
                 if k == len(msgs) - 1:
                     end_at = full_at  # the last answer ends where the conversation ends
                 else:
                     end_at = len(requests_end)
                     requests_end.append(msgs[: k + 1])
+                    end_rows.append(i)
                 pairs.append((len(requests_gen) - 1, end_at))
             plan[i] = (full_at, pairs)
-        gen_texts = _render_many(tokenizer, requests_gen, add_generation_prompt=True, chat_template=template)
-        end_texts = _render_many(tokenizer, requests_end, add_generation_prompt=False, chat_template=template)
+        gen_texts = _render_many(
+            tokenizer, requests_gen, gen_rows, c, add_generation_prompt=True, chat_template=template
+        )
+        end_texts = _render_many(
+            tokenizer, requests_end, end_rows, c, add_generation_prompt=False, chat_template=template
+        )
         spans_of: dict[int, list[tuple[int, int]]] = {}
         for i, (full_at, pairs) in plan.items():
             full = end_texts[full_at]
