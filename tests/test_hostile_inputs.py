@@ -22,7 +22,10 @@ LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% e
 # Loops on every render / only where TRL renders a tool call / only on a full two-message conversation.
 TEMPLATES = {
     "always": LOOP + CHATML_TEMPLATE,
-    "in TRL": "{% for m in messages %}{% if m['role'] == 'tool' %}" + LOOP + "{% endif %}{% endfor %}" + CHATML_TEMPLATE,
+    "in TRL": "{% for m in messages %}{% if m['role'] == 'tool' %}"
+    + LOOP
+    + "{% endif %}{% endfor %}"
+    + CHATML_TEMPLATE,
     "full conversations": "{% if not add_generation_prompt and messages|length == 2 %}"
     + LOOP
     + "{% endif %}"
@@ -65,7 +68,7 @@ def test_a_template_that_never_ends_fails_train_in_a_subprocess_within_two_bound
         sh = InteractiveShell.instance()
         sh.run_line_magic("load_ext", "sft_magics")
         sh.run_line_magic("config", "SftMagics.display = 'plain'")
-        sh.run_line_magic("config", "SftMagics.output_dir = {str(tmp_path / 'runs')!r}")
+        sh.run_line_magic("config", "SftMagics.output_dir = {str(tmp_path / "runs")!r}")
         sh.user_ns["tpl"] = {TEMPLATES["in TRL"]!r}
         started = time.time()
         try:
@@ -115,7 +118,10 @@ def test_a_template_that_loops_on_one_row_is_refused_for_the_load_naming_the_row
 ):
     data = _messages_jsonl(tmp_path / "m.jsonl", 1000)
     shell.user_ns["tpl"] = (
-        "{% for m in messages %}{% if m['content'] == 'Answer 997.' %}" + LOOP + "{% endif %}{% endfor %}" + CHATML_TEMPLATE
+        "{% for m in messages %}{% if m['content'] == 'Answer 997.' %}"
+        + LOOP
+        + "{% endif %}{% endfor %}"
+        + CHATML_TEMPLATE
     )
     before = short_bound.timeouts
     with pytest.raises(UsageError, match=r"^row 997: the chat template ran for more than 0.5 s and was stopped"):

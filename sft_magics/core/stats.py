@@ -210,7 +210,12 @@ def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int, c
         return []
     convs = [clean_messages(r["messages"]) for r in rows]
     texts = _render_many(
-        tokenizer, convs, list(range(len(convs))), counter, add_generation_prompt=False, chat_template=method[1] if method else None
+        tokenizer,
+        convs,
+        list(range(len(convs))),
+        counter,
+        add_generation_prompt=False,
+        chat_template=method[1] if method else None,
     )
     out = []
     for i, (conv, text) in enumerate(zip(convs, texts)):

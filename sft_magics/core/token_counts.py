@@ -140,7 +140,13 @@ def _many(call, items: list, rows: list[int], c: _Counter) -> list:
 
 
 def _render_many(
-    tokenizer, conversations: list[list[dict]], rows: list[int], c: _Counter, *, add_generation_prompt: bool, chat_template
+    tokenizer,
+    conversations: list[list[dict]],
+    rows: list[int],
+    c: _Counter,
+    *,
+    add_generation_prompt: bool,
+    chat_template,
 ) -> list[str | None]:
     """The strings of many conversations, rendered by apply_chat_template many at a time."""
 
@@ -178,9 +184,8 @@ def encode_rows(
     """(input_ids, trained mask of 0/1) per row: what :func:`core.template.tokenize_row` gives, many
     rows per template call and one batched tokenizer call, without building the token-by-token view.
     A row the template cannot render raises its error, as tokenize_row does."""
-    from .template import tokenize_row
-
     from .render import TemplateTimeout
+    from .template import tokenize_row
 
     c = _Counter(len(rows), tokenizer, keep_ids=True, start=start, row_index=row_index)
     count_rows(c, tokenizer, rows, fmt, method)
