@@ -185,3 +185,229 @@ def test_the_trained_end_token_is_the_saved_models_end(shell, tiny_model, tmp_pa
         end = trained_specials[-1]  # the answer's end: the last special token trained
         assert end == expected, (fmt, eos, saved.convert_ids_to_tokens(trained_specials))
         assert end in stops  # generation stops where training ended answers
+
+
+# -- every value of a cell or recipe: its type and range, before anything loads ------------------------
+
+MISSING = "no-such-file.jsonl"  # never read: each mistake must be found before any data loads
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            f"dataset: {{path: {MISSING}, columns: [question, answer]}}",
+            r"key 'dataset.columns' must be a mapping of target → your column, e.g. \{prompt: question, "
+            r"completion: answer\}, got \['question', 'answer'\] \(list\)",
+        ),
+        (
+            f"dataset: {{path: {MISSING}, columns: messages}}",
+            r"key 'dataset.columns' must be a mapping of target → your column.*, got 'messages' \(str\)",
+        ),
+        (
+            f"dataset_mixture: {{datasets: [{MISSING}, other.jsonl]}}",
+            r"key 'dataset_mixture.datasets\[0\]' must be a mapping \{id, config, split, columns, weight\}, "
+            rf"got '{MISSING}' \(str\)",
+        ),
+        (
+            f"dataset_mixture: {{datasets: [{{id: {MISSING}}}], test_split_size: ten}}",
+            r"key 'dataset_mixture.test_split_size' must be a fraction between 0 and 1 \(exclusive\) or a whole "
+            r"number of rows ≥ 1, got 'ten' \(str\)",
+        ),
+        (
+            f"dataset_mixture: {{datasets: [{{id: {MISSING}}}], test_split_size: 1.5}}",
+            r"key 'dataset_mixture.test_split_size' must be a fraction .*, got 1.5 \(float\)",
+        ),
+        (
+            f"dataset_mixture: {{datasets: [{{id: {MISSING}, columns: messages}}]}}",
+            r"key 'dataset_mixture.datasets\[0\].columns' must be a list of the column names to keep, got 'messages'",
+        ),
+        (
+            f"dataset_mixture: {{datasets: [{{id: {MISSING}}}], seed: abc}}",
+            r"key 'dataset_mixture.seed' must be a whole",
+        ),
+        (f"dataset: {MISSING}\nseed: abc", r"key 'seed' expects int, got 'abc' \(str\)"),
+        (f"dataset: {MISSING}\nseed: -3", r"key 'seed' must be a whole number ≥ 0 \(a random seed\), got -3 \(int\)"),
+        (
+            f"dataset: {MISSING}\ntrust_remote_code: 'false'",
+            r"key 'trust_remote_code' must be true or false, got 'false'",
+        ),
+        (f"dataset: {MISSING}\nuse_peft: 'no'", r"key 'use_peft' must be true or false, got 'no' \(str\)"),
+        (f"dataset: {MISSING}\nload_in_4bit: 'yes'", r"key 'load_in_4bit' must be true or false"),
+        (f"dataset: {MISSING}\nmodel_kwargs: bf16", r"key 'model_kwargs' must be a mapping of from_pretrained options"),
+        (f"dataset: {MISSING}\nchat_template: 3", r"key 'chat_template' must be a name \(chatml, zephyr\)"),
+        (f"dataset: {MISSING}\neval_split: 1.5", r"key 'eval_split' must be a fraction between 0 and 1"),
+        (f"dataset: {{path: {MISSING}, system: [a]}}", r"key 'dataset.system' must be the text of a system message"),
+        (
+            f"dataset: {{mixture: [{{path: {MISSING}, weight: 2}}]}}",
+            r"key 'dataset.mixture\[0\].weight' must be a fraction in \(0, 1\] of its rows, got 2 \(int\)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("dry", ["", "--dry-run"])
+def test_a_value_of_the_wrong_type_is_one_line_before_anything_loads(shell, tiny_model, tmp_path, body, message, dry):
+    cell = f"model: {tiny_model}\nmax_steps: 1\n{body}\n"
+    with pytest.raises(UsageError, match=f"^{message}") as info:
+        shell.run_cell_magic("sft_train", f"--name bad {dry}", cell)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+# -- generation lengths: bounded by the model's context -----------------------------------------------
+
+
+def test_generation_lengths_past_the_models_context_are_refused_everywhere(shell, tiny_model, qa_jsonl, tmp_path):
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(tiny_model).max_position_embeddings
+    rule = (
+        rf"does not fit this model: it attends to {context:,} positions, prompt included; use at most {context - 1:,}"
+    )
+    cell = (
+        f"model: {tiny_model}\ndataset: {qa_jsonl}\neval_split: 4\nmax_steps: 1\neval_generate: true\n"
+        "eval_max_new_tokens: 100000000\n"
+    )
+    for dry in ("--dry-run", ""):
+        with pytest.raises(UsageError, match=rf"^eval_max_new_tokens 100,000,000 {rule}"):
+            shell.run_cell_magic("sft_train", f"--name long {dry}", cell)
+    assert not (tmp_path / "runs" / "long").exists()
+    with pytest.raises(UsageError, match=rf"^--max-new-tokens 100,000,000 {rule}"):
+        shell.run_line_magic("sft_eval", f"{tiny_model} --data {qa_jsonl} --max-new-tokens 100000000")
+    with pytest.raises(UsageError, match=rf"^--max-new-tokens {context:,} {rule}"):
+        shell.run_line_magic("sft_chat", f"{tiny_model} --message hi --max-new-tokens {context}")
+    # Within the context: it generates.
+    reply = shell.run_line_magic("sft_chat", f"{tiny_model} --message hi --max-new-tokens {context - 1} -o r")
+    assert isinstance(shell.user_ns["r"], str) and reply is not None
+
+
+# -- a template that trains nothing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template, extra, why",
+    [
+        (
+            # Renders only the user's text: no assistant text to train on.
+            "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>{{ m['content'] }}<|im_end|>{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}",
+            "",
+            r"24 have no trained token at all \(the chat template renders no assistant text to train on\)",
+        ),
+        (
+            # Generation markers around nothing.
+            "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% if m['role'] == 'assistant' %}"
+            "{% generation %}{% endgeneration %}{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+            "{% endif %}",
+            "",
+            r"24 have no trained token at all \(the template's \{% generation %\} markers enclose nothing\)",
+        ),
+        (None, "max_length: 4\n", r"24 have their trained tokens only past max_length 4 \(raise max_length\)"),
+    ],
+)
+def test_a_template_that_trains_nothing_is_one_line_before_training(
+    shell, tiny_model, qa_jsonl, tmp_path, template, extra, why
+):
+    shell.user_ns["tpl"] = template
+    cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 2\n{extra}" + (
+        "chat_template: tpl\n" if template else ""
+    )
+    with pytest.raises(UsageError, match=rf"^nothing to train: no row has a trained token — {why}\. Look at a row"):
+        shell.run_cell_magic("sft_train", "--name none", cell)
+    assert not (tmp_path / "runs" / "none").exists()
+
+
+# -- %sft_runs with a damaged run beside good ones -------------------------------------------------------
+
+
+def test_sft_runs_lists_every_readable_run_and_marks_the_damaged_ones(shell, tiny_model, qa_jsonl, tmp_path, capsys):
+    shell.run_cell_magic("sft_train", "--name good", f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 1\n")
+    runs = tmp_path / "runs"
+    import shutil
+
+    for name in ("bad-metrics", "bad-status", "bad-both"):
+        shutil.copytree(runs / "good", runs / name)
+    with open(runs / "bad-metrics" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "log", "step": "seven", "loss": {"x": 1}}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": 3, "eval_loss": "low"}) + "\n")
+    status = json.loads((runs / "bad-status" / "status.json").read_text())
+    (runs / "bad-status" / "status.json").write_text(json.dumps({**status, "ended": "yesterday", "step": [1]}))
+    (runs / "bad-both" / "status.json").write_text(json.dumps(["not", "a", "status"]))
+    (runs / "bad-both" / "metrics.jsonl").write_text('{"kind": 5}\nnot json\n')
+    records = shell.run_line_magic("sft_runs", "-o table")
+    records = shell.user_ns["table"]
+    rows = {r["name"]: r for r in (records.to_dict("records") if hasattr(records, "to_dict") else records)}
+    assert set(rows) == {"good", "bad-metrics", "bad-status", "bad-both"}
+    assert rows["good"]["status"] == "finished"
+    assert rows["bad-metrics"]["status"] == "damaged"
+    assert (
+        "metrics.jsonl: 2 event(s) with fields of other types skipped (it was finished)" in rows["bad-metrics"]["error"]
+    )
+    assert rows["bad-status"]["status"] == "damaged"
+    assert "status.json: 'ended' is 'yesterday', not a time" in rows["bad-status"]["error"]
+    assert "status.json: 'step' is [1], not a step number" in rows["bad-status"]["error"]
+    assert rows["bad-both"]["status"] == "damaged"
+    assert "status.json cannot be read" in rows["bad-both"]["error"]
+    # The plain table prints them all, the damaged ones with what is wrong.
+    capsys.readouterr()
+    shell.run_line_magic("sft_runs", "")
+    text = capsys.readouterr().out
+    assert "damaged: status.json: 'step' is [1], not a step number" in text and "finished" in text
+
+
+# -- data read as written -----------------------------------------------------------------------------
+
+
+def test_csv_text_that_looks_like_a_missing_value_keeps_its_text(shell, tmp_path):
+    from sft_magics.core.data import load_data
+
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,completion\nSay NaN,NaN\nSay null,null\nSay N/A,N/A\nSay None,None\n")
+    data = load_data(str(path))
+    assert [r["completion"] for r in data.dataset] == ["NaN", "null", "N/A", "None"]
+    # An empty cell is still missing, and named as such.
+    (tmp_path / "e.csv").write_text("prompt,completion\nSay,\n")
+    with pytest.raises(Exception, match="row 0"):
+        load_data(str(tmp_path / "e.csv"))
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_exact_line(tmp_path):
+    from sft_magics.core.data import DataError, load_data
+
+    good = json.dumps({"prompt": "p" * 40, "completion": "c" * 40}) + "\n"
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good.encode() * 499 + b'{"prompt": "caf\xe9", "completion": "x"}\n' + good.encode() * 10)
+    with pytest.raises(DataError, match=r"not UTF-8 text at line 500, byte 16 of the line"):
+        load_data(str(path))
+    array = tmp_path / "d.json"
+    array.write_bytes(
+        b"[\n" + b'{"prompt": "a", "completion": "b"},\n' * 6 + b'{"prompt": "\xff", "completion": "b"}\n]'
+    )
+    with pytest.raises(DataError, match=r"not UTF-8 text at line 8"):
+        load_data(str(array))
+
+
+# -- resume: a checkpoint that lost files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["adapter_model.safetensors", "adapter_config.json"])
+def test_resume_falls_back_past_a_checkpoint_that_lost_files_without_a_mark(
+    shell, tiny_model, qa_jsonl, tmp_path, lost
+):
+    from sft_magics.core.checkpoints import CHECKPOINT_MARK
+
+    cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 4\nsave_steps: 1\nsave_total_limit: 5\n"
+    shell.run_cell_magic("sft_train", "--name r", cell)
+    run = tmp_path / "runs" / "r"
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "stopped", "step": 3}))
+    import shutil
+
+    shutil.rmtree(run / "checkpoint-4")
+    for ckpt in run.glob("checkpoint-*"):
+        (ckpt / CHECKPOINT_MARK).unlink()  # never marked, as a checkpoint from an older version
+    (run / "checkpoint-3" / lost).unlink()
+    shell.run_cell_magic("sft_train", "--resume r -o done", cell)
+    assert shell.user_ns["done"].status == "finished" and shell.user_ns["done"].global_step == 4
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    started = [e for e in events if e.get("kind") == "started"][-1]
+    assert started["resumed_from"].endswith("checkpoint-2")

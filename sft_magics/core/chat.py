@@ -141,6 +141,9 @@ class ChatSession:
         """
         if not isinstance(message, str):
             raise TypeError(f"message must be a string, got {type(message).__name__}")
+        from .generation import check_new_tokens, context_length
+
+        check_new_tokens("--max-new-tokens", max_new_tokens, context_length(self.model.config))
         side = _side(use_base)
         if stop is None:
             self.stop_flag.clear()  # a stop() meant for an earlier reply does not cut this one

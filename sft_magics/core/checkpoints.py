@@ -70,8 +70,34 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             json.loads((checkpoint / "trainer_state.json").read_text())
         except (OSError, ValueError):
             return "its save did not finish (no whole trainer_state.json)"
+        # Never marked whole (a checkpoint from before marks, or from another tool): the files the
+        # trainer needs to resume must be there themselves.
+        missing = _missing_weights(checkpoint)
+        if missing:
+            return f"{missing} is missing (and the checkpoint was never marked whole)"
     for p in checkpoint.glob("*.safetensors"):
         problem = safetensors_problem(p)
         if problem:
             return problem
     return None
+
+
+def _missing_weights(checkpoint: Path) -> str | None:
+    """What a checkpoint lacks for the trainer to load its model: the weights (an adapter with its
+    config, or a model with its config; a sharded model with every shard its index names)."""
+    names = {p.name for p in checkpoint.iterdir()}
+    if names & {"adapter_model.safetensors", "adapter_model.bin"}:
+        return None if "adapter_config.json" in names else "adapter_config.json"
+    if "adapter_config.json" in names:
+        return "adapter_model.safetensors"
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            try:
+                shards = set(json.loads((checkpoint / index).read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"a readable {index}"
+            lost = sorted(shards - names)
+            return lost[0] if lost else (None if "config.json" in names else "config.json")
+    if names & {"model.safetensors", "pytorch_model.bin"}:
+        return None if "config.json" in names else "config.json"
+    return "the model weights (adapter_model.safetensors or model.safetensors)"

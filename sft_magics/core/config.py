@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config_checks import _check_ranges, _check_value, _coerce_number
+from .config_checks import _coerce_number, check_sft_values, check_spec_keys
 from .errors import ConfigError
 from .models import DEFAULT_MODEL
 
@@ -143,6 +143,7 @@ class TrainSpec:
         in the config is TRL's: the run's own folder (its last part is the run's name)."""
         import time
 
+        from .dataset_spec import check_dataset_value
         from .recipe import read_recipe
         from .runs import validate_name
         from .watch import WATCH_KEYS, check_watch_keys
@@ -155,6 +156,10 @@ class TrainSpec:
             name, output_dir = folder.name, str(folder.parent)
             notes.append(f"output_dir → the run folder {folder} (as in TRL): runs root {output_dir}, name {name}")
         name = validate_name(time.strftime("run-%Y%m%d-%H%M%S") if name is None else name)
+        # Every value checked for its type and range before anything loads (one line each).
+        check_spec_keys(config)
+        for key in ("dataset", "eval_dataset"):
+            check_dataset_value(config.get(key), key)
         valid_sft = sft_config_fields()
         sft = {}
         for key in list(config):
@@ -163,6 +168,7 @@ class TrainSpec:
             if key not in valid_sft:
                 raise _unknown_key(key, [*SPEC_KEYS, *WATCH_KEYS, *valid_sft], "the training config")
             sft[key] = _coerce_number(key, config.pop(key), valid_sft[key])
+        check_sft_values(sft, valid_sft)
         lora = config.get("lora", True)
         if isinstance(lora, Mapping):
             valid_lora = lora_config_fields()
@@ -177,9 +183,6 @@ class TrainSpec:
         if config.get("dataset") is None:
             raise ConfigError("key 'dataset' is required (a file, folder, Hub name or notebook variable)")
         split = config.get("eval_split")
-        is_count = isinstance(split, int) and not isinstance(split, bool) and split >= 1
-        if split is not None and not is_count and not (isinstance(split, (int, float)) and 0 < split < 1):
-            raise ConfigError(f"key 'eval_split' must be a fraction between 0 and 1 (or a row count), got {split!r}")
         model_kwargs = dict(config.get("model_kwargs") or {})
         if "trust_remote_code" in config:
             model_kwargs["trust_remote_code"] = bool(config["trust_remote_code"])
@@ -288,15 +291,12 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     from .models import choose_device_dtype
     from .watch import plan_watch
 
+    check_sft_values(spec.sft, sft_config_fields())  # a spec made in Python, not by from_mapping: before loading
     train_data = load_dataset_spec(spec.dataset, namespace=namespace)
     eval_data = load_dataset_spec(spec.eval_dataset, namespace=namespace) if spec.eval_dataset is not None else None
     if eval_data is None and spec.eval_split:
         train_data, eval_data = train_val_split(train_data, spec.eval_split, seed=int(spec.sft.get("seed", 42)))
 
-    fields = sft_config_fields()
-    for key, value in spec.sft.items():
-        _check_value(key, value, fields[key])
-    _check_ranges(spec.sft)
     sft_args = {**DEFAULT_SFT, **spec.sft}
     device, dtype = choose_device_dtype("cpu" if sft_args.get("use_cpu") else None)
     for key in ("load_in_4bit", "load_in_8bit"):
@@ -330,6 +330,13 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
     watch, answers = plan_watch(spec.watch, spec.sft, sft_args, eval_data, notes, namespace)
+    if watch is not None and watch.generate:  # answers longer than the model's context cannot be generated
+        from .generation import check_new_tokens, context_length
+        from .models import load_config
+
+        trust = bool(spec.model_kwargs.get("trust_remote_code", False))
+        context = context_length(load_config(spec.model, trust_remote_code=trust))
+        check_new_tokens("eval_max_new_tokens", watch.max_new_tokens, context)
     lora = None if spec.lora is False else {**DEFAULT_LORA, **(spec.lora if isinstance(spec.lora, Mapping) else {})}
     asked = spec.model_kwargs.get("dtype")
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):

@@ -87,3 +87,86 @@ def _check_ranges(sft: Mapping[str, Any]) -> None:
     v = sft.get("warmup_ratio")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v <= 1:
         bad("warmup_ratio", "a fraction between 0 and 1")
+
+
+# -- the cell's own keys and the dataset values: types and ranges, before anything loads ---------------
+
+
+def _shown(key: str, value: Any) -> str:
+    from .secrets import is_secret_key, redact
+
+    text = "<redacted>" if is_secret_key(key.split(".")[-1]) else repr(redact(value))
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
+
+
+def refuse(key: str, value: Any, accepts: str) -> ConfigError:
+    """The one message of a value of the wrong type or range: the key, the value, what it accepts."""
+    return ConfigError(f"key '{key}' must be {accepts}, got {_shown(key, value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_bool(key: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):  # "false" is a string, and bool("false") is True
+        raise refuse(key, value, "true or false")
+
+
+def check_text(key: str, value: Any, what: str = "text") -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise refuse(key, value, what)
+
+
+def check_mapping(key: str, value: Any, what: str = "a mapping of keys to values") -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise refuse(key, value, what)
+
+
+def check_seed(key: str, value: Any) -> None:
+    if value is not None and (not _is_int(value) or value < 0):
+        raise refuse(key, value, "a whole number ≥ 0 (a random seed)")
+
+
+def check_split_size(key: str, value: Any) -> None:
+    """A held-out part: a fraction in (0, 1) of the rows, or a whole number of rows."""
+    if value is None:
+        return
+    if _is_int(value) and value >= 1:
+        return
+    if isinstance(value, float) and 0 < value < 1:
+        return
+    raise refuse(key, value, "a fraction between 0 and 1 (exclusive) or a whole number of rows ≥ 1")
+
+
+# The cell's keys that are not SFTConfig's: how each is checked (watch keys: core/watch.py; lora: config.py).
+SPEC_CHECKS = {
+    "model": lambda k, v: check_text(k, v, "a model id, folder or alias"),
+    "load_in_4bit": check_bool,
+    "load_in_8bit": check_bool,
+    "trust_remote_code": check_bool,
+    "quantization": lambda k, v: check_mapping(k, v, "a mapping of bitsandbytes options"),
+    "model_kwargs": lambda k, v: check_mapping(k, v, "a mapping of from_pretrained options"),
+    "chat_template": lambda k, v: check_text(
+        k, v, "a name (chatml, zephyr), a Jinja string, a .jinja file or a model to copy it from"
+    ),
+    "eval_split": check_split_size,
+}
+
+
+def check_spec_keys(config: Mapping[str, Any]) -> None:
+    for key, check in SPEC_CHECKS.items():
+        if key in config:
+            check(key, config[key])
+    kwargs = config.get("model_kwargs")
+    if isinstance(kwargs, Mapping):  # a recipe's trust_remote_code lands here
+        check_bool("trust_remote_code", kwargs.get("trust_remote_code"))
+
+
+def check_sft_values(sft: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+    """SFTConfig values: each against the type TRL's dataclass declares, then the ranges."""
+    for key, value in sft.items():
+        _check_value(key, value, fields[key])
+    _check_ranges(sft)
+    check_seed("seed", sft.get("seed"))
+    check_seed("data_seed", sft.get("data_seed"))

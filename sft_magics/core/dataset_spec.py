@@ -25,29 +25,80 @@ DATASET_KEYS = ("path", "config", "name", "split", "columns", "system", "convert
 MIXTURE_KEYS = ("mixture", "seed", "test_split_size", "streaming")
 
 
+def check_dataset_value(value: Any, key: str = "dataset") -> None:
+    """The types and ranges of a ``dataset:`` value, before anything is read: a mapping's keys, its
+    ``columns`` (target → your column), ``system``, ``convert``, ``streaming``, and a mixture's entries,
+    ``weight``, ``seed`` and ``test_split_size``. One line naming the key, the value and what it accepts."""
+    from .config_checks import check_bool, check_seed, check_split_size, check_text, refuse
+
+    if not isinstance(value, Mapping):
+        return  # a source: a file, folder, Hub id or variable, found (or not) by load_data
+    if "mixture" in value:
+        unknown = [k for k in value if k not in MIXTURE_KEYS]
+        if unknown:
+            raise DataError(f"{key}: unknown key '{unknown[0]}' in a mixture (use {', '.join(MIXTURE_KEYS)})")
+        entries = value.get("mixture")
+        if not isinstance(entries, list) or not entries:
+            raise refuse(f"{key}.mixture", entries, "a list of datasets, each a mapping with a path")
+        for k, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                raise refuse(f"{key}.mixture[{k}]", entry, "a mapping with a path (and weight, split, columns)")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+                raise refuse(f"{key}.mixture[{k}].weight", weight, "a fraction in (0, 1] of its rows")
+            check_dataset_value({x: y for x, y in entry.items() if x != "weight"}, f"{key}.mixture[{k}]")
+        check_seed(f"{key}.seed", value.get("seed"))
+        check_split_size(f"{key}.test_split_size", value.get("test_split_size"))
+        check_bool(f"{key}.streaming", value.get("streaming"))
+        return
+    unknown = [k for k in value if k not in DATASET_KEYS]
+    if unknown:
+        raise DataError(f"{key}: unknown key '{unknown[0]}' (use {', '.join(DATASET_KEYS)})")
+    if value.get("path") is None:
+        raise DataError(f"{key}: 'path' is required (a file, folder, Hub id or notebook variable)")
+    for name in ("split", "config", "name"):
+        check_text(f"{key}.{name}", value.get(name), "a name")
+    check_text(f"{key}.system", value.get("system"), "the text of a system message")
+    convert = value.get("convert")
+    if convert is not None and not callable(convert):
+        check_text(f"{key}.convert", convert, "a function row -> conversation, or the name of a notebook function")
+    streaming = value.get("streaming", False)
+    if not isinstance(streaming, bool):
+        raise DataError(f"{key}: streaming must be true or false, got {_short(streaming)}")
+    check_columns(value.get("columns"), f"{key}.columns")
+
+
+def check_columns(columns: Any, key: str = "columns") -> None:
+    """``columns``: a mapping of a target name (messages, prompt, completion, ...) to one of your columns."""
+    from .config_checks import refuse
+
+    if columns is None:
+        return
+    if not isinstance(columns, Mapping):
+        raise refuse(key, columns, "a mapping of target → your column, e.g. {prompt: question, completion: answer}")
+    for target, column in columns.items():
+        if target not in TARGET_COLUMNS:
+            raise DataError(f"columns: unknown name '{target}' (use {', '.join(TARGET_COLUMNS)})")
+        if not isinstance(column, str):
+            raise DataError(f"columns: '{target}' must name one of your columns, got {_type(column)}")
+
+
 def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None, strict: bool = True) -> LoadedData:
     """What a ``dataset:`` key names: a source (file, folder, variable, Hub id), or a mapping
     ``{path, config, split, columns, system, convert, streaming}`` (``convert``: a function, or the
     name of a notebook function; ``streaming``: read a Hub dataset as it downloads, as ``datasets``'
     ``streaming=True``), or ``{mixture: [...], seed, test_split_size, streaming}`` (each entry a
     mapping with an optional ``weight``: the fraction of its rows kept)."""
+    check_dataset_value(value)
     if not isinstance(value, Mapping):
         return load_data(value, namespace=namespace, strict=strict)
     if "mixture" in value:
         return _load_mixture(value, namespace)
-    unknown = [k for k in value if k not in DATASET_KEYS]
-    if unknown:
-        raise DataError(f"dataset: unknown key '{unknown[0]}' (use {', '.join(DATASET_KEYS)})")
-    if value.get("path") is None:
-        raise DataError("dataset: 'path' is required (a file, folder, Hub id or notebook variable)")
     convert = value.get("convert")
     if isinstance(convert, str):
         if not (namespace and callable(namespace.get(convert))):
             raise DataError(f"dataset: convert: no notebook function named '{convert}'")
         convert = namespace[convert]
-    streaming = value.get("streaming", False)
-    if not isinstance(streaming, bool):
-        raise DataError(f"dataset: streaming must be true or false, got {_short(streaming)}")
     return load_data(
         value["path"],
         split=value.get("split"),
@@ -57,7 +108,7 @@ def load_dataset_spec(value: Any, *, namespace: Mapping[str, Any] | None = None,
         columns=value.get("columns"),
         system=value.get("system"),
         convert=convert,
-        streaming=streaming,
+        streaming=value.get("streaming", False),
     )
 
 
@@ -66,20 +117,14 @@ def _load_mixture(value: Mapping, namespace: Mapping[str, Any] | None) -> Loaded
     (seeded), concatenated. They must normalise to one format."""
     from datasets import concatenate_datasets
 
-    entries = value.get("mixture")
-    if not isinstance(entries, list) or not entries:
-        raise DataError("dataset mixture: expected a list of datasets")
-    seed = int(value.get("seed", 42))
+    entries = value["mixture"]  # checked by check_dataset_value
+    seed = value.get("seed", 42)
     parts, described = [], []
-    for k, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise DataError(f"dataset mixture entry {k}: expected a mapping with a path")
+    for entry in entries:
         entry = dict(entry)
         weight = entry.pop("weight", 1.0)
         if "streaming" in value and isinstance(entry, dict):
             entry.setdefault("streaming", value["streaming"])  # TRL's mixture-wide switch
-        if not isinstance(weight, (int, float)) or not 0 < weight <= 1:
-            raise DataError(f"dataset mixture entry {k}: weight must be a fraction in (0, 1], got {weight!r}")
         data = load_dataset_spec(entry, namespace=namespace)
         if weight < 1:  # the first rows of a seeded shuffle, as datasets' shuffle(seed).select(range(keep))
             import numpy as np
@@ -121,12 +166,8 @@ def remap_rows(
     then ``columns`` (target -> your column; ``user``/``assistant`` make a two-turn conversation),
     then ``system`` prepended to every conversation. Returns the rows and a note of what was done.
     ``start`` is the source row number of ``rows[0]`` (rows come a chunk at a time), for errors."""
+    check_columns(columns)
     columns = dict(columns or {})
-    for target, column in columns.items():
-        if target not in TARGET_COLUMNS:
-            raise DataError(f"columns: unknown name '{target}' (use {', '.join(TARGET_COLUMNS)})")
-        if not isinstance(column, str):
-            raise DataError(f"columns: '{target}' must name one of your columns, got {_type(column)}")
     if convert is not None and not callable(convert):
         raise DataError(f"convert: expected a function row -> conversation, got {_type(convert)}")
     out = []

@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import EvalError
 from .eval_report import BASE, FEW_SHOT, MODEL, TUNED, EvalReport, EvalResult, Example
-from .generation import base_model, generate, has_adapter, prompt_token_counts
+from .generation import base_model, check_new_tokens, context_length, generate, has_adapter, prompt_token_counts
 from .metrics import LOSS_METRICS, Metric, score, select_metrics
 
 Progress = Callable[[str, int, int], None]
@@ -293,6 +293,7 @@ def run_evaluation(
     ``shots`` (labelled ``few_shot``). ``is_tuned`` defaults to "has a LoRA adapter"."""
     if not examples:
         raise EvalError("no examples to evaluate")
+    check_new_tokens("--max-new-tokens", max_new_tokens, context_length(model.config))
     chosen = select_metrics(metrics, examples, custom or {})
     is_tuned = has_adapter(model) if is_tuned is None else is_tuned
     if baseline and not is_tuned:

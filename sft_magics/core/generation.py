@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import SftError
+
 _SENTINEL = "sft-magics-end-of-turn-probe"
 
 
@@ -26,6 +28,33 @@ def prompt_token_counts(tokenizer, prompts: Sequence[Any]) -> list[int]:
     """Tokens per request, as the model receives them."""
     texts = render_prompts(tokenizer, prompts)
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+class GenerationLengthError(SftError, ValueError):
+    """A generation length the model cannot hold; one line naming the key and the model's context."""
+
+
+def context_length(config) -> int | None:
+    """How many positions a model attends to (its context, prompt included), from its config."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_new_tokens(key: str, max_new_tokens, context: int | None) -> None:
+    """The one rule for generation lengths (``eval_max_new_tokens``, ``%sft_eval`` and ``%sft_chat``'s
+    ``--max-new-tokens``): a whole number ≥ 1 that leaves room for a prompt in the model's context.
+    Longer answers cannot be generated: the model has no positions for them."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GenerationLengthError(f"{key} must be a whole number ≥ 1, got {max_new_tokens!r}")
+    if context is not None and max_new_tokens >= context:
+        raise GenerationLengthError(
+            f"{key} {max_new_tokens:,} does not fit this model: it attends to {context:,} positions, prompt "
+            f"included; use at most {context - 1:,} (an answer's usual length is far less)"
+        )
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

@@ -257,7 +257,10 @@ class LlamaCpp:
             bos_token=self.piece(bos) if bos is not None else "",
             eos_token=self.piece(eos) if eos is not None else "",
         )
-        return formatter(messages=messages).prompt
+        from .render import bounded
+
+        with bounded(template, " in llama.cpp's chat formatter"):  # llama-cpp-python renders it with its own Jinja
+            return formatter(messages=messages).prompt
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int | None]:
         """Greedy continuation of ``ids``: the generated ids (without the stop token) and the

@@ -11,30 +11,101 @@ from .files import read_events, read_json
 from .runs import FINAL_STATES, LIVE_STATES, NAME_RULE, RunError, RunFolder
 
 
+def _number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# status.json fields a record reads, and what each must be (a run folder someone edited, or a damaged disk).
+_STATUS_TYPES = {
+    "state": (str, "a state name"),
+    "step": (int, "a step number"),
+    "max_steps": (int, "a step number"),
+    "started": (float, "a time"),
+    "ended": (float, "a time"),
+    "world_size": (int, "a process count"),
+    "error": (str, "text"),
+    "hint": (str, "text"),
+    "early_stop": (str, "text"),
+}
+
+
+def _checked_status(status: dict) -> tuple[dict, list[str]]:
+    """status.json's fields of the right type, and one line for each that is not."""
+    good, problems = {}, []
+    for key, value in status.items():
+        kind, what = _STATUS_TYPES.get(key, (None, ""))
+        if kind is None or value is None:
+            good[key] = value
+        elif (kind is str and isinstance(value, str)) or (
+            kind is not str and _number(value) and (kind is float or float(value).is_integer())
+        ):
+            good[key] = int(value) if kind is int else value
+        else:
+            problems.append(f"status.json: '{key}' is {value!r:.40}, not {what}")
+    return good, problems
+
+
 def run_record(run_dir: Path) -> dict:
-    """One row of %sft_runs: name, model, data, steps, status, final losses, loss history."""
+    """One row of %sft_runs: name, model, data, steps, status, final losses, loss history. A run whose
+    files were damaged (fields of other types) still gives a row: what could be read, status
+    ``damaged`` and what is wrong in ``error``."""
+    run_dir = Path(run_dir)
+    try:
+        return _run_record(run_dir)
+    except Exception as err:  # a damaged folder must not hide the other runs
+        return {
+            "name": run_dir.name,
+            "path": str(run_dir),
+            "status": "damaged",
+            "error": f"cannot be read: {type(err).__name__}: {' '.join(str(err).split())[:120]}",
+            "history": [],
+            "eval_history": [],
+        }
+
+
+def _run_record(run_dir: Path) -> dict:
     import yaml
 
     from .events import Event
     from .progress import ProgressState
 
-    run_dir = Path(run_dir)
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         config = {}
     if not isinstance(config, dict):
         config = {}
-    status = read_json(run_dir / "status.json")
+    status, problems = _checked_status(read_json(run_dir / "status.json"))
+    if not status and (run_dir / "status.json").is_file():
+        problems.append("status.json cannot be read (not a JSON object)")
     history, eval_history = [], []
+    skipped = 0
     progress = ProgressState()  # the followed generated metric and its best value (core/watch.py)
     for e in read_events(run_dir / "metrics.jsonl"):
-        if e.get("kind") in ("started", "eval", *FINAL_STATES):
-            progress.update(Event(e["kind"], e, float(e.get("time") or 0)))
-        if e.get("kind") == "log" and "loss" in e:
-            history.append((e.get("step", 0), e["loss"]))
-        elif e.get("kind") == "eval" and "eval_loss" in e:
-            eval_history.append((e.get("step", 0), e["eval_loss"]))
+        kind, step = e.get("kind"), e.get("step") if e.get("step") is not None else 0
+        if not isinstance(kind, str) or not _number(step):
+            skipped += 1
+            continue
+        if kind in ("started", "eval", *FINAL_STATES):
+            try:
+                progress.update(Event(kind, e, float(e.get("time") or 0)))
+            except (TypeError, ValueError, KeyError, AttributeError):
+                skipped += 1
+                continue
+        if kind == "log" and "loss" in e:
+            if _number(e["loss"]):
+                history.append((step, e["loss"]))
+            elif e["loss"] is not None:
+                skipped += 1
+        elif kind == "eval" and "eval_loss" in e:
+            if _number(e["eval_loss"]):
+                eval_history.append((step, e["eval_loss"]))
+            elif e["eval_loss"] is not None:
+                skipped += 1
+    if skipped:
+        problems.append(f"metrics.jsonl: {skipped} event(s) with fields of other types skipped")
     state = status.get("state", "unknown")
     try:
         pid = RunFolder(run_dir.parent, run_dir.name).live_pid()
@@ -42,6 +113,12 @@ def run_record(run_dir: Path) -> dict:
         pid = None
     if state in LIVE_STATES and not pid:
         state = "stale"  # its process is gone without a final status
+    error = status.get("error")
+    if problems and state not in LIVE_STATES:
+        state, error = (
+            "damaged",
+            "; ".join(problems) + (f" (it was {status.get('state')})" if status.get("state") else ""),
+        )
     return {
         "name": run_dir.name,
         "path": str(run_dir),
@@ -57,7 +134,7 @@ def run_record(run_dir: Path) -> dict:
         "updated": status.get("ended") or status.get("started"),
         "pid": pid if state not in FINAL_STATES else None,
         "world_size": status.get("world_size", 1),
-        "error": status.get("error"),
+        "error": error,
         "hint": status.get("hint"),
         "best": f"{progress.watch['metric']} {progress.best_text()}" if progress.best else None,
         "early_stop": status.get("early_stop"),

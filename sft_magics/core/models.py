@@ -220,6 +220,18 @@ def load_tokenizer(name: str | None = None, *, trust_remote_code: bool = False, 
     return tokenizer
 
 
+def load_config(name: str | None = None, *, trust_remote_code: bool = False):
+    """A model's config alone (no weights): an adapter folder gives its base model's."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(name)
+    location = resolve_model(resolved.base).location if resolved.kind == "adapter" else resolved.location
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(resolved, "config", err, trust_remote_code) from None
+
+
 def load_model(
     name: str | None = None,
     *,

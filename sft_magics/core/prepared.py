@@ -118,3 +118,43 @@ def _store(prepared, folder: Path) -> None:
         os.replace(partial, folder)  # whole or not at all; a concurrent identical entry is as good
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)  # a cache: no space, no write access, a race — only time is lost
+
+
+def check_something_trained(prepared, max_length: int | None, tokenizer=None) -> None:
+    """Before training: at least one row keeps a trained token once TRL truncates it to ``max_length``
+    (TRL drops rows with none, and with none left it fails at its first step with a sampler error).
+    Else one line that says why: no answer text was rendered to train on (or the template's
+    generation markers enclose nothing), or every answer lies past ``max_length``."""
+    from .errors import ConfigError
+
+    untrained = truncated = 0
+    for batch in prepared.iter(batch_size=1000):
+        for mask in batch["assistant_masks"]:
+            if any(mask[:max_length] if max_length else mask):
+                return  # the usual case: found in the first row
+            if any(mask):
+                truncated += 1
+            else:
+                untrained += 1
+    if not untrained and not truncated:
+        raise ConfigError("the training data has no rows")
+    why = []
+    if untrained:
+        from .template import has_generation_markers
+
+        markers = tokenizer is not None and has_generation_markers(getattr(tokenizer, "chat_template", None))
+        why.append(
+            f"{untrained:,} have no trained token at all ("
+            + (
+                "the template's {% generation %} markers enclose nothing"
+                if markers
+                else "the chat template renders no assistant text to train on"
+            )
+            + ")"
+        )
+    if truncated:
+        why.append(f"{truncated:,} have their trained tokens only past max_length {max_length} (raise max_length)")
+    raise ConfigError(
+        f"nothing to train: no row has a trained token — {'; '.join(why)}. Look at a row with %sft_template "
+        "(trained tokens are marked) or %sft_data"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .config_checks import check_bool, check_seed, check_split_size, check_text, refuse
 from .errors import SftError
 
 # ModelConfig → how the model is loaded
@@ -97,6 +98,7 @@ def read_recipe(config: Mapping[str, Any]) -> tuple[dict, list[str]]:
     # LoRA: TRL trains LoRA only with use_peft: true; a recipe without it is a full fine-tune.
     lora_given = {LORA_KEYS[k]: config.pop(k) for k in list(config) if k in LORA_KEYS}
     if "use_peft" in config:
+        check_bool("use_peft", config["use_peft"])
         use_peft = bool(take("use_peft"))
         if "lora" in config:
             raise RecipeError("give either 'lora' or TRL's use_peft / lora_* keys, not both")
@@ -116,6 +118,8 @@ def read_recipe(config: Mapping[str, Any]) -> tuple[dict, list[str]]:
         notes.append("no use_peft: a full fine-tune, as in TRL (write use_peft: true for LoRA)")
     # Quantization (bitsandbytes, CUDA).
     quant = {k: config.pop(k) for k in list(config) if k in QUANT_KEYS}
+    for key in ("load_in_4bit", "load_in_8bit", "use_bnb_nested_quant"):
+        check_bool(key, quant.get(key))
     if quant.pop("load_in_4bit", False):
         out["load_in_4bit"] = True
     if quant.pop("load_in_8bit", False):
@@ -157,8 +161,19 @@ def _read_data(config: dict, notes: list[str]) -> dict:
             raise RecipeError(
                 "dataset_mixture: expected {datasets: [{id, config, split, columns, weight}], seed, test_split_size}"
             )
+        check_seed("dataset_mixture.seed", mixture.get("seed"))
+        check_split_size("dataset_mixture.test_split_size", mixture.get("test_split_size"))
         entries = []
-        for d in mixture["datasets"]:
+        for k, d in enumerate(mixture["datasets"]):
+            where = f"dataset_mixture.datasets[{k}]"
+            if not isinstance(d, Mapping):
+                raise refuse(where, d, "a mapping {id, config, split, columns, weight}")
+            check_text(f"{where}.id", d.get("id") or d.get("path"), "a dataset id, file or folder")
+            columns = d.get("columns")
+            if columns is not None and (
+                not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns)
+            ):
+                raise refuse(f"{where}.columns", columns, "a list of the column names to keep")
             d = dict(d)
             entry = {"path": d.pop("id", None) or d.pop("path", None)}
             for key in ("config", "split", "weight"):
@@ -171,8 +186,7 @@ def _read_data(config: dict, notes: list[str]) -> dict:
         out["dataset"] = {"mixture": entries, "seed": mixture.get("seed", 42)}
         streaming = streaming or mixture.get("streaming") is True
         if mixture.get("test_split_size"):
-            size = mixture["test_split_size"]
-            out["eval_split"] = int(size) if isinstance(size, int) or float(size) >= 1 else float(size)
+            out["eval_split"] = mixture["test_split_size"]  # a fraction or a row count (checked above)
         notes.append(
             f"dataset_mixture → dataset (a mixture of {len(entries)})"
             + (f", test_split_size → eval_split {out['eval_split']:g}" if "eval_split" in out else "")

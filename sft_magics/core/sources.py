@@ -34,27 +34,34 @@ from .data import (
 def _read_jsonl(path: str) -> Iterator[Any]:
     """One row per non-blank line; a bad line becomes an UnreadableRow so its index survives."""
     name = os.path.basename(path)
-    lineno = 0
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue  # blank lines are not rows
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield UnreadableRow(f"invalid JSON ({name} line {lineno}): {exc.msg} at column {exc.colno}")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text near line {lineno + 1} ({_short_reason(exc)})") from None
+    # Bytes, decoded a line at a time: a byte that is not UTF-8 is named by its exact line (a text
+    # stream decodes ahead in blocks, so its line count lags behind the error).
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: not UTF-8 text at line {lineno}, byte {exc.start + 1} of the line ({_short_reason(exc)})"
+                ) from None
+            if not line.strip():
+                continue  # blank lines are not rows
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield UnreadableRow(f"invalid JSON ({name} line {lineno}): {exc.msg} at column {exc.colno}")
 
 
 def _read_json(path: str) -> Iterator[Any]:
     """A list of rows, or an object holding one under 'data', 'rows' or 'train' (read whole)."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            text = handle.read()
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({_short_reason(exc)})") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text at line {line} ({_short_reason(exc)})") from None
+    del raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -92,8 +99,10 @@ def _read_csv(path: str) -> Iterator[dict]:
     import pandas as pd
 
     try:
-        # dtype=str: every supported field is text, and "123" must stay "123". Read by blocks of rows.
-        blocks = pd.read_csv(path, dtype=str, chunksize=CHUNK_ROWS)
+        # dtype=str: every supported field is text, and "123" must stay "123"; text that pandas would read as a
+        # missing value ("NaN", "null", "N/A", "None") stays the text it is: only an empty cell is missing.
+        # Read by blocks of rows.
+        blocks = pd.read_csv(path, dtype=str, chunksize=CHUNK_ROWS, keep_default_na=False, na_values=[""])
         for frame in blocks:
             yield from map(_csv_row, frame.to_dict("records"))
     except DataError:

@@ -339,7 +339,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
-    from .prepared import to_trl_rows
+    from .prepared import check_something_trained, to_trl_rows
     from .watch import trainer_class
 
     sft_args = dict(p.sft_args)
@@ -351,11 +351,13 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     callbacks = [_callback_class()(emit, stop, folder)]
     if p.watch and p.watch.patience:  # transformers' own, fed with the generated metrics
         callbacks.append(EarlyStoppingCallback(p.watch.patience, p.watch.threshold))
+    # prepared once (cached); dataset_num_proc processes side by side
+    train_rows = to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc)
+    check_something_trained(train_rows, args.max_length, tokenizer)
     trainer = trainer_class(p.answers, emit)(
         model=model,
         args=args,
-        # prepared once (cached); dataset_num_proc processes side by side
-        train_dataset=to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc),
+        train_dataset=train_rows,
         eval_dataset=to_trl_rows(p.eval_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc)
         if p.eval_data is not None
         else None,

@@ -125,7 +125,8 @@ class TrainMagics(MagicsBase):
         """Train on a thread of this kernel, the dashboard fed directly; (thread, finish)."""
         from ..core.callbacks import StopFlag
         from ..core.errors import SftError
-        from ..core.train import train
+        from ..core.events import Event
+        from ..core.train import TrainingFailed, train
         from ..display import make_reporter
         from ._runner import TrainingThread
 
@@ -141,6 +142,8 @@ class TrainMagics(MagicsBase):
             try:
                 result = wait()
             except SftError as err:
+                if not isinstance(err, TrainingFailed):  # refused before training: the dashboard says why too
+                    reporter(Event("failed", {"error": str(err)}))
                 raise _usage_error(err) from None
             finally:
                 reporter.close()
