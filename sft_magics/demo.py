@@ -60,7 +60,7 @@ def run_demo(steps: int = 40, output_dir: str = "runs", data_dir: Path = EXAMPLE
     for title, cell in _cells(train, val, steps):
         print(f"\n=== {title} ===", flush=True)
         t = time.perf_counter()
-        result = shell.run_cell(cell)
+        result = shell.run_cell(cell, silent=True)  # no Out[...] echo of the bound result
         result.raise_error()
         timings[title] = round(time.perf_counter() - t, 1)
 

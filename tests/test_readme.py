@@ -51,3 +51,68 @@ def test_screenshots_the_readme_shows_exist():
 def test_readme_lists_every_example_notebook():
     for nb in (ROOT / "examples").glob("*.ipynb"):
         assert f"`{nb.name}`" in README, nb.name
+
+
+def _readme_python_blocks() -> list[str]:
+    """Every ```python block of the Quick start and the magics reference, as a newcomer copies it."""
+    start, end = README.index("## Quick start"), README.index("## Performance and memory")
+    return re.findall(r"```python\n(.*?)```", README[start:end], re.S)
+
+
+def test_every_readme_magic_line_runs_as_written(shell, tiny_model, tmp_path, monkeypatch):
+    """Each magic line of the README's Quick start and reference, exactly as written (trailing
+    comments included), in a real InteractiveShell from a folder laid out as the repository root.
+    The default model's alias points at the tiny model, so training takes seconds, not minutes;
+    the chat line runs its terminal form (display 'rich') with two typed lines."""
+    import builtins
+
+    from sft_magics.core import models
+
+    blocks = _readme_python_blocks()
+    assert blocks and any(b.startswith("%%sft_train") for b in blocks)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(models, "alias_folder", lambda alias: Path(tiny_model))
+    typed = iter(["Ana is 34 and lives in Lisbon.", "exit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(typed))
+    shell.run_line_magic("config", "SftMagics.display = 'rich'")
+    ran = []
+    for block in blocks:
+        cells = [block] if block.startswith("%%") else [line for line in block.splitlines() if line.startswith("%")]
+        for cell in cells:
+            result = shell.run_cell(cell)
+            assert result.success, f"README line failed as written: {cell!r}: {result.error_in_exec!r}"
+            ran.append(cell.split()[0])
+    assert {"%sft_template", "%sft_data", "%%sft_train", "%sft_eval", "%sft_chat", "%sft_export"} <= set(ran)
+    assert (root / "exported" / "json-lora" / "config.json").is_file()  # --to is relative to the root, as written
+
+
+def test_a_trailing_comment_is_a_comment_for_every_magic(shell, tiny_model, tmp_path, capsys):
+    import json
+
+    from sft_magics.magics._common import strip_comment
+
+    assert strip_comment("--name run#2 --message 'is #1?'  # why") == "--name run#2 --message 'is #1?'"
+    assert strip_comment('--message "a \\" # b" # c') == '--message "a \\" # b"'
+    assert strip_comment("# all of it") == ""
+    data = tmp_path / "data #1.jsonl"  # a '#' inside quotes is kept: this file is found
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"
+    )
+    lines = [
+        f'%sft_data "{data}" --max-length 64  # the doctor',
+        f'%sft_template {tiny_model} --data "{data}" --row 0   # one row',
+        f"%%sft_train --name c1 -o run   # first line of a cell\nmodel: {tiny_model}\ndataset: '{data}'\nmax_steps: 1\n",
+        "%sft_runs   # the table",
+        "%sft_wait c1  # already done",
+        f"%sft_eval c1 --data '{data}' --max-new-tokens 4  # scores",
+        "%sft_chat c1 --message 'what is #1?' --max-new-tokens 4 -o reply  # one question",
+        f"%sft_export c1 --to '{tmp_path / 'out #1'}'  # a folder",
+    ]
+    for line in lines:
+        result = shell.run_cell(line)
+        assert result.success, f"{line!r}: {result.error_in_exec!r}"
+    assert (tmp_path / "out #1" / "export_manifest.json").is_file()
+    assert isinstance(shell.user_ns["reply"], str)

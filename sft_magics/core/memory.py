@@ -108,9 +108,11 @@ def fit_check(p) -> tuple[int, int, FitEstimate]:
     training loads it), and the fit check for it on the plan's device."""
     import gc
 
+    from ._quiet import quiet_libraries
     from .preparation import trainable_model
 
-    model, tokenizer = trainable_model(p)
+    with quiet_libraries():  # as training loads it, without the libraries' deprecation noise
+        model, tokenizer = trainable_model(p)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     total = sum(x.numel() for x in model.parameters())
     config = model.config

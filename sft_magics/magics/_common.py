@@ -34,11 +34,36 @@ def _usage_error(err: BaseException) -> UsageError:
     return UsageError(scrub_text(" ".join(str(err).split())))
 
 
+def strip_comment(line: str) -> str:
+    """The line without a trailing comment, read as a shell reads it: ``#`` at the start of a word,
+    outside quotes, begins a comment (``--name run#2`` and ``--message "is #1"`` keep theirs)."""
+    quote, word_start, i = None, True, 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c == "\\":
+            i, word_start = i + 2, False
+            continue
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and word_start:
+            return line[:i].rstrip()
+        word_start = c.isspace()
+        i += 1
+    return line
+
+
 def _parse(magic, line: str):
     """Parse a magic's line with shell quoting rules (``--message "two words"`` is one value,
-    without its quotes; IPython's own parse_argstring keeps the quotes)."""
+    without its quotes; IPython's own parse_argstring keeps the quotes), and a trailing ``# ...``
+    as a comment, as in a shell."""
     try:
-        argv = shlex.split(line)
+        argv = shlex.split(strip_comment(line))
     except ValueError as err:
         raise UsageError(f"bad arguments: {err} in {line!r}") from None
     try:
