@@ -411,3 +411,11 @@ def test_resume_falls_back_past_a_checkpoint_that_lost_files_without_a_mark(
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     started = [e for e in events if e.get("kind") == "started"][-1]
     assert started["resumed_from"].endswith("checkpoint-2")
+
+
+def test_trls_own_value_checks_run_at_plan_time_so_dry_run_shows_them(shell, tiny_model, qa_jsonl, tmp_path):
+    cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 1\nlr_scheduler_type: bogus\n"
+    for dry in ("--dry-run", ""):
+        with pytest.raises(UsageError, match=r"^invalid training config: bogus is not a valid SchedulerType"):
+            shell.run_cell_magic("sft_train", f"--name sched {dry}", cell)
+    assert not (tmp_path / "runs" / "sched").exists()

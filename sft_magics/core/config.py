@@ -262,6 +262,37 @@ class Plan:
         )
 
 
+def sft_config(output_dir: str, sft_args: Mapping[str, Any]):
+    """SFTConfig whose pickled form (``training_args.bin`` in every checkpoint and in ``final/``)
+    holds no secret: the trainer uses the token in memory, the file gets ``<redacted>``. TRL's and
+    transformers' own checks of the values (an unknown scheduler, conflicting keys) run here, so
+    :func:`plan` calls it too: ``--dry-run`` shows them, before anything loads."""
+    import copy
+    import copyreg
+
+    from trl import SFTConfig
+
+    from .secrets import redact
+
+    class _SFTConfig(SFTConfig):
+        def __reduce_ex__(self, protocol):
+            # Rebuilt as a plain SFTConfig (stdlib reconstructor): loading it needs only trl.
+            return copyreg._reconstructor, (SFTConfig, object, None), redact(dict(self.__dict__))
+
+        def to_dict(self):  # what report_to integrations (tensorboard, wandb) write to disk
+            return redact(super().to_dict())
+
+        def __deepcopy__(self, memo):
+            new = object.__new__(type(self))
+            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+            return new
+
+    try:
+        return _SFTConfig(output_dir=output_dir, **sft_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid training config: {' '.join(redact(str(err)).split())[:300]}") from None
+
+
 def _describe(source: Any) -> Any:
     """A source as config.yaml keeps it: strings and mappings as given (a convert function by its
     name, so resume finds it in the notebook again), other objects by their type."""
@@ -342,6 +373,10 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):
         notes.append(f"dtype {asked}: the weights load in float32 on this CPU (bf16: true autocasts instead)")
     spec = _speed_settings(spec, sft_args, device, notes)
+    sft_config(
+        str(spec.run_dir),
+        {k: v for k, v in sft_args.items() if k not in ("assistant_only_loss", "completion_only_loss")},
+    )
     steps = planned_steps(len(train_data), sft_args, world)
     return Plan(
         spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes, watch, answers, precision

@@ -276,18 +276,17 @@ def export_model(
 def export_source(target: str, run_dir: Path | None) -> dict:
     """For the manifest: what was exported — the run (folder, base model, data, steps, status) and
     which of its checkpoints ``final/`` is (the best one, when the run followed a metric)."""
-    from .files import read_json
     from .lookup import run_record
+    from .runs import is_number, read_status
 
     source: dict[str, Any] = {"target": str(target)}
     if run_dir is None:
         return source
     record = run_record(Path(run_dir))
-    status = read_json(Path(run_dir) / "status.json")
-    best = status.get("best") if isinstance(status.get("best"), dict) else None
+    best = read_status(Path(run_dir))[0].get("best")
     checkpoint = (
-        f"{best['checkpoint']} (best {best['metric']} {best['value']:.4g})"
-        if best and best.get("final_is_best")
+        f"{best.get('checkpoint')} (best {best.get('metric')} {best['value']:.4g})"
+        if best and best.get("final_is_best") and is_number(best.get("value"))
         else f"the last step ({record['steps']})"
     )
     source.update(

@@ -7,44 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .files import read_events, read_json
-from .runs import FINAL_STATES, LIVE_STATES, NAME_RULE, RunError, RunFolder
-
-
-def _number(value: Any) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# status.json fields a record reads, and what each must be (a run folder someone edited, or a damaged disk).
-_STATUS_TYPES = {
-    "state": (str, "a state name"),
-    "step": (int, "a step number"),
-    "max_steps": (int, "a step number"),
-    "started": (float, "a time"),
-    "ended": (float, "a time"),
-    "world_size": (int, "a process count"),
-    "error": (str, "text"),
-    "hint": (str, "text"),
-    "early_stop": (str, "text"),
-}
-
-
-def _checked_status(status: dict) -> tuple[dict, list[str]]:
-    """status.json's fields of the right type, and one line for each that is not."""
-    good, problems = {}, []
-    for key, value in status.items():
-        kind, what = _STATUS_TYPES.get(key, (None, ""))
-        if kind is None or value is None:
-            good[key] = value
-        elif (kind is str and isinstance(value, str)) or (
-            kind is not str and _number(value) and (kind is float or float(value).is_integer())
-        ):
-            good[key] = int(value) if kind is int else value
-        else:
-            problems.append(f"status.json: '{key}' is {value!r:.40}, not {what}")
-    return good, problems
+from .files import read_events
+from .runs import FINAL_STATES, LIVE_STATES, NAME_RULE, RunError, RunFolder, is_number, read_status
 
 
 def run_record(run_dir: Path) -> dict:
@@ -77,15 +41,13 @@ def _run_record(run_dir: Path) -> dict:
         config = {}
     if not isinstance(config, dict):
         config = {}
-    status, problems = _checked_status(read_json(run_dir / "status.json"))
-    if not status and (run_dir / "status.json").is_file():
-        problems.append("status.json cannot be read (not a JSON object)")
+    status, problems = read_status(run_dir)
     history, eval_history = [], []
     skipped = 0
     progress = ProgressState()  # the followed generated metric and its best value (core/watch.py)
     for e in read_events(run_dir / "metrics.jsonl"):
         kind, step = e.get("kind"), e.get("step") if e.get("step") is not None else 0
-        if not isinstance(kind, str) or not _number(step):
+        if not isinstance(kind, str) or not is_number(step):
             skipped += 1
             continue
         if kind in ("started", "eval", *FINAL_STATES):
@@ -95,12 +57,12 @@ def _run_record(run_dir: Path) -> dict:
                 skipped += 1
                 continue
         if kind == "log" and "loss" in e:
-            if _number(e["loss"]):
+            if is_number(e["loss"]):
                 history.append((step, e["loss"]))
             elif e["loss"] is not None:
                 skipped += 1
         elif kind == "eval" and "eval_loss" in e:
-            if _number(e["eval_loss"]):
+            if is_number(e["eval_loss"]):
                 eval_history.append((step, e["eval_loss"]))
             elif e["eval_loss"] is not None:
                 skipped += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import StopFlag, _callback_class
-from .config import ConfigError, Plan, TrainSpec, _lora_config, plan
+from .config import ConfigError, Plan, TrainSpec, _lora_config, plan, sft_config
 from .data import _same_rows
 from .errors import SftError
 from .events import Event, Sink, fan_out
@@ -177,8 +177,10 @@ def _resume_point(p: Plan, folder, resume_anyway: bool) -> tuple[Path, list[str]
         problems.append(
             f"{checkpoint.name} has no {' or '.join(missing)}: the optimizer and learning-rate schedule would restart"
         )
-    recorded = (read_json(run.path / "environment.json").get("datasets") or {}).get("train") or {}
-    if recorded.get("fingerprint") and not _same_rows(p.train_data, recorded["fingerprint"]):
+    datasets = read_json(run.path / "environment.json").get("datasets")
+    recorded = datasets.get("train") if isinstance(datasets, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if isinstance(recorded.get("fingerprint"), str) and not _same_rows(p.train_data, recorded["fingerprint"]):
         problems.append(
             f"the training data changed since the run started ({recorded.get('rows')} rows, fingerprint "
             f"{recorded['fingerprint'][:12]} → {len(p.train_data)} rows, {p.train_data.fingerprint[:12]})"
@@ -347,7 +349,7 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     # prompt/completion. Setting either TRL switch to false trains on every token instead.
     loss_switches = [sft_args.pop("assistant_only_loss", None), sft_args.pop("completion_only_loss", None)]
     train_on_all = False in loss_switches
-    args = _sft_config(str(p.spec.run_dir), sft_args)
+    args = sft_config(str(p.spec.run_dir), sft_args)
     callbacks = [_callback_class()(emit, stop, folder)]
     if p.watch and p.watch.patience:  # transformers' own, fed with the generated metrics
         callbacks.append(EarlyStoppingCallback(p.watch.patience, p.watch.threshold))
@@ -369,35 +371,6 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
     for cb in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
         trainer.remove_callback(cb)
     return trainer, tokenizer
-
-
-def _sft_config(output_dir: str, sft_args: dict):
-    """SFTConfig whose pickled form (``training_args.bin`` in every checkpoint and in ``final/``)
-    holds no secret: the trainer uses the token in memory, the file gets ``<redacted>``."""
-    import copy
-    import copyreg
-
-    from trl import SFTConfig
-
-    from .secrets import redact
-
-    class _SFTConfig(SFTConfig):
-        def __reduce_ex__(self, protocol):
-            # Rebuilt as a plain SFTConfig (stdlib reconstructor): loading it needs only trl.
-            return copyreg._reconstructor, (SFTConfig, object, None), redact(dict(self.__dict__))
-
-        def to_dict(self):  # what report_to integrations (tensorboard, wandb) write to disk
-            return redact(super().to_dict())
-
-        def __deepcopy__(self, memo):
-            new = object.__new__(type(self))
-            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
-            return new
-
-    try:
-        return _SFTConfig(output_dir=output_dir, **sft_args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid training config: {' '.join(redact(str(err)).split())[:300]}") from None
 
 
 def _finish(

@@ -30,7 +30,7 @@ from typing import Any
 from .events import Event
 from .files import read_events, read_json, write_json
 from .lookup import run_record
-from .runs import FINAL_STATES, LIVE_STATES, RunFolder, _pid_alive
+from .runs import FINAL_STATES, LIVE_STATES, RunFolder, _pid_alive, read_status
 
 SPEC_FILE = "spec.json"
 STOP_FILE = "STOP"
@@ -138,7 +138,7 @@ class BackgroundRun:
         return self.record()["status"]
 
     def alive(self) -> bool:
-        return _pid_alive(self.pid) and read_json(self.path / "status.json").get("state") not in FINAL_STATES
+        return _pid_alive(self.pid) and read_status(self.path)[0].get("state") not in FINAL_STATES
 
     def stop(self) -> None:
         request_stop(self.path)
@@ -274,7 +274,7 @@ def result_from_disk(run_dir: Path):
     from .train import TrainResult
 
     run_dir = Path(run_dir)
-    status = read_json(run_dir / "status.json")
+    status = read_status(run_dir)[0]
     history = [
         {k: v for k, v in e.items() if k not in ("kind", "time")}
         for e in read_events(run_dir / "metrics.jsonl")
@@ -337,7 +337,7 @@ def follow(
                 return
         if not until_final:
             return
-        state = read_json(Path(run_dir) / "status.json").get("state")
+        state = read_status(run_dir)[0].get("state")
         if state in FINAL_STATES and not chunk:
             return  # final status without a final event (should not happen): stop following
         if (
