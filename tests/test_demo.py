@@ -23,6 +23,7 @@ def test_demo_runs_every_step_on_the_real_model(tmp_path, capsys):
         assert f"=== {title} ===" in out
     assert "<|im_start|>assistant\n«" in out and "<|im_end|>\n»" in out  # the answer (and only it) is trained
     assert "format: messages → messages · 500 rows" in out
+    assert "Out[" not in out and "<TrainResult" not in out and "<EvalReport" not in out  # no echo of bound results
     assert summary["steps"] == 4
     # one evaluation (at step 4) answered 16 validation questions; the run's best is that step
     assert "[demo] answers at step 4 (16 rows" in out

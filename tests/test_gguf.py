@@ -350,3 +350,44 @@ def test_a_full_disk_during_conversion_is_one_line_and_marks_the_folder(loaded, 
         export_model(loaded.model, loaded.tokenizer, to, merge=True, gguf="q8_0", gguf_probes=PROBES[:1])
     assert "\n" not in str(info.value) and "No space left" in (to / MARK_FAILED).read_text()
     assert (to / "model.safetensors").is_file()  # what was written stays
+
+
+@pytest.mark.parametrize("eos", [None, "<|endoftext|>"])
+def test_the_trained_end_token_is_the_ggufs_end_of_generation(shell, smol_tiny, tmp_path, monkeypatch, eos):
+    """prompt/completion rows end with the EOS that TRL's eos_token sets; the GGUF built from the run
+    must treat that token as an end of generation (its EOS or end of turn), or llama.cpp never stops."""
+    import gguf
+
+    from sft_magics.core import train as train_module
+    from sft_magics.core.llamacpp import LlamaCpp
+
+    data = tmp_path / "pc.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"Person {i} is", "completion": f" {20 + i}."}) + "\n" for i in range(8))
+    )
+    seen = {}
+    build = train_module._build_trainer
+
+    def keep(*args, **kwargs):
+        trainer, tokenizer = build(*args, **kwargs)
+        seen["labels"] = trainer.train_dataset[0]["labels"]
+        return trainer, tokenizer
+
+    monkeypatch.setattr(train_module, "_build_trainer", keep)
+    extra = f"eos_token: '{eos}'\n" if eos else ""
+    shell.run_cell(
+        f"%%sft_train --name pc\nmodel: {smol_tiny}\ndataset: {data}\nmax_steps: 1\nper_device_train_batch_size: 2\n{extra}"
+    ).raise_error()
+    trained_end = [i for i in seen["labels"] if i != -100][-1]
+    out = shell.run_line_magic("sft_export", f"pc --to {tmp_path / 'e'} --gguf f32 -o exported")
+    path = tmp_path / "e" / out.gguf.file
+    reader = gguf.GGUFReader(path)
+    ends = {
+        reader.fields[key].contents()
+        for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+        if key in reader.fields
+    }
+    assert trained_end in ends, (trained_end, ends)
+    del reader
+    with LlamaCpp(path, n_ctx=256) as llm:
+        assert llm.is_eog(trained_end)

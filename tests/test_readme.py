@@ -116,3 +116,14 @@ def test_a_trailing_comment_is_a_comment_for_every_magic(shell, tiny_model, tmp_
         assert result.success, f"{line!r}: {result.error_in_exec!r}"
     assert (tmp_path / "out #1" / "export_manifest.json").is_file()
     assert isinstance(shell.user_ns["reply"], str)
+
+
+def test_dry_run_lets_no_library_warning_through(shell, tiny_model, qa_jsonl, recwarn):
+    import warnings
+
+    warnings.simplefilter("always")
+    shell.run_cell_magic(
+        "sft_train", "--name quiet --dry-run", f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 2\n"
+    )
+    noisy = [str(w.message) for w in recwarn if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not [m for m in noisy if "checkpointing" in m], noisy

@@ -287,8 +287,11 @@ def sft_config(output_dir: str, sft_args: Mapping[str, Any]):
             new.__dict__.update(copy.deepcopy(self.__dict__, memo))
             return new
 
+    from ._quiet import quiet_libraries
+
     try:
-        return _SFTConfig(output_dir=output_dir, **sft_args)
+        with quiet_libraries():  # transformers' rename warnings for names TRL itself still uses
+            return _SFTConfig(output_dir=output_dir, **sft_args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid training config: {' '.join(redact(str(err)).split())[:300]}") from None
 
