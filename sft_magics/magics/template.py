@@ -117,8 +117,8 @@ class TemplateMagics(MagicsBase):
             rendering = shown_rendering(
                 tokenizer, row, fmt, chat_template=chat_template, template_kwargs=kwargs, **options
             )
-        except TemplateError as err:
-            raise UsageError(f"{label}: {err}") from None
+        except TemplateError as err:  # a refusal that names where it showed (a probe, another row) keeps its words
+            raise UsageError(str(err) if getattr(err, "located", False) else f"{label}: {err}") from None
         return tokenizer, rendering
 
     def _template_row(self, args, cell) -> tuple[dict, str, str]:
