@@ -16,6 +16,7 @@ from .template import (
     clean_messages,
     first_difference,
     inference_rendering,
+    tokenize_row,
 )
 
 
@@ -173,3 +174,27 @@ def template_checks(
             )
         )
     return checks
+
+
+def shown_rendering(
+    tokenizer,
+    row: dict,
+    fmt: str,
+    *,
+    chat_template=None,
+    template_kwargs=None,
+    generation_prompt: bool = False,
+    max_length: int | None = None,
+) -> Rendering:
+    """What ``%sft_template`` shows for one row: the training rendering with its template checks
+    marked where ``max_length`` would cut (or, with ``generation_prompt``, the inference prompt)."""
+    kw = {"chat_template": chat_template, "template_kwargs": template_kwargs}
+    if generation_prompt:  # nothing is trained in a prompt: no checks, no truncation marks
+        return inference_rendering(tokenizer, row["messages"], **kw)
+    r = tokenize_row(tokenizer, row, fmt, **kw)
+    if fmt == "messages":
+        from .template_checks import template_checks
+
+        r.checks = template_checks(tokenizer, r, row["messages"], **kw)
+    r.max_length = max_length
+    return r
