@@ -14,10 +14,10 @@ import pytest
 from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
-from sft_magics.core import worker as w
-from sft_magics.core.config import TrainSpec
 from sft_magics.core.events import Event
 from sft_magics.core.files import read_events, read_json
+from sft_magics.core.train import worker as w
+from sft_magics.core.train.config import TrainSpec
 
 
 def _spec(tmp_path, tiny_model, data, name, **extra):

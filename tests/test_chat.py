@@ -40,7 +40,7 @@ def base(tiny_model):
 
 
 def _session(lora, **kw):
-    from sft_magics.core.chat import ChatSession
+    from sft_magics.core.evaluate.chat import ChatSession
 
     model, tokenizer, _ = lora
     return ChatSession(model, tokenizer, **kw)
@@ -48,7 +48,7 @@ def _session(lora, **kw):
 
 def _reference(model, tokenizer, messages, **kw):
     """The non-streamed answer from core.evaluate.generate for the same conversation."""
-    from sft_magics.core.generation import generate
+    from sft_magics.core.evaluate.generation import generate
 
     return generate(model, tokenizer, [messages], max_new_tokens=kw.pop("max_new_tokens", MAX), batch_size=1, **kw)[0]
 
@@ -100,7 +100,7 @@ def test_history_grows_and_the_next_prompt_contains_the_first_answer(lora):
 def test_use_base_is_the_model_with_its_adapter_disabled(lora, base):
     import torch
 
-    from sft_magics.core.generation import adapter_disabled
+    from sft_magics.core.evaluate.generation import adapter_disabled
 
     model, tokenizer, _ = lora
     msgs = [{"role": "user", "content": "hi"}]
@@ -184,8 +184,8 @@ def test_a_failing_on_token_leaves_history_alone_and_ends_the_thread(lora):
 def test_a_tokenizer_without_a_chat_template_is_a_template_error(base):
     import copy
 
-    from sft_magics.core.chat import ChatSession
-    from sft_magics.core.render import TemplateError
+    from sft_magics.core.evaluate.chat import ChatSession
+    from sft_magics.core.template.render import TemplateError
 
     tokenizer = copy.deepcopy(base[1])
     tokenizer.chat_template = None
@@ -227,7 +227,7 @@ def test_one_shot_magic_compare_returns_both(shell, lora, base, capsys):
 def test_magic_accepts_a_run_result_variable(shell, lora):
     from pathlib import Path
 
-    from sft_magics.core.train import TrainResult
+    from sft_magics.core.train.trainer import TrainResult
 
     model, tokenizer, _ = lora
     shell.user_ns["run"] = TrainResult(
@@ -265,7 +265,7 @@ def test_magic_usage_errors(shell, tiny_model, line, message):
 def test_magic_in_a_notebook_displays_the_chat_widget(shell, lora, monkeypatch):
     import IPython.display
 
-    from sft_magics.core.chat import ChatSession
+    from sft_magics.core.evaluate.chat import ChatSession
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
@@ -409,7 +409,7 @@ def test_widget_escapes_user_and_model_text(base, monkeypatch):
     """A user message with a script tag and a model reply with an onerror image: both escaped."""
     import torch
 
-    from sft_magics.core.chat import ChatSession
+    from sft_magics.core.evaluate.chat import ChatSession
     from sft_magics.display._chat_view import ChatWidget
 
     model, tokenizer = base

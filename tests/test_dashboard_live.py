@@ -22,9 +22,9 @@ import time
 
 import pytest
 
-from sft_magics.core.callbacks import StopFlag
-from sft_magics.core.config import TrainSpec
-from sft_magics.core.train import train
+from sft_magics.core.train.callbacks import StopFlag
+from sft_magics.core.train.config import TrainSpec
+from sft_magics.core.train.trainer import train
 from sft_magics.display._dashboard import WidgetDashboard
 from sft_magics.magics._runner import TrainingThread
 

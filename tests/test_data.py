@@ -11,17 +11,11 @@ import datasets
 import pandas as pd
 import pytest
 
-from sft_magics.core import data as D
-from sft_magics.core.data import (
-    DataError,
-    LoadedData,
-    RowProblem,
-    detect_format,
-    load_data,
-    train_val_split,
-)
-from sft_magics.core.formats import normalize
-from sft_magics.core.sources import read_source
+from sft_magics.core.data import load as D
+from sft_magics.core.data.formats import normalize
+from sft_magics.core.data.load import detect_format, load_data, train_val_split
+from sft_magics.core.data.sources import read_source
+from sft_magics.core.data.types import DataError, LoadedData, RowProblem
 
 CHAT = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
@@ -726,7 +720,7 @@ def test_split_rejects_too_few_rows():
 
 
 def test_sample_data_is_seeded_keeps_source_numbers_and_refuses_bad_sizes():
-    from sft_magics.core.data import sample_data
+    from sft_magics.core.data.load import sample_data
 
     rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(50)]
     data = load_data(rows)

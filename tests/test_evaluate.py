@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sft_magics.core.generation import adapter_disabled, generate, render_prompts, stop_token_ids
-from sft_magics.core.metrics import exact_match, json_fields, json_match, json_valid
+from sft_magics.core.evaluate.generation import adapter_disabled, generate, render_prompts, stop_token_ids
+from sft_magics.core.evaluate.metrics import exact_match, json_fields, json_match, json_valid
 
 REF = '{"name": "Ana", "age": 34, "city": "Lisbon"}'
 
@@ -72,9 +72,18 @@ def test_adapter_disabled_gives_the_base_models_outputs(tiny_model):
 # -- text metrics on hand-computed values ------------------------------------------------------------
 
 from sft_magics.core.errors import EvalError  # noqa: E402
-from sft_magics.core.eval_report import EvalReport, EvalResult, Example  # noqa: E402
-from sft_magics.core.evaluate import choose_shots, with_shots  # noqa: E402
-from sft_magics.core.metrics import METRICS, bleu, chrf, normalize_answer, rouge_l, select_metrics, token_f1  # noqa: E402
+from sft_magics.core.evaluate.evaluation import choose_shots, with_shots  # noqa: E402
+from sft_magics.core.evaluate.example import Example  # noqa: E402
+from sft_magics.core.evaluate.metrics import (  # noqa: E402
+    METRICS,
+    bleu,
+    chrf,
+    normalize_answer,
+    rouge_l,
+    select_metrics,
+    token_f1,
+)
+from sft_magics.core.evaluate.report import EvalReport, EvalResult  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -139,7 +148,7 @@ def _manual_loss(model, tokenizer, rows):
     import torch
     import torch.nn.functional as F
 
-    from sft_magics.core.template import tokenize_row
+    from sft_magics.core.template.tokens import tokenize_row
 
     sums, counts = [], []
     for row in rows:
@@ -156,8 +165,8 @@ def _manual_loss(model, tokenizer, rows):
 def test_loss_and_perplexity_equal_a_manual_forward_pass(tiny_model):
     import math
 
-    from sft_magics.core.data import load_data
-    from sft_magics.core.evaluate import examples_from, run_evaluation
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.evaluate.evaluation import examples_from, run_evaluation
     from sft_magics.core.models import load_model
 
     rows = [
@@ -194,7 +203,7 @@ def test_loss_and_perplexity_equal_a_manual_forward_pass(tiny_model):
 
 
 def test_batched_loss_equals_one_by_one(tiny_model):
-    from sft_magics.core.evaluate import loss_inputs, trained_token_loss
+    from sft_magics.core.evaluate.evaluation import loss_inputs, trained_token_loss
     from sft_magics.core.models import load_model
 
     loaded = load_model(tiny_model)
@@ -260,7 +269,7 @@ def test_few_shot_examples_come_from_the_task_being_measured():
 
 
 def test_few_shot_loss_scores_only_the_question_s_answer(tiny_model):
-    from sft_magics.core.evaluate import loss_inputs
+    from sft_magics.core.evaluate.evaluation import loss_inputs
     from sft_magics.core.models import load_model
 
     tok = load_model(tiny_model).tokenizer
@@ -411,7 +420,7 @@ def test_eval_of_a_run_saves_results_and_binds_a_report(shell, tiny_model, qa_js
 
 
 def _report(answers: dict[str, list[str]], refs: list[str], questions: list[str] | None = None) -> EvalReport:
-    from sft_magics.core.evaluate import run_evaluation  # noqa: F401 - the real type, built by hand
+    from sft_magics.core.evaluate.evaluation import run_evaluation  # noqa: F401 - the real type, built by hand
 
     questions = questions or [f"question {i}" for i in range(len(refs))]
     report = EvalReport()

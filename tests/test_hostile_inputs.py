@@ -44,7 +44,7 @@ def _messages_jsonl(path: Path, n: int) -> str:
 
 @pytest.fixture
 def short_bound(monkeypatch):
-    from sft_magics.core import render
+    from sft_magics.core.template import render
 
     monkeypatch.setattr(render, "RENDER_SECONDS", 0.5)
     monkeypatch.setattr(render, "_refused", {})
@@ -63,7 +63,7 @@ def test_a_template_that_never_ends_fails_train_in_a_subprocess_within_two_bound
         f"""
         import time
         from IPython.core.interactiveshell import InteractiveShell
-        from sft_magics.core import render
+        from sft_magics.core.template import render
         render.RENDER_SECONDS = 2.0
         sh = InteractiveShell.instance()
         sh.run_line_magic("load_ext", "sft_magics")
@@ -155,9 +155,9 @@ FORMATS = {
 @pytest.mark.parametrize("eos", [None, "<|endoftext|>"])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_the_trained_end_token_is_the_saved_models_end(shell, tiny_model, tmp_path, monkeypatch, fmt, eos):
-    from sft_magics.core import train as train_module
-    from sft_magics.core.generation import end_of_turn_token, stop_token_ids
+    from sft_magics.core.evaluate.generation import end_of_turn_token, stop_token_ids
     from sft_magics.core.models import load_model
+    from sft_magics.core.train import trainer as train_module
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(FORMATS[fmt](i)) + "\n" for i in range(8)))
@@ -358,7 +358,7 @@ def test_sft_runs_lists_every_readable_run_and_marks_the_damaged_ones(shell, tin
 
 
 def test_csv_text_that_looks_like_a_missing_value_keeps_its_text(shell, tmp_path):
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
 
     path = tmp_path / "d.csv"
     path.write_text("prompt,completion\nSay NaN,NaN\nSay null,null\nSay N/A,N/A\nSay None,None\n")
@@ -371,7 +371,8 @@ def test_csv_text_that_looks_like_a_missing_value_keeps_its_text(shell, tmp_path
 
 
 def test_a_byte_that_is_not_utf8_is_named_by_its_exact_line(tmp_path):
-    from sft_magics.core.data import DataError, load_data
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.data.types import DataError
 
     good = json.dumps({"prompt": "p" * 40, "completion": "c" * 40}) + "\n"
     path = tmp_path / "d.jsonl"
@@ -393,7 +394,7 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_exact_line(tmp_path):
 def test_resume_falls_back_past_a_checkpoint_that_lost_files_without_a_mark(
     shell, tiny_model, qa_jsonl, tmp_path, lost
 ):
-    from sft_magics.core.checkpoints import CHECKPOINT_MARK
+    from sft_magics.core.run.checkpoints import CHECKPOINT_MARK
 
     cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 4\nsave_steps: 1\nsave_total_limit: 5\n"
     shell.run_cell_magic("sft_train", "--name r", cell)

@@ -15,11 +15,12 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from sft_magics.core import data as D
-from sft_magics.core import rowstore, sources
-from sft_magics.core.data import DataError, _drop_none, load_data
-from sft_magics.core.dataset_spec import load_dataset_spec
-from sft_magics.core.recipe import read_recipe
+from sft_magics.core.data import load as D
+from sft_magics.core.data import rowstore, sources
+from sft_magics.core.data.load import load_data
+from sft_magics.core.data.spec import load_dataset_spec
+from sft_magics.core.data.types import DataError, _drop_none
+from sft_magics.core.train.recipe import read_recipe
 from tests.test_reliability import tmpfs  # noqa: F401 - a real small tmpfs (fixture)
 
 
@@ -117,7 +118,7 @@ def test_past_the_spill_size_rows_are_memory_mapped_from_one_file_named_by_conte
 
 def test_a_spilled_dataset_trains_the_same_rows(tmp_path, cache, small_chunks, tiny_model, monkeypatch):
     from sft_magics.core.models import load_tokenizer
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     tokenizer = load_tokenizer(tiny_model)
     in_memory = load_data(MIXED[:9])
@@ -345,7 +346,7 @@ def test_trl_dataset_streaming_becomes_streaming():
 def test_a_subset_and_a_mixture_are_fingerprinted_by_what_they_are_made_of(monkeypatch):
     """Splits and mixtures do not read their rows again to fingerprint them: the hash of the parent's
     fingerprint and the rows picked changes exactly when the rows do."""
-    from sft_magics.core.data import train_val_split
+    from sft_magics.core.data.load import train_val_split
 
     rows = [{"text": f"row {i}"} for i in range(20)]
     train, val = train_val_split(load_data(rows), 0.2, seed=7)
@@ -370,8 +371,8 @@ def test_a_run_trains_and_resumes_on_rows_memory_mapped_from_disk(tmp_path, cach
     after a crash (the resume check compares the split's fingerprint, made from the rows' digests)."""
     import shutil
 
-    from sft_magics.core.config import TrainSpec
-    from sft_magics.core.train import train
+    from sft_magics.core.train.config import TrainSpec
+    from sft_magics.core.train.trainer import train
 
     config = {"model": tiny_model, "dataset": qa_jsonl, "eval_split": 0.25, "max_steps": 4, "save_steps": 2}
     config |= {"per_device_train_batch_size": 4, "learning_rate": 1e-3}
@@ -388,7 +389,8 @@ def test_a_run_trains_and_resumes_on_rows_memory_mapped_from_disk(tmp_path, cach
     (result.path / "status.json").write_text(json.dumps({**status, "state": "failed", "step": 3}))
 
     # A run recorded before fingerprints were made of row digests: sha256 of the rows' JSON lines.
-    from sft_magics.core.config import ConfigError, plan
+    from sft_magics.core.errors import ConfigError
+    from sft_magics.core.train.plan import plan
 
     train_rows = plan(spec).train_data.dataset.to_list()
     legacy = hashlib.sha256(b"".join(D._row_json(r).encode() + b"\n" for r in train_rows)).hexdigest()

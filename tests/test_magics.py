@@ -31,9 +31,9 @@ def test_template_labels_equal_trls_own_labels(tiny_model, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
     from sft_magics.core.models import load_model
-    from sft_magics.core.template import render
+    from sft_magics.core.template.tokens import render
 
     messages = [{"role": "system", "content": "Be brief."}, *MSGS]
     loaded = load_model(tiny_model)

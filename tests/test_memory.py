@@ -10,8 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from sft_magics.core import memory
-from sft_magics.core.config import TrainSpec, plan
+from sft_magics.core.train import memory
+from sft_magics.core.train.config import TrainSpec
+from sft_magics.core.train.plan import plan
 
 GIB = 1024**3
 
@@ -169,7 +170,7 @@ def test_gpu_presets_check_their_packages_before_anything_loads(tmp_path, tiny_m
     import torch
 
     from sft_magics.core import models
-    from sft_magics.core.config import ConfigError
+    from sft_magics.core.errors import ConfigError
 
     monkeypatch.setattr(models, "choose_device_dtype", lambda *a, **k: ("cuda", torch.bfloat16))
     real = importlib.util.find_spec

@@ -87,7 +87,7 @@ def test_alias_without_its_package_says_how_to_install(monkeypatch):
 
 @pytest.mark.real_model
 def test_smollm2_loads_offline_and_knows_paris(tmp_path):
-    from sft_magics.core.generation import generate
+    from sft_magics.core.evaluate.generation import generate
 
     loaded = load_model("smollm2-135m")
     assert loaded.resolved.kind == "alias"

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from sft_magics.core.data import load_data
-from sft_magics.core.prepared import to_trl_rows
+from sft_magics.core.data.load import load_data
+from sft_magics.core.template.prepared import to_trl_rows
 from tests.test_stats import DATASETS, MARKERS_TEMPLATE
 
 
 @pytest.fixture
 def counted(monkeypatch, tmp_path):
     """Our own cache folder, and a count of the preparations actually computed."""
-    from sft_magics.core import token_counts
+    from sft_magics.core.template import counts as token_counts
 
     monkeypatch.setenv("SFT_MAGICS_CACHE", str(tmp_path / "cache"))
     calls = []
@@ -73,8 +73,8 @@ def test_a_damaged_or_unwritable_cache_costs_only_time(counted, tmp_path, tiny_m
 def test_several_processes_prepare_the_same_rows(tmp_path, tiny_model, monkeypatch):
     """dataset_num_proc (TRL's name): chunks prepared side by side in worker processes give exactly
     the rows one process gives; one process unless asked (TRL's default)."""
-    from sft_magics.core import prepared
     from sft_magics.core.models import load_tokenizer
+    from sft_magics.core.template import prepared
 
     monkeypatch.setenv("SFT_MAGICS_CACHE", str(tmp_path / "cache"))
     tok = load_tokenizer(tiny_model)

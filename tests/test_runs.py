@@ -12,12 +12,13 @@ import weakref
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.callbacks import StopFlag
-from sft_magics.core.config import ConfigError, TrainSpec
+from sft_magics.core.errors import ConfigError
 from sft_magics.core.files import read_events
-from sft_magics.core.lookup import list_runs, run_record
-from sft_magics.core.runs import RunBusy, RunError, RunLock
-from sft_magics.core.train import TrainingFailed, train
+from sft_magics.core.run.folder import RunBusy, RunError, RunLock
+from sft_magics.core.run.lookup import list_runs, run_record
+from sft_magics.core.train.callbacks import StopFlag
+from sft_magics.core.train.config import TrainSpec
+from sft_magics.core.train.trainer import TrainingFailed, train
 
 
 def _spec(tmp_path, tiny_model, data, name="r", **extra):
@@ -188,7 +189,7 @@ def test_dry_run_trains_nothing(shell, tiny_model, qa_jsonl, tmp_path, capsys):
     assert "planned optimizer steps: 10" in out and "dry run: nothing was trained" in out
     assert not (tmp_path / "runs" / "dry").exists()
     # Which precision and why: the CPU default is fp32, with the reason that fits this CPU.
-    from sft_magics.core.config import _native_cpu_bf16
+    from sft_magics.core.train.plan import _native_cpu_bf16
 
     assert summary["precision"].startswith("fp32 (CPU default)") and summary["config"]["bf16"] is False
     expected = "json_match was 95.0% with it vs 97.5%" if _native_cpu_bf16() else "no avx512_bf16 / AMX"

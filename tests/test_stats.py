@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-from sft_magics.core.data import DataError, load_data
-from sft_magics.core.stats import data_stats, histogram_png
-from sft_magics.core.template import MASK_MARKERS, choose_mask_method, tokenize_row
-from sft_magics.core.token_counts import _ranges_from_spans
+from sft_magics.core.data.load import load_data
+from sft_magics.core.data.types import DataError
+from sft_magics.core.template.counts import _ranges_from_spans
+from sft_magics.core.template.doctor import data_stats, histogram_png
+from sft_magics.core.template.tokens import MASK_MARKERS, choose_mask_method, tokenize_row
 from sft_magics.display._data_view import DataView, RowBrowser
 
 
@@ -127,7 +128,7 @@ def test_batched_counts_equal_tokenize_row_for_every_row(name, which, tok, marke
 @pytest.mark.parametrize("which", ["chatml", "markers"])
 def test_training_rows_equal_tokenize_row_for_every_row(name, which, tok, markers_tok):
     """What training is fed (to_trl_rows: batched, in chunks) is tokenize_row's ids and masks, row by row."""
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     tokenizer = tok if which == "chatml" else markers_tok
     data = load_data(DATASETS[name])
@@ -169,8 +170,8 @@ def test_rows_the_template_cannot_render_are_reported_not_fatal(tiny_model):
     text = DataView(data, stats).to_text()
     assert "2 rows could not be rendered by the chat template" in text and "row 1 <template>" in text
     # Training is not the doctor: the row's own error stops the preparation, as tokenize_row would.
-    from sft_magics.core.prepared import to_trl_rows
-    from sft_magics.core.render import TemplateError
+    from sft_magics.core.template.prepared import to_trl_rows
+    from sft_magics.core.template.render import TemplateError
 
     with pytest.raises(TemplateError, match="no BOOM here"):
         to_trl_rows(load_data(rows[:2]), tokenizer)
@@ -213,7 +214,8 @@ def test_statistics_do_not_depend_on_the_chunk_size(tiny_model):
 def test_chunks_are_sized_by_the_rows_they_hold_not_the_whole_table():
     """A sample (select() keeps the whole Arrow table underneath) is read in chunks sized by its
     rows' bytes; long rows make chunks smaller (about CHUNK_BYTES each)."""
-    from sft_magics.core.data import dataset_chunks, sample_data
+    from sft_magics.core.data.load import sample_data
+    from sft_magics.core.data.types import dataset_chunks
 
     rows = [{"prompt": f"{i} " + "x" * 1000, "completion": "y"} for i in range(2000)]
     sample = sample_data(load_data(rows), 100)
@@ -225,7 +227,7 @@ def test_chunks_are_sized_by_the_rows_they_hold_not_the_whole_table():
 
 def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(tiny_model):
     from sft_magics.core.models import load_tokenizer
-    from sft_magics.core.template import MASK_LAST_TURN
+    from sft_magics.core.template.tokens import MASK_LAST_TURN
     from sft_magics.testing import CHATML_TEMPLATE
 
     tokenizer = load_tokenizer(tiny_model)
@@ -237,7 +239,7 @@ def test_a_template_that_is_not_prefix_preserving_falls_back_like_tokenize_row(t
         assert r.mask_source == MASK_LAST_TURN
         assert (stats.total_tokens[i], stats.trained_tokens[i]) == (len(r.tokens), r.trained_count)
         assert _mask(stats.trained_ranges[i], len(r.tokens)) == r.assistant_masks
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     rows = to_trl_rows(data, tokenizer)
     for i in range(len(data)):
@@ -498,7 +500,7 @@ def test_row_browser_buttons_row_box_and_bad_row_jump(tok):
 
 
 def test_row_browser_on_a_sample_steps_through_the_sampled_rows(tok):
-    from sft_magics.core.data import sample_data
+    from sft_magics.core.data.load import sample_data
 
     rows = [{"messages": M(("user", f"q{i}"), ("assistant", f"a{i}"))} for i in range(30)]
     sample = sample_data(load_data(rows), 4)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.render import TemplateError
-from sft_magics.core.template import (
+from sft_magics.core.template.checks import template_checks
+from sft_magics.core.template.render import TemplateError
+from sft_magics.core.template.tokens import (
     MASK_LAST_TURN,
     MASK_MARKERS,
     MASK_PREFIX,
@@ -14,7 +15,6 @@ from sft_magics.core.template import (
     inference_rendering,
     render,
 )
-from sft_magics.core.template_checks import template_checks
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 # Same, with generation markers around the assistant's content and end token.

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from sft_magics.core.template import Check, Rendering, Token, render
+from sft_magics.core.template.tokens import Check, Rendering, Token, render
 from sft_magics.display._template_view import (
     PALETTE,
     CompareView,

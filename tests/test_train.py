@@ -7,10 +7,11 @@ import json
 import pytest
 import yaml
 
-from sft_magics.core.callbacks import StopFlag
-from sft_magics.core.config import ConfigError, TrainSpec
-from sft_magics.core.data import DataError
-from sft_magics.core.train import train
+from sft_magics.core.data.types import DataError
+from sft_magics.core.errors import ConfigError
+from sft_magics.core.train.callbacks import StopFlag
+from sft_magics.core.train.config import TrainSpec
+from sft_magics.core.train.trainer import train
 
 
 def _spec(tmp_path, tiny_model, dataset, **extra):

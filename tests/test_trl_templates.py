@@ -57,7 +57,12 @@ def test_trl_ships_templates():
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=[p.stem for p in TEMPLATES])
 def test_trained_tokens_equal_trls_labels(path, base, tmp_path):
-    from sft_magics.core.template import MASK_MARKERS, MASK_TRL_TEMPLATE, choose_mask_method, tokenize_row
+    from sft_magics.core.template.tokens import (
+        MASK_MARKERS,
+        MASK_TRL_TEMPLATE,
+        choose_mask_method,
+        tokenize_row,
+    )
 
     tok = _tokenizer(base, path.read_text())
     conversation = TWO_TURNS

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sft_magics.core.config import ConfigError, TrainSpec, plan
+from sft_magics.core.errors import ConfigError
 from sft_magics.core.events import Event
 from sft_magics.core.progress import ProgressState
-from sft_magics.core.train import train
+from sft_magics.core.train.config import TrainSpec
+from sft_magics.core.train.plan import plan
+from sft_magics.core.train.trainer import train
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -119,7 +121,7 @@ def test_early_stopping_ends_a_plateaued_run_and_final_is_the_best_checkpoint(tm
     assert [e["eval_scripted"] for e in events if e["kind"] == "eval"] == [0.5, 0.75, 0.25, 0.25]
 
     # %sft_runs: the best value per run, from the run folder alone.
-    from sft_magics.core.lookup import run_record
+    from sft_magics.core.run.lookup import run_record
     from sft_magics.display._runs_view import RunsView
 
     record = run_record(result.path)
@@ -301,7 +303,7 @@ def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
     plain(Event("started", {"watch": {"metric": "json_match"}}))
     plain(Event("answers", answers))  # a plain log line: no HTML to escape, the text as generated
     assert plain.state.answers["samples"][0]["answer"] == hostile
-    from sft_magics.core.watch import diff_segments
+    from sft_magics.core.train.watch import diff_segments
 
     assert diff_segments('{"name": "Bo", "age": 3}', '{"name": "Ann", "age": 3}') == [
         ('{"name": "', True), ("Bo", False), ('", "age": 3}', True),
@@ -363,8 +365,8 @@ def test_answers_and_the_best_survive_a_kernel_restart(shell, tmp_path, tiny_mod
 
 
 def test_a_background_run_records_its_answers_and_refuses_notebook_metrics(tmp_path, tiny_model, qa_jsonl):
-    from sft_magics.core.metrics import METRICS, register_metric
-    from sft_magics.core.worker import launch, wait_for
+    from sft_magics.core.evaluate.metrics import METRICS, register_metric
+    from sft_magics.core.train.worker import launch, wait_for
 
     with pytest.raises(ConfigError, match="n_chars is defined in this notebook .* which a background run cannot see"):
         launch(_spec(tmp_path, tiny_model, qa_jsonl, eval_metrics=["n_chars"]), namespace={"n_chars": lambda p, r: 1.0})

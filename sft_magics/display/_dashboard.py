@@ -124,7 +124,7 @@ class LossChart:
 def samples_html(state: ProgressState) -> str:
     """The latest sample answers: prompt, reference, the answer now (where it differs from the
     reference marked) and at the previous evaluation. Every text is escaped."""
-    from ..core.watch import diff_segments
+    from ..core.train.watch import diff_segments
 
     a = state.answers
     samples = a.get("samples") or []

@@ -150,7 +150,7 @@ class DataView(_View):
     # -- HTML ---------------------------------------------------------------------------------------
     def histogram_png(self) -> bytes:
         if self._png is None:
-            from ..core.stats import histogram_png
+            from ..core.template.doctor import histogram_png
 
             self._png = histogram_png(self.stats)
         return self._png
@@ -235,7 +235,7 @@ class RowBrowser:
 
     def _mask_method(self):
         if self._method is None and self.data.format == "messages":
-            from ..core.template import choose_mask_method
+            from ..core.template.tokens import choose_mask_method
 
             self._method = choose_mask_method(self.tokenizer)
         return self._method
@@ -262,8 +262,8 @@ class RowBrowser:
         """HTML for source row ``index`` (escaped)."""
         head = f"row {index} of {self.n_rows}"
         if index in self._position and index not in self.reasons:
-            from ..core.render import TemplateError
-            from ..core.template import tokenize_row
+            from ..core.template.render import TemplateError
+            from ..core.template.tokens import tokenize_row
 
             position = self._position[index]
             try:

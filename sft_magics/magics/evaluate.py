@@ -85,11 +85,11 @@ class EvalMagics(MagicsBase):
             %sft_eval run --data examples/data/val.jsonl --baseline base --few-shot 3 -o scores
             scores.summary["json_match"], scores.examples.sort_values("tuned_json_match").head()
         """
-        from ..core import evaluate as ev
-        from ..core.data import load_data
-        from ..core.lookup import run_path
-        from ..core.metrics import custom_metrics, parse_metric_names
+        from ..core.data.load import load_data
+        from ..core.evaluate import evaluation as ev
+        from ..core.evaluate.metrics import custom_metrics, parse_metric_names
         from ..core.models import load_model
+        from ..core.run.lookup import run_path
         from ..display._eval_view import eval_progress
 
         args = _parse(self.sft_eval, line)
@@ -160,7 +160,7 @@ class EvalMagics(MagicsBase):
             %sft_chat run --compare base
             %sft_chat runs/json-lora/final --message "Ana is 34 and lives in Lisbon." -o answer
         """
-        from ..core.chat import ChatSession
+        from ..core.evaluate.chat import ChatSession
         from ..display._chat_view import ChatWidget, ReplyView, chat_loop
 
         args = _parse(self.sft_chat, line)

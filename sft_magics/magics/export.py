@@ -63,8 +63,9 @@ class ExportMagics(MagicsBase):
             %sft_export json-lora --to exports/json-gguf --gguf q8_0
         """
 
-        from ..core.export import eval_probes, export_model, export_source
-        from ..core.lookup import run_path
+        from ..core.export.folder import export_model
+        from ..core.export.source import eval_probes, export_source
+        from ..core.run.lookup import run_path
         from ..display._views import TableView
 
         args = _parse(self.sft_export, line)

@@ -71,8 +71,8 @@ class TemplateMagics(MagicsBase):
             - {role: user, content: "What is 2+2?"}
             - {role: assistant, content: "4"}
         """
-        from ..core.chat_templates import KNOWN
-        from ..core.template import first_difference, inference_rendering
+        from ..core.template.chat_templates import KNOWN
+        from ..core.template.tokens import first_difference, inference_rendering
         from ..display._template_view import CompareView, InferenceView, RenderingView
 
         args = _parse(self.sft_template, line)
@@ -104,10 +104,10 @@ class TemplateMagics(MagicsBase):
     def _rendering(self, name: str, chat_template, row: dict, fmt: str, label: str, kwargs: dict, args):
         """(tokenizer, rendering) of ``row`` with model ``name``'s tokenizer (a well-known template
         name: with the special tokens training would add)."""
-        from ..core.chat_templates import KNOWN, template_for_viewing
         from ..core.models import load_tokenizer
-        from ..core.render import TemplateError
-        from ..core.template import shown_rendering
+        from ..core.template.chat_templates import KNOWN, template_for_viewing
+        from ..core.template.checks import shown_rendering
+        from ..core.template.render import TemplateError
 
         tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
         if chat_template in KNOWN:
@@ -123,7 +123,7 @@ class TemplateMagics(MagicsBase):
 
     def _template_row(self, args, cell) -> tuple[dict, str, str]:
         """The row to render, its format, and how to name it in messages ("row 3", "the cell")."""
-        from ..core.data import load_data
+        from ..core.data.load import load_data
 
         if cell is not None:
             return {"messages": _conversation(_yaml_body(cell, "the cell"), "the cell")}, "messages", "the cell"
@@ -160,7 +160,7 @@ class TemplateMagics(MagicsBase):
     def _chat_template_arg(self, value: str | None) -> str | None:
         from pathlib import Path
 
-        from ..core.chat_templates import KNOWN
+        from ..core.template.chat_templates import KNOWN
 
         if value is None:
             return None
@@ -227,9 +227,9 @@ class TemplateMagics(MagicsBase):
 
             %sft_data examples/data/train.jsonl --max-length 128 --batch-size 8 --grad-accum 2 -o stats
         """
-        from ..core.data import load_data, sample_data
+        from ..core.data.load import load_data, sample_data
         from ..core.models import load_tokenizer
-        from ..core.stats import SAMPLE_HINT_ROWS, data_stats
+        from ..core.template.doctor import SAMPLE_HINT_ROWS, data_stats
 
         args = _parse(self.sft_data, line)
         for flag, value in (
@@ -252,7 +252,7 @@ class TemplateMagics(MagicsBase):
             )
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
         if args.chat_template:
-            from ..core.chat_templates import template_for_viewing
+            from ..core.template.chat_templates import template_for_viewing
 
             tokenizer = template_for_viewing(tokenizer, args.chat_template, ns)
         stats = data_stats(

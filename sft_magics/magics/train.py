@@ -123,10 +123,10 @@ class TrainMagics(MagicsBase):
 
     def _start_in_kernel(self, spec, args, files):
         """Train on a thread of this kernel, the dashboard fed directly; (thread, finish)."""
-        from ..core.callbacks import StopFlag
         from ..core.errors import SftError
         from ..core.events import Event
-        from ..core.train import TrainingFailed, train
+        from ..core.train.callbacks import StopFlag
+        from ..core.train.trainer import TrainingFailed, train
         from ..display import make_reporter
         from ._runner import TrainingThread
 
@@ -155,7 +155,7 @@ class TrainMagics(MagicsBase):
         """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
         import sys
 
-        from ..core import worker as w
+        from ..core.train import worker as w
 
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -178,7 +178,7 @@ class TrainMagics(MagicsBase):
 
     def _follow_until_done(self, run, args):
         """A launcher run that blocks the cell: the dashboard follows its event stream; (thread, finish)."""
-        from ..core import worker as w
+        from ..core.train import worker as w
         from ..display import make_reporter
         from ._runner import TrainingThread
 
@@ -200,7 +200,7 @@ class TrainMagics(MagicsBase):
     def _train_spec(self, name: str, cell: str, *, resume: bool):
         from pathlib import Path
 
-        from ..core.config import TrainSpec
+        from ..core.train.config import TrainSpec
 
         if not cell.strip() and resume:
             saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
@@ -218,9 +218,9 @@ class TrainMagics(MagicsBase):
         return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
 
     def _dry_run(self, spec, output):
-        from ..core.config import plan
-        from ..core.memory import fit_check
         from ..core.secrets import redact
+        from ..core.train.memory import fit_check
+        from ..core.train.plan import plan
         from ..display._views import TableView
 
         p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
@@ -274,7 +274,7 @@ class TrainMagics(MagicsBase):
 
             %sft_runs
         """
-        from ..core.lookup import list_runs
+        from ..core.run.lookup import list_runs
         from ..display._runs_view import RunsView
 
         args = _parse(self.sft_runs, line)
@@ -284,8 +284,8 @@ class TrainMagics(MagicsBase):
 
     # -- runs in other processes: %sft_attach, %sft_wait, %sft_stop ------------------------------
     def _run_dir(self, name: str):
-        from ..core.lookup import run_path
-        from ..core.runs import validate_name
+        from ..core.run.folder import validate_name
+        from ..core.run.lookup import run_path
 
         value = self.shell.user_ns.get(name)
         run_dir = (
@@ -324,7 +324,7 @@ class TrainMagics(MagicsBase):
 
             %sft_wait json-lora -o run
         """
-        from ..core.worker import result_from_disk, wait_for
+        from ..core.train.worker import result_from_disk, wait_for
         from ..display._runs_view import RunsView
 
         args = _parse(self.sft_wait, line)
@@ -350,7 +350,7 @@ class TrainMagics(MagicsBase):
 
             %sft_stop json-lora
         """
-        from ..core.worker import request_stop, wait_for
+        from ..core.train.worker import request_stop, wait_for
 
         args = _parse(self.sft_stop, line)
         run_dir = self._run_dir(args.name)
@@ -363,7 +363,7 @@ class TrainMagics(MagicsBase):
 def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
     """Show a dashboard fed from ``metrics.jsonl``: the whole history, then (``follow_live``) new
     events as they arrive, on a background thread that only updates widget values."""
-    from ..core import worker as w
+    from ..core.train import worker as w
     from ..display import make_reporter
 
     run_dir = Path(run_dir)
@@ -381,7 +381,7 @@ def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
 def _run_name(args, cell: str) -> str | None:
     """The run's name from the line's flags (None: not given; the cell's output_dir or the time
     names it), after the checks that need no model or data."""
-    from ..core.runs import validate_name
+    from ..core.run.folder import validate_name
 
     if not cell.strip() and args.resume is None:
         raise UsageError("%%sft_train needs its config in the cell body (or use %sft_train --resume NAME)")
