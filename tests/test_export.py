@@ -17,7 +17,8 @@ from IPython.core.error import UsageError
 from sft_magics.core.errors import ExportError
 from sft_magics.core.evaluate.generation import end_of_turn_token
 from sft_magics.core.export import folder as export_mod
-from sft_magics.core.export.folder import MARK_FAILED, MARK_INCOMPLETE, export_model
+from sft_magics.core.export.folder import export_model
+from sft_magics.core.export.manifest import MARK_FAILED, MARK_INCOMPLETE
 
 PROBE = "What is the capital of France?"
 

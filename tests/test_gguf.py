@@ -19,7 +19,8 @@ from IPython.core.error import UsageError
 
 from sft_magics.core.errors import ExportError
 from sft_magics.core.export import gguf as gguf_export
-from sft_magics.core.export.folder import MANIFEST, MARK_FAILED, MARK_INCOMPLETE, export_model
+from sft_magics.core.export.folder import export_model
+from sft_magics.core.export.manifest import MANIFEST, MARK_FAILED, MARK_INCOMPLETE
 from sft_magics.core.export.ollama import CHATML_GO_TEMPLATE, chatml_system, modelfile
 
 llama_cpp = pytest.importorskip("llama_cpp", reason='the gguf extra: pip install "sft_magics[gguf]"')

@@ -18,7 +18,8 @@ from IPython.core.error import UsageError
 
 from sft_magics.core.files import read_events, read_json
 from sft_magics.core.run.checkpoints import CHECKPOINT_MARK
-from sft_magics.core.run.folder import RunError, RunFolder
+from sft_magics.core.run.folder import RunFolder
+from sft_magics.core.run.lock import RunError
 
 SECRET = "hf_SECRETabcdefghijklmnop123"
 COMMENT_SECRET = "hf_COMMENTabcdefghijklmno456"

@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 
 from sft_magics.core.errors import ConfigError
 from sft_magics.core.files import read_events
-from sft_magics.core.run.folder import RunBusy, RunError, RunLock
+from sft_magics.core.run.lock import RunBusy, RunError, RunLock
 from sft_magics.core.run.lookup import list_runs, run_record
 from sft_magics.core.train.callbacks import StopFlag
 from sft_magics.core.train.config import TrainSpec

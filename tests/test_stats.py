@@ -14,9 +14,9 @@ import pytest
 from sft_magics.core.data.load import load_data
 from sft_magics.core.data.types import DataError
 from sft_magics.core.template.counts import _ranges_from_spans
-from sft_magics.core.template.doctor import data_stats, histogram_png
+from sft_magics.core.template.doctor import data_stats
 from sft_magics.core.template.tokens import MASK_MARKERS, choose_mask_method, tokenize_row
-from sft_magics.display._data_view import DataView, RowBrowser
+from sft_magics.display._data_view import DataView, RowBrowser, histogram_png
 
 
 def M(*pairs):

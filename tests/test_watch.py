@@ -266,7 +266,8 @@ def test_progress_follows_the_metric_its_best_and_raises_the_users_alerts():
 
 
 def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
-    from sft_magics.display._dashboard import PlainDashboard, WidgetDashboard, samples_html, summary_html
+    from sft_magics.display._dashboard import PlainDashboard, WidgetDashboard
+    from sft_magics.display._dashboard_html import samples_html, summary_html
 
     hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
     answers = {
@@ -335,7 +336,7 @@ def test_the_rich_view_shows_the_samples_compactly_and_why_the_run_stopped():
 
 
 def test_the_chart_draws_the_metric_beside_the_loss():
-    from sft_magics.display._dashboard import LossChart
+    from sft_magics.display._dashboard_html import LossChart
 
     chart = LossChart(metric="json_match")
     png = chart.render([(1, 2.0), (2, 1.5)], [(2, 1.6)], 10, [(2, 0.25), (4, 0.5)], (0.5, 4))

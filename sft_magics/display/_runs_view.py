@@ -101,7 +101,7 @@ class RunsView(_View):
             return None
         from matplotlib.figure import Figure
 
-        from ._dashboard import figure_png
+        from ._dashboard_html import figure_png
 
         fig = Figure(figsize=(6.4, 3.0), dpi=90)
         ax = fig.add_subplot()
@@ -115,7 +115,7 @@ class RunsView(_View):
         return figure_png(fig)
 
     def to_html(self) -> str:
-        from ._dashboard import png_img
+        from ._dashboard_html import png_img
 
         head = "".join(f"<th>{_E(h)}</th>" for h in HEADER)
         body = "".join("<tr>" + "".join(f"<td>{_E(c)}</td>" for c in row) + "</tr>" for row in self.rows())

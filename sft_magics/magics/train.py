@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_cell_magic, line_magic
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..core.run.folder import CELL_FILE, CONFIG_FILE, STATUS_FILE
 from ..display import show
 from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body, expand_variables
 
@@ -114,7 +115,7 @@ class TrainMagics(MagicsBase):
         name = spec.name
         if args.dry_run:
             return self._dry_run(spec, args.output)
-        files = {"cell.txt": f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
+        files = {CELL_FILE: f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
         if args.overwrite and spec.run_dir.exists():
             print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
         if args.background or args.launcher != "none":
@@ -203,7 +204,7 @@ class TrainMagics(MagicsBase):
         from ..core.train.config import TrainSpec
 
         if not cell.strip() and resume:
-            saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
+            saved = Path(self.output_dir) / name / CONFIG_FILE  # name already validated: one folder
             if not saved.is_file():
                 raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
             config = _yaml_body(saved.read_text(), f"{saved}")  # secret keys left out; every other key as trained
@@ -291,7 +292,7 @@ class TrainMagics(MagicsBase):
         run_dir = (
             run_path(name, value, self.output_dir) if value is not None else Path(self.output_dir) / validate_name(name)
         )
-        if run_dir is None or not (run_dir / "status.json").is_file():
+        if run_dir is None or not (run_dir / STATUS_FILE).is_file():
             raise UsageError(f"no run named '{name}' in {self.output_dir}")
         return run_dir
 

@@ -281,7 +281,7 @@ def _part_folder_name() -> str:
 def _remove_abandoned(root: Path) -> None:
     """Part folders of loads that were killed: this machine's whose process is gone, and any left
     untouched for a day (a cache on a shared disk may hold other machines' loads in progress)."""
-    from ..run.folder import _pid_alive
+    from ..run.lock import pid_alive
 
     host = socket.gethostname()
     for folder in root.glob(".partial-*"):
@@ -291,5 +291,5 @@ def _remove_abandoned(root: Path) -> None:
         except (ValueError, OSError):
             continue
         mine = made_on == host and pid.isdigit()
-        if (mine and int(pid) != os.getpid() and not _pid_alive(int(pid))) or age > ABANDONED_AFTER_S:
+        if (mine and int(pid) != os.getpid() and not pid_alive(int(pid))) or age > ABANDONED_AFTER_S:
             shutil.rmtree(folder, ignore_errors=True)

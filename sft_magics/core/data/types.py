@@ -214,7 +214,7 @@ def _digests_fingerprint(digests: bytes) -> str:
     return hashlib.sha256(digests).hexdigest()
 
 
-def _same_rows(data: LoadedData, fingerprint: str) -> bool:
+def same_rows(data: LoadedData, fingerprint: str) -> bool:
     """Whether ``fingerprint`` is of ``data``'s rows: this version's, or the one runs recorded before
     fingerprints were made of row digests (sha256 of the rows' JSON lines), read again only then."""
     if fingerprint == data.fingerprint:

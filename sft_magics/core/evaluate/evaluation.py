@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalError
+from ..run.folder import new_eval_folder, read_config
 from .example import Example
 from .generation import (
     base_model,
@@ -153,7 +154,7 @@ def with_shots(example: Example, shots: Sequence[tuple[str, str]]) -> Example:
 def loss_inputs(tokenizer, examples: Sequence[Example], *, shots: int = 0) -> list[tuple[list[int], list[bool]]]:
     """(input_ids, trained mask) per example, from :func:`tokenize_row` — the masks training uses.
     With ``shots`` turn pairs added in front, their answers are context, not scored."""
-    from ..template.tokens import MASK_LAST_TURN, _common_prefix, _render, choose_mask_method, tokenize_row
+    from ..template.tokens import MASK_LAST_TURN, choose_mask_method, common_prefix, render_text, tokenize_row
 
     method = choose_mask_method(tokenizer)
     out = []
@@ -164,8 +165,8 @@ def loss_inputs(tokenizer, examples: Sequence[Example], *, shots: int = 0) -> li
         if shots and fmt == "messages" and r.mask_source != MASK_LAST_TURN:
             msgs = [_clean(m) for m in row["messages"]]
             at = 1 if msgs and msgs[0].get("role") == "system" else 0
-            prefix = _render(tokenizer, msgs[: at + 2 * shots], chat_template=r.chat_template)
-            cut = _common_prefix(tokenizer(prefix, add_special_tokens=False)["input_ids"], ids)
+            prefix = render_text(tokenizer, msgs[: at + 2 * shots], chat_template=r.chat_template)
+            cut = common_prefix(tokenizer(prefix, add_special_tokens=False)["input_ids"], ids)
             mask = [m and i >= cut for i, m in enumerate(mask)]
         out.append((ids, mask))
     return out
@@ -354,7 +355,7 @@ def evaluate_target(
         shots = choose_shots(
             pool, few_shot, exclude={e.question for e in examples}, like=[e.question for e in examples]
         )
-    base_name = run_config(run_dir).get("model")
+    base_name = (read_config(run_dir) if run_dir is not None else {}).get("model")
     report = run_evaluation(
         model,
         tokenizer,
@@ -374,19 +375,11 @@ def evaluate_target(
 # -- runs ------------------------------------------------------------------------------------------
 
 
-def run_config(run_dir: Path | None) -> dict:
-    import yaml
-
-    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
-        return {}
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-
-
 def few_shot_source(given: str | None, run_dir: Path | None) -> str:
     """``--few-shot-data``, else the run's training dataset (its config.yaml ``dataset``)."""
     if given:
         return given
-    dataset = run_config(run_dir).get("dataset")
+    dataset = (read_config(run_dir) if run_dir is not None else {}).get("dataset")
     if run_dir is None:
         raise EvalError("--few-shot needs --few-shot-data SOURCE (the target is not a run, so it has no training data)")
     if not isinstance(dataset, str) or dataset.startswith("<"):
@@ -394,13 +387,3 @@ def few_shot_source(given: str | None, run_dir: Path | None) -> str:
             f"--few-shot: the run's config.yaml names no loadable dataset ({dataset!r}); give --few-shot-data SOURCE"
         )
     return dataset
-
-
-def new_eval_folder(run_dir: Path) -> Path:
-    """``<run>/eval/<timestamp>/`` (a suffix when two evaluations start in the same second)."""
-    base = Path(run_dir) / "eval" / time.strftime("%Y%m%d-%H%M%S")
-    folder, n = base, 1
-    while folder.exists():
-        n += 1
-        folder = base.with_name(f"{base.name}-{n}")
-    return folder

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, SftError
-from ..template.tokens import _common_prefix
+from ..template.tokens import common_prefix
 from .llamacpp import GGUF_TYPES, LlamaCpp, bindings_version, convert
 from .ollama import modelfile
 
@@ -222,7 +222,7 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
                 if theirs != text:
                     raise ExportError(
                         f"probe {i + 1}: the GGUF's chat template, rendered by llama.cpp, gives a different prompt "
-                        f"from the notebook's (first difference at character {_common_prefix(theirs, text)})"
+                        f"from the notebook's (first difference at character {common_prefix(theirs, text)})"
                     )
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             bos = llm.token_id("bos")
@@ -239,7 +239,7 @@ def _compare(llm, model, tokenizer, probes, stop_ids, max_new_tokens, outtype):
             if llm.tokenize(text) != ids:
                 raise ExportError(
                     f"probe {i + 1}: llama.cpp's tokenizer reads the prompt as different ids from the notebook "
-                    f"tokenizer's (first difference at token {_common_prefix(llm.tokenize(text), ids)})"
+                    f"tokenizer's (first difference at token {common_prefix(llm.tokenize(text), ids)})"
                 )
             start = time.perf_counter()
             theirs_ids, stop = llm.greedy(ids, max_new_tokens)
@@ -274,7 +274,7 @@ def _check(probe, tokenizer, llm, want, got, logits, stop_ids, outtype) -> Probe
     )
     if want == got:
         return check
-    i = _common_prefix(want, got)
+    i = common_prefix(want, got)
     check.diverged_at = i
     if i >= len(want) or i >= len(got) or i >= len(logits):
         # Both sides have the same token budget: one answer ending where the other goes on means

@@ -40,9 +40,10 @@ def eval_probes(run_dir: Path, *, namespace=None, count: int = 3) -> list[Any]:
     """The first prompts of the run's ``eval_dataset`` (what it was watched and evaluated on), as the
     GGUF's probes; none when the run has no loadable eval_dataset (the default probe is used)."""
     from ..data.spec import load_dataset_spec
-    from ..evaluate.evaluation import examples_from, run_config
+    from ..evaluate.evaluation import examples_from
+    from ..run.folder import read_config
 
-    spec = run_config(run_dir).get("eval_dataset")
+    spec = read_config(run_dir).get("eval_dataset")
     if spec is None or (isinstance(spec, str) and spec.startswith("<")):
         return []
     try:

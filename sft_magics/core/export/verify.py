@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ExportError, SftError
 from ..template.render import apply_chat_template
-from ..template.tokens import _common_prefix
+from ..template.tokens import common_prefix
 
 # -- verifying ----------------------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
         del reloaded
         gc.collect()
     if got != want:
-        i = _common_prefix(got, want)
+        i = common_prefix(got, want)
 
         def token(ids: list[int]) -> str:
             return f"{exported_tok.decode([ids[i]])!r} (id {ids[i]})" if i < len(ids) else "the end of the reply"

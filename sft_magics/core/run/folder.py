@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import SftError
 from ..files import atomic_write, read_json, write_json
 from .checkpoints import checkpoint_problem, checkpoint_step, mark_whole
+from .lock import RunBusy, RunError, RunLock, pid_alive
 from .status import read_status
 
 FINAL_STATES = ("finished", "stopped", "failed")
@@ -43,14 +43,51 @@ LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RULE_TEXT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 FINAL_PARTIAL = ".final.partial"
+# The files of a run folder, named here and nowhere else (tests/test_architecture.py holds that);
+# eval/ holds %sft_eval's reports (new_eval_folder).
+STATUS_FILE, CONFIG_FILE, CELL_FILE, ENVIRONMENT_FILE = "status.json", "config.yaml", "cell.txt", "environment.json"
+EVENTS_FILE, ERROR_FILE, LOCK_FILE = "metrics.jsonl", "error.log", "run.lock"
+SPEC_FILE, SUPERVISOR_FILE, STOP_FILE, EVAL_FOLDER = "spec.json", "supervisor.json", "STOP", "eval"
+RUN_FILES = (
+    STATUS_FILE,
+    CONFIG_FILE,
+    CELL_FILE,
+    ENVIRONMENT_FILE,
+    EVENTS_FILE,
+    ERROR_FILE,
+    LOCK_FILE,
+    SPEC_FILE,
+    SUPERVISOR_FILE,
+    STOP_FILE,
+)
 
 
-class RunError(SftError, ValueError):
-    """A bad run name, a name already taken, an output_dir that cannot hold runs."""
+def is_run_folder(path: Path) -> bool:
+    """A folder a run made (it has a status or a config): never written over by an export, listed by %sft_runs."""
+    path = Path(path)
+    return path.is_dir() and ((path / STATUS_FILE).is_file() or (path / CONFIG_FILE).is_file())
 
 
-class RunBusy(SftError, RuntimeError):
-    """Another live process is training into this run folder."""
+def read_config(run_dir: Path) -> dict:
+    """A run's config.yaml (secrets left out when it was written); {} when missing or unreadable."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def new_eval_folder(run_dir: Path) -> Path:
+    """``<run>/eval/<timestamp>/`` for a ``%sft_eval`` report (a suffix when two evaluations start in
+    the same second)."""
+    base = Path(run_dir) / EVAL_FOLDER / time.strftime("%Y%m%d-%H%M%S")
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder
 
 
 def validate_name(name: Any) -> str:
@@ -60,78 +97,11 @@ def validate_name(name: Any) -> str:
     return name
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 def _reason(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
 # -- the lock -------------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive lock file holding the owner's pid. A lock whose process is gone is stale and
-    taken over; a live one refuses the second run (after ``wait`` seconds of retrying)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "run.lock"
-        self.held = False
-
-    def owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self, wait: float = 0.0) -> RunLock:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.owner()
-                if owner and _pid_alive(owner):
-                    if time.monotonic() < deadline:
-                        time.sleep(0.05)
-                        continue
-                    if owner == os.getpid():
-                        raise RunBusy(
-                            f"run folder {self.path.parent} is already training in this process; "
-                            "wait for it or choose another --name"
-                        ) from None
-                    raise RunBusy(
-                        f"run folder {self.path.parent} is in use by process {owner}; "
-                        "wait for it, stop it, or choose another --name"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except FileNotFoundError:
-                raise RunError(f"no run folder at {self.path.parent}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return self
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)  # needs no disk space: works on a full disk too
-            self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self if self.held else self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 # -- the owner ------------------------------------------------------------------------------------
@@ -242,10 +212,10 @@ class RunFolder:
         """The live process training into this folder: the lock's owner, or a supervisor whose run
         has no final status yet. None when nothing alive works on it (whatever status.json says)."""
         supervisor = read_json(self.path / "supervisor.json").get("pid")
-        if supervisor and _pid_alive(int(supervisor)) and self.status().get("state") not in FINAL_STATES:
+        if supervisor and pid_alive(int(supervisor)) and self.status().get("state") not in FINAL_STATES:
             return int(supervisor)  # a background run: the process %sft_stop and the table talk about
         owner = self.lock.owner()
-        if owner and _pid_alive(owner):
+        if owner and pid_alive(owner):
             return owner
         return None
 

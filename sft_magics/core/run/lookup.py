@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import read_events
-from .folder import FINAL_STATES, LIVE_STATES, NAME_RULE, RunError, RunFolder
+from .folder import FINAL_STATES, LIVE_STATES, NAME_RULE, RunFolder, is_run_folder, read_config
+from .lock import RunError
 from .status import is_number, read_status
 
 
@@ -31,17 +32,10 @@ def run_record(run_dir: Path) -> dict:
 
 
 def _run_record(run_dir: Path) -> dict:
-    import yaml
-
     from ..events import Event
     from ..progress import ProgressState
 
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
+    config = read_config(run_dir)
     status, problems = read_status(run_dir)
     history, eval_history = [], []
     skipped = 0
@@ -108,17 +102,15 @@ def run_path(target: str, value: Any, output_dir: str | Path) -> Path | None:
     """The one answer to "which run is TARGET": a result bound with ``-o`` (a ``TrainResult`` or a
     ``BackgroundRun``: its folder), a run name in output_dir, or a run's ``final/`` folder; None
     when TARGET is not a run (a model folder or id). A named run without a final model raises."""
-    from ..train.trainer import TrainResult
-    from ..train.worker import BackgroundRun
-
-    if isinstance(value, (TrainResult, BackgroundRun)):
-        return Path(value.path)
+    handle = getattr(value, "path", None)  # a TrainResult or a BackgroundRun: its folder
+    if handle is not None and is_run_folder(handle):
+        return Path(handle)
     if value is None:
         model_location(target, output_dir)  # a run that has no final model says so here
     if isinstance(target, str) and NAME_RULE.match(target) and (Path(output_dir) / target).is_dir():
         return Path(output_dir) / target
     given = Path(target).expanduser()
-    if given.name == "final" and (given.parent / "config.yaml").is_file():
+    if given.name == "final" and is_run_folder(given.parent):
         return given.parent
     return None
 
@@ -146,10 +138,6 @@ def list_runs(output_dir: str | Path) -> list[dict]:
     if not root.is_dir():
         return []
     runs = [
-        run_record(p)
-        for p in sorted(root.iterdir())
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and ((p / "config.yaml").is_file() or (p / "status.json").is_file())
+        run_record(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and is_run_folder(p)
     ]
     return sorted(runs, key=lambda r: r.get("updated") or 0)

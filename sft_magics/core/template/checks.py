@@ -12,10 +12,10 @@ from .tokens import (
     MASK_TRL_TEMPLATE,
     Check,
     Rendering,
-    _render,
     clean_messages,
     first_difference,
     inference_rendering,
+    render_text,
     tokenize_row,
 )
 
@@ -51,9 +51,9 @@ def template_checks(
     checks: list[Check] = []
 
     # 1. Earlier turns render identically when a turn is added.
-    full = _render(tokenizer, messages, **kw)
+    full = render_text(tokenizer, messages, **kw)
     broken = next(
-        (k for k in range(1, len(messages)) if not full.startswith(_render(tokenizer, messages[:k], **kw))), None
+        (k for k in range(1, len(messages)) if not full.startswith(render_text(tokenizer, messages[:k], **kw))), None
     )
     checks.append(
         Check(

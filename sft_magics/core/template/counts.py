@@ -11,7 +11,7 @@ from bisect import bisect_left
 from itertools import islice
 from operator import le
 
-from .tokens import _common_prefix
+from .tokens import common_prefix
 
 # --------------------------------------------------------------------------- counting
 
@@ -215,7 +215,7 @@ def _count_prompt_completion(c: _Counter, tokenizer, rows: list[dict]) -> None:
     prompt_ids, _ = _tokenize(tokenizer, [r["prompt"] for r in rows])
     full_ids, _ = _tokenize(tokenizer, [r["prompt"] + r["completion"] + eos for r in rows])
     for i, (p, ids) in enumerate(zip(prompt_ids, full_ids)):
-        start = _common_prefix(p, ids)
+        start = common_prefix(p, ids)
         c.put(i, ids, ((start, len(ids)),) if start < len(ids) else ())
 
 
@@ -245,7 +245,7 @@ def _count_conversational_pc(c: _Counter, tokenizer, rows: list[dict]) -> None:
     f_ids, _ = _tokenize(tokenizer, [full_texts[k] for k in ok])
     done = set()
     for k, p, ids in zip(ok, p_ids, f_ids):
-        start = _common_prefix(p, ids)
+        start = common_prefix(p, ids)
         c.put(batch[k], ids, ((start, len(ids)),) if start < len(ids) else ())
         done.add(batch[k])
     _count_by_rows(

@@ -120,7 +120,7 @@ class Rendering:
 # -- rendering through transformers (sandboxed) ------------------------------------------------
 
 
-def _render(tokenizer, messages, *, chat_template=None, add_generation_prompt=False, tools=None, **kwargs) -> str:
+def render_text(tokenizer, messages, *, chat_template=None, add_generation_prompt=False, tools=None, **kwargs) -> str:
     """Render to text through transformers' sandboxed Jinja environment, bounded."""
     return apply_chat_template(
         tokenizer,
@@ -133,7 +133,7 @@ def _render(tokenizer, messages, *, chat_template=None, add_generation_prompt=Fa
     )
 
 
-def _common_prefix(a: Sequence, b: Sequence) -> int:
+def common_prefix(a: Sequence, b: Sequence) -> int:
     """Length of the common prefix of two token lists."""
     n = len(a)
     if list(b[:n]) == list(a):  # the usual case, compared in C
@@ -192,7 +192,7 @@ def _message_spans(tokenizer, messages, full_text, **kw) -> list[tuple[int, int]
     template is not prefix-preserving (a prefix does not render as a prefix of the whole)."""
     spans, prev = [], 0
     for i in range(len(messages)):
-        text = _render(tokenizer, messages[: i + 1], **kw)
+        text = render_text(tokenizer, messages[: i + 1], **kw)
         if not full_text.startswith(text):
             return None
         spans.append((prev, len(text)))
@@ -205,8 +205,8 @@ def _assistant_spans_by_prefix(tokenizer, messages, full_text, **kw) -> list[tup
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start_text = _render(tokenizer, messages[:i], add_generation_prompt=True, **kw)
-        end_text = _render(tokenizer, messages[: i + 1], **kw)
+        start_text = render_text(tokenizer, messages[:i], add_generation_prompt=True, **kw)
+        end_text = render_text(tokenizer, messages[: i + 1], **kw)
         if not (full_text.startswith(start_text) and full_text.startswith(end_text)) or len(end_text) < len(start_text):
             return None
         spans.append((len(start_text), len(end_text)))
@@ -249,7 +249,7 @@ def tokenize_row(
         p_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         text = row["prompt"] + row["completion"] + (tokenizer.eos_token or "")
         ids, offsets = _tokenize_text(tokenizer, text)
-        start = _common_prefix(p_ids, ids)
+        start = common_prefix(p_ids, ids)
         spans = [(0, len(row["prompt"])), (len(row["prompt"]), len(text))]
         return _build(
             tokenizer,
@@ -272,7 +272,7 @@ def tokenize_row(
     messages = clean_messages(row["messages"])
     method_name, template = method or choose_mask_method(tokenizer, chat_template)
     kw["chat_template"] = template
-    full_text = _render(tokenizer, messages, **kw)
+    full_text = render_text(tokenizer, messages, **kw)
     ids, offsets = _tokenize_text(tokenizer, full_text)
     roles = [m["role"] for m in messages]
     msg_spans = _message_spans(tokenizer, messages, full_text, **kw)
@@ -296,11 +296,11 @@ def tokenize_row(
 
 def _completion_rendering(tokenizer, prompt, completion, chat_template, kw, source) -> Rendering:
     kw = {**kw, "chat_template": chat_template}
-    prompt_text = _render(tokenizer, prompt, add_generation_prompt=True, **kw)
-    full_text = _render(tokenizer, prompt + completion, **kw)
+    prompt_text = render_text(tokenizer, prompt, add_generation_prompt=True, **kw)
+    full_text = render_text(tokenizer, prompt + completion, **kw)
     p_ids, _ = _tokenize_text(tokenizer, prompt_text)
     ids, offsets = _tokenize_text(tokenizer, full_text)
-    start = _common_prefix(p_ids, ids)
+    start = common_prefix(p_ids, ids)
     messages = prompt + completion
     roles = [m["role"] for m in messages]
     spans = _message_spans(tokenizer, messages, full_text, **kw)
@@ -335,7 +335,7 @@ def inference_rendering(tokenizer, messages: list[dict], *, chat_template=None, 
     messages = clean_messages(messages)
     prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     kw = {**(template_kwargs or {}), "chat_template": chat_template}
-    text = _render(tokenizer, prompt, add_generation_prompt=True, **kw)
+    text = render_text(tokenizer, prompt, add_generation_prompt=True, **kw)
     ids, offsets = _tokenize_text(tokenizer, text)
     spans = _message_spans(tokenizer, prompt, text, **kw)
     return _build(
@@ -353,5 +353,5 @@ def inference_rendering(tokenizer, messages: list[dict], *, chat_template=None, 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first token where ``b`` stops being a prefix of ``a`` (None: it is a prefix)."""
-    n = _common_prefix(a, b)
+    n = common_prefix(a, b)
     return None if n == len(b) else n

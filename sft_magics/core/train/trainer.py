@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.types import _same_rows
+from ..data.types import same_rows
 from ..errors import ConfigError, SftError
 from ..events import Event, Sink, fan_out
 from ..models import DEFAULT_MODEL
@@ -109,7 +109,8 @@ def train(
     import os
 
     from .._quiet import quiet_libraries
-    from ..run.folder import RunBusy, RunFolder
+    from ..run.folder import RunFolder
+    from ..run.lock import RunBusy
 
     with quiet_libraries():
         # 1. Data and config, validated before any folder is touched: a bad key or row leaves nothing behind.
@@ -142,7 +143,7 @@ def train(
 def _resume_point(p: Plan, folder, resume_anyway: bool) -> tuple[Path, list[str], list[str]]:
     """The checkpoint to resume, notes to show, and the checks the user overrode."""
     from ..files import read_json
-    from ..run.folder import RunFolder
+    from ..run.folder import ENVIRONMENT_FILE, RunFolder
 
     run = folder or RunFolder.existing(p.spec.output_dir, p.spec.name)
     status = run.status()
@@ -178,10 +179,10 @@ def _resume_point(p: Plan, folder, resume_anyway: bool) -> tuple[Path, list[str]
         problems.append(
             f"{checkpoint.name} has no {' or '.join(missing)}: the optimizer and learning-rate schedule would restart"
         )
-    datasets = read_json(run.path / "environment.json").get("datasets")
+    datasets = read_json(run.path / ENVIRONMENT_FILE).get("datasets")
     recorded = datasets.get("train") if isinstance(datasets, dict) else None
     recorded = recorded if isinstance(recorded, dict) else {}
-    if isinstance(recorded.get("fingerprint"), str) and not _same_rows(p.train_data, recorded["fingerprint"]):
+    if isinstance(recorded.get("fingerprint"), str) and not same_rows(p.train_data, recorded["fingerprint"]):
         problems.append(
             f"the training data changed since the run started ({recorded.get('rows')} rows, fingerprint "
             f"{recorded['fingerprint'][:12]} → {len(p.train_data)} rows, {p.train_data.fingerprint[:12]})"
@@ -210,7 +211,7 @@ def _train(
     import os
     import traceback
 
-    from ..run.folder import environment, now
+    from ..run.folder import ENVIRONMENT_FILE, environment, now
     from ..secrets import scrub_text
 
     spec = p.spec
@@ -239,7 +240,7 @@ def _train(
             )
             folder.write_config(p.config())
             folder.write_json(
-                "environment.json",
+                ENVIRONMENT_FILE,
                 {
                     **environment(),
                     "device": p.device,

@@ -29,12 +29,19 @@ from typing import Any
 
 from ..events import Event
 from ..files import read_events, read_json, write_json
-from ..run.folder import FINAL_STATES, LIVE_STATES, RunFolder, _pid_alive
+from ..run.folder import (
+    EVENTS_FILE,
+    FINAL_STATES,
+    LIVE_STATES,
+    SPEC_FILE,
+    STOP_FILE,
+    SUPERVISOR_FILE,
+    RunFolder,
+    pid_alive,
+)
 from ..run.lookup import run_record
 from ..run.status import read_status
 
-SPEC_FILE = "spec.json"
-STOP_FILE = "STOP"
 LOG_FILE = "worker.log"
 LAUNCHERS = ("none", "torchrun", "accelerate")
 SECRETS_ENV = "SFT_MAGICS_SECRETS"  # secret keys reach the worker in its environment, never on disk
@@ -139,7 +146,7 @@ class BackgroundRun:
         return self.record()["status"]
 
     def alive(self) -> bool:
-        return _pid_alive(self.pid) and read_status(self.path)[0].get("state") not in FINAL_STATES
+        return pid_alive(self.pid) and read_status(self.path)[0].get("state") not in FINAL_STATES
 
     def stop(self) -> None:
         request_stop(self.path)
@@ -238,7 +245,7 @@ def launch(
         cwd=os.getcwd(),
         env={**os.environ, **env},
     )
-    write_json(run_dir / "supervisor.json", {"pid": proc.pid, "command": cmd})
+    write_json(run_dir / SUPERVISOR_FILE, {"pid": proc.pid, "command": cmd})
     folder.lock.release()  # handed over: the worker takes the lock (it waits for this)
     # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
     threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
@@ -252,12 +259,12 @@ def request_stop(run_dir: Path) -> None:
 def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) -> dict:
     """Block until the run has a final status (or its processes are gone); return its record."""
     deadline = None if timeout is None else time.time() + timeout
-    supervisor = read_json(Path(run_dir) / "supervisor.json").get("pid")
+    supervisor = read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
     while True:
         record = run_record(run_dir)
         if record["status"] in FINAL_STATES + ("stale", "damaged"):
             return record
-        if supervisor and not _pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
+        if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
             time.sleep(poll)  # the supervisor writes the final status just before it exits
             return run_record(run_dir)
         if deadline is not None and time.time() > deadline:
@@ -278,7 +285,7 @@ def result_from_disk(run_dir: Path):
     status = read_status(run_dir)[0]
     history = [
         {k: v for k, v in e.items() if k not in ("kind", "time")}
-        for e in read_events(run_dir / "metrics.jsonl")
+        for e in read_events(run_dir / EVENTS_FILE)
         if e.get("kind") in ("log", "eval")
     ]
     model = tokenizer = None
@@ -313,7 +320,7 @@ def follow(
 ) -> None:
     """Feed every event of ``metrics.jsonl`` to ``sink`` — the history first, then new lines as they
     are appended — until a final event (or ``stop``). A half-written last line waits for its end."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / EVENTS_FILE
     offset, pending = 0, b""
     stop = stop or threading.Event()
     while not stop.is_set():
@@ -377,7 +384,7 @@ def supervise(
         cmd.append("--resume-anyway")
     with (run_dir / LOG_FILE).open("ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        write_json(run_dir / "supervisor.json", {"pid": os.getpid(), "worker_pid": child.pid, "command": cmd})
+        write_json(run_dir / SUPERVISOR_FILE, {"pid": os.getpid(), "worker_pid": child.pid, "command": cmd})
         # A polite stop for the supervisor is a polite stop for the run.
         signal.signal(signal.SIGTERM, lambda *_: request_stop(run_dir))
         code = child.wait()
