@@ -82,7 +82,7 @@ def test_every_readme_magic_line_runs_as_written(shell, tiny_model, tmp_path, mo
     for block in blocks:
         cells = [block] if block.startswith("%%") else [line for line in block.splitlines() if line.startswith("%")]
         for cell in cells:
-            result = shell.run_cell(cell)
+            result = shell.run_cell(cell, silent=True)  # no Out[] bookkeeping: the shell is shared by many tests
             assert result.success, f"README line failed as written: {cell!r}: {result.error_in_exec!r}"
             ran.append(cell.split()[0])
     assert {"%sft_template", "%sft_data", "%%sft_train", "%sft_eval", "%sft_chat", "%sft_export"} <= set(ran)
@@ -112,7 +112,7 @@ def test_a_trailing_comment_is_a_comment_for_every_magic(shell, tiny_model, tmp_
         f"%sft_export c1 --to '{tmp_path / 'out #1'}'  # a folder",
     ]
     for line in lines:
-        result = shell.run_cell(line)
+        result = shell.run_cell(line, silent=True)
         assert result.success, f"{line!r}: {result.error_in_exec!r}"
     assert (tmp_path / "out #1" / "export_manifest.json").is_file()
     assert isinstance(shell.user_ns["reply"], str)
