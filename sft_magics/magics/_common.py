@@ -10,6 +10,7 @@ import shlex
 
 from IPython.core.error import UsageError
 
+from ..core.errors import one_line
 from ..display import detect_mode
 
 
@@ -31,7 +32,7 @@ def _user_errors(method):
 def _usage_error(err: BaseException) -> UsageError:
     from ..core.secrets import scrub_text
 
-    return UsageError(scrub_text(" ".join(str(err).split())))
+    return UsageError(scrub_text(one_line(err, None)))
 
 
 def strip_comment(line: str) -> str:

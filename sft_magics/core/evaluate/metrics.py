@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EvalError
+from ..errors import EvalError, one_line
 
 if TYPE_CHECKING:
     from .example import Example
@@ -211,7 +211,7 @@ def score(metric: Metric, predictions: Sequence[str], examples: Sequence[Example
             value = metric.fn(p, e.reference)
         except Exception as err:
             raise EvalError(
-                f"metric '{metric.name}' raised on example {i}: {type(err).__name__}: {' '.join(str(err).split())}"
+                f"metric '{metric.name}' raised on example {i}: {one_line(err, None, named=True)}"
             ) from None
         try:
             values.append(float(value))

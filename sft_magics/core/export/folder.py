@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, SftError
+from ..errors import ExportError, SftError, one_line
 from ..evaluate.generation import end_of_turn_token
 from ..run.folder import is_run_folder
 from .manifest import (
@@ -154,9 +154,7 @@ def export_model(
             raise ExportError(f"{reason}; the folder is marked {MARK_FAILED} where the disk allowed it") from None
         except Exception as err:  # an ExportError with its reason, or the runtime's own failure
             if not isinstance(err, ExportError):
-                err = ExportError(
-                    f"llama.cpp verification failed: {type(err).__name__}: {' '.join(str(err).split())[:240]}"
-                )
+                err = ExportError(f"llama.cpp verification failed: {one_line(err, 240, named=True)}")
             partial = getattr(err, "last_result", None)
             with contextlib.suppress(OSError):  # a full disk may refuse these too; the error still reaches the user
                 _mark_failed(to, str(err))

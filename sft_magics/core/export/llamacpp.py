@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, one_line
 
 INSTALL_HINT = 'pip install "sft_magics[gguf]"'
 # outtype -> how it is made: the converter writes these itself ...
@@ -214,7 +214,7 @@ class LlamaCpp:
         try:
             self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False, seed=0)
         except Exception as err:  # the bindings raise ValueError with llama.cpp's one-line reason
-            raise ExportError(f"llama.cpp could not load {path.name}: {' '.join(str(err).split())[:240]}") from None
+            raise ExportError(f"llama.cpp could not load {path.name}: {one_line(err, 240)}") from None
         self._lib = llama_cpp
         self.metadata: dict[str, str] = dict(self.llm.metadata)
 

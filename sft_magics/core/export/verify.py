@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..errors import ExportError, SftError
+from ..errors import ExportError, SftError, one_line
 from ..template.render import apply_chat_template
 from ..template.tokens import common_prefix
 
@@ -90,8 +90,7 @@ def verify_export(model, tokenizer, to: Path, probe: str, max_new_tokens: int) -
         exported = GenerationConfig.from_pretrained(str(to))
     except Exception as err:
         raise ExportError(
-            f"the export in {to} does not reload with transformers: {type(err).__name__}: "
-            f"{' '.join(str(err).split())[:240]}"
+            f"the export in {to} does not reload with transformers: {type(err).__name__}: {one_line(err, 240)}"
         ) from None
     messages = [{"role": "user", "content": probe}]
 

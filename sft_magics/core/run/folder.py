@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..events import FINAL_STATES
 from ..files import atomic_write, read_json, write_json
 from .checkpoints import checkpoint_problem, checkpoint_step, mark_whole
 from .lock import RunBusy, RunError, RunLock, pid_alive
 from .status import read_status
 
-FINAL_STATES = ("finished", "stopped", "failed")
-LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RULE_TEXT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 FINAL_PARTIAL = ".final.partial"

@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import one_line
+from ..events import FINAL_STATES, LIVE_STATES
 from ..files import read_events
-from .folder import FINAL_STATES, LIVE_STATES, NAME_RULE, RunFolder, is_run_folder, read_config
+from .folder import NAME_RULE, RunFolder, is_run_folder, read_config
 from .lock import RunError
 from .status import is_number, read_status
 
@@ -25,7 +27,7 @@ def run_record(run_dir: Path) -> dict:
             "name": run_dir.name,
             "path": str(run_dir),
             "status": "damaged",
-            "error": f"cannot be read: {type(err).__name__}: {' '.join(str(err).split())[:120]}",
+            "error": f"cannot be read: {one_line(err, 120, named=True)}",
             "history": [],
             "eval_history": [],
         }

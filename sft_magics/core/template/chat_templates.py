@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import SftError
+from ..errors import SftError, one_line
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -82,7 +82,7 @@ def apply_training_template(model, tokenizer, resolved: tuple[str, Any]):
             model, tokenizer, added = clone_chat_template(model, tokenizer, source.location, resize_to_multiple_of=None)
         except (OSError, ValueError) as err:
             raise ChatTemplateError(
-                f"chat_template: cannot copy the template of '{what}': {' '.join(str(err).split())[:200]}"
+                f"chat_template: cannot copy the template of '{what}': {one_line(err, 200)}"
             ) from None
         ids = [t if isinstance(t, int) else tokenizer.convert_tokens_to_ids(getattr(t, "content", t)) for t in added]
         return model, tokenizer, ids

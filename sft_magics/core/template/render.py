@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..errors import SftError
+from ..errors import SftError, one_line
 
 
 class TemplateError(SftError, ValueError):
@@ -168,13 +168,11 @@ def apply_chat_template(tokenizer, conversation, *, confirm: bool = False, **kwa
     except SecurityError as err:
         raise TemplateError(f"the chat template was refused by the sandbox ({err}); nothing was run") from None
     except JinjaTemplateError as err:
-        raise TemplateError(f"the chat template raised: {' '.join(str(err).split())[:300]}") from None
+        raise TemplateError(f"the chat template raised: {one_line(err, 300)}") from None
     except MemoryError:
         raise TemplateError("the chat template produced more text than fits in memory") from None
     except Exception as err:
-        raise TemplateError(
-            f"the chat template failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
-        ) from None
+        raise TemplateError(f"the chat template failed: {one_line(err, 300, named=True)}") from None
     _check_size(out, RENDER_CHARS * (min(len(conversation), 8) if many else 1))
     return out
 

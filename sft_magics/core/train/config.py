@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 from ..models import DEFAULT_MODEL
 from .checks import _coerce_number, check_sft_values, check_spec_keys
 
@@ -104,7 +104,7 @@ def _check_lora(lora: Mapping[str, Any]) -> None:
     except ConfigError:
         raise
     except Exception as err:
-        raise ConfigError(f"key 'lora': {' '.join(str(err).split())[:300]}") from None
+        raise ConfigError(f"key 'lora': {one_line(err, 300)}") from None
 
 
 def _lora_config(lora: Mapping[str, Any]):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 from .checks import check_sft_values
 from .config import DEFAULT_LORA, DEFAULT_SFT, TrainSpec, sft_config_fields
 
@@ -311,7 +311,7 @@ def _account_problems(sft_args: Mapping[str, Any]) -> list[str]:
 
             whoami(token=sft_args.get("hub_token"))
         except Exception as err:
-            reason = " ".join(str(err).split())[:160]
+            reason = one_line(err, 160)
             problems.append(
                 f"push_to_hub: the Hugging Face Hub cannot be reached or no token is set ({reason}); "
                 "log in (hf auth login) or remove push_to_hub: the model is saved in the run folder "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.types import same_rows
-from ..errors import ConfigError, SftError
+from ..errors import ConfigError, SftError, one_line
 from ..events import Event, Sink, fan_out
 from ..models import DEFAULT_MODEL
 from .callbacks import StopFlag, _callback_class
@@ -329,7 +329,7 @@ def _train(
 def _one_line(err: BaseException) -> str:
     from ..secrets import scrub_text
 
-    return scrub_text(f"{type(err).__name__}: {' '.join(str(err).split())[:240]}")
+    return scrub_text(f"{one_line(err, 240, named=True)}")
 
 
 def _data_record(data) -> dict | None:

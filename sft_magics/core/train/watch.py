@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, EvalError
+from ..errors import ConfigError, EvalError, one_line
 from ..events import Event, Sink
 
 WATCH_KEYS = (
@@ -335,7 +335,7 @@ def _probe(metric, reference: str) -> None:
     except Exception as err:
         raise ConfigError(
             f"key 'eval_metrics': the notebook function '{metric.name}' failed on (reference, reference): "
-            f"{type(err).__name__}: {' '.join(str(err).split())[:200]} (expected f(prediction, reference) -> a number)"
+            f"{one_line(err, 200, named=True)} (expected f(prediction, reference) -> a number)"
         ) from None
 
 

@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..events import Event
+from ..errors import one_line
+from ..events import FINAL_STATES, LIVE_STATES, Event
 from ..files import read_events, read_json, write_json
 from ..run.folder import (
     EVENTS_FILE,
-    FINAL_STATES,
-    LIVE_STATES,
     SPEC_FILE,
     STOP_FILE,
     SUPERVISOR_FILE,
@@ -424,7 +423,7 @@ def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = Fa
 
         if not isinstance(err, SftError):
             print(scrub_text(traceback.format_exc()), file=sys.stderr)  # worker.log: no credentials either
-        cause = scrub_text(f"{type(err).__name__}: {' '.join(str(err).split())[:240]}")
+        cause = scrub_text(f"{one_line(err, 240, named=True)}")
         print(cause, file=sys.stderr)
         if rank() == 0 and RunFolder.existing(run_dir.parent, run_dir.name).status().get("state") not in FINAL_STATES:
             RunFolder.existing(run_dir.parent, run_dir.name).record_failure(cause, "see worker.log in the run folder")
