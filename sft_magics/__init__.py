@@ -13,20 +13,20 @@ __version__ = "0.1.0"
 
 # Public core API, resolved lazily (PEP 562) so importing the package stays cheap.
 _LAZY = {
-    "load_data": "sft_magics.core.data.load",
-    "train_val_split": "sft_magics.core.data.load",
-    "DataError": "sft_magics.core.data.load",
+    "load_data": "sft_magics.core.data",
+    "train_val_split": "sft_magics.core.data",
+    "DataError": "sft_magics.core.data",
     "load_model": "sft_magics.core.models",
     "load_tokenizer": "sft_magics.core.models",
     "resolve_model": "sft_magics.core.models",
     "ModelError": "sft_magics.core.models",
     "DEFAULT_MODEL": "sft_magics.core.models",
-    "TrainSpec": "sft_magics.core.train.config",
-    "train": "sft_magics.core.train.trainer",
-    "ConfigError": "sft_magics.core.train.config",
-    "data_stats": "sft_magics.core.template.doctor",
-    "render": "sft_magics.core.template.tokens",
-    "generate": "sft_magics.core.evaluate.generation",
+    "TrainSpec": "sft_magics.core.train",
+    "train": "sft_magics.core.train",
+    "ConfigError": "sft_magics.core.errors",
+    "data_stats": "sft_magics.core.template",
+    "render": "sft_magics.core.template",
+    "generate": "sft_magics.core.evaluate",
 }
 
 

@@ -11,11 +11,25 @@ import datasets
 import pandas as pd
 import pytest
 
-from sft_magics.core.data import load as D
-from sft_magics.core.data.formats import normalize
+from sft_magics.core.data import types as D
+from sft_magics.core.data.formats import _normalize_rows, _notes, _Tally
 from sft_magics.core.data.load import detect_format, load_data, train_val_split
-from sft_magics.core.data.sources import read_source
-from sft_magics.core.data.types import DataError, LoadedData, RowProblem
+from sft_magics.core.data.sources import iter_source
+from sft_magics.core.data.types import TRL_FORMAT, DataError, LoadedData, RowProblem
+
+
+def read_source(source, **kwargs):
+    """Every raw row of a source and where it came from: what load_data reads, chunk by chunk."""
+    rows, where = iter_source(source, **kwargs)
+    return list(rows), where
+
+
+def normalize(rows, source_format):
+    """load_data's normalisation of one chunk: (rows, TRL format, notes, problems)."""
+    tally = _Tally()
+    out, _kept, problems = _normalize_rows(rows, source_format, 0, tally)
+    return out, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
+
 
 CHAT = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},

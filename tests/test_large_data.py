@@ -17,6 +17,7 @@ import pytest
 
 from sft_magics.core.data import load as D
 from sft_magics.core.data import rowstore, sources
+from sft_magics.core.data import types as data_types
 from sft_magics.core.data.load import load_data
 from sft_magics.core.data.spec import load_dataset_spec
 from sft_magics.core.data.types import DataError, _drop_none
@@ -210,7 +211,7 @@ def test_text_that_is_not_unicode_is_a_one_line_error(tmp_path):
 
 def test_a_loaded_dataset_shows_briefly():
     loaded = load_data([turn(i) for i in range(2000)])
-    assert len(loaded.row_digests) == 2000 * D.DIGEST_BYTES
+    assert len(loaded.row_digests) == 2000 * data_types.DIGEST_BYTES
     assert "row_digests" not in repr(loaded) and len(repr(loaded)) < 1000
 
 
@@ -393,7 +394,7 @@ def test_a_run_trains_and_resumes_on_rows_memory_mapped_from_disk(tmp_path, cach
     from sft_magics.core.train.plan import plan
 
     train_rows = plan(spec).train_data.dataset.to_list()
-    legacy = hashlib.sha256(b"".join(D._row_json(r).encode() + b"\n" for r in train_rows)).hexdigest()
+    legacy = hashlib.sha256(b"".join(data_types._row_json(r).encode() + b"\n" for r in train_rows)).hexdigest()
     for recorded in ("0" * 64, legacy):
         env["datasets"]["train"]["fingerprint"] = recorded
         (result.path / "environment.json").write_text(json.dumps(env))

@@ -579,7 +579,7 @@ def test_sft_data_magic_sample_states_its_size_and_keeps_source_rows(shell, tiny
     """--sample N: a seeded random N rows (the same ones each time), source row numbers kept, the
     header says it is a sample of how many; invalid rows of the whole source still listed. A source
     over SAMPLE_HINT_ROWS without --sample gets a one-line hint and exact statistics."""
-    import sft_magics.core.stats as stats_module
+    import sft_magics.core.template.doctor as stats_module
 
     rows = [{"messages": M(("user", f"question {i}"), ("assistant", f"answer {i}"))} for i in range(40)]
     path = tmp_path / "rows.jsonl"

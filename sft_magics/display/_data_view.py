@@ -150,8 +150,6 @@ class DataView(_View):
     # -- HTML ---------------------------------------------------------------------------------------
     def histogram_png(self) -> bytes:
         if self._png is None:
-            from ..core.template.doctor import histogram_png
-
             self._png = histogram_png(self.stats)
         return self._png
 

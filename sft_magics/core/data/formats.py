@@ -14,7 +14,6 @@ from .types import (
     ROLES,
     SHAREGPT_ROLES,
     SOURCE_FORMATS,
-    TRL_FORMAT,
     DataError,
     RowProblem,
     UnreadableRow,
@@ -94,22 +93,7 @@ def _check_messages(
             place = f"found at position {j}" if system_allowed else "it belongs in the prompt"
             bad(f"{where}.{role_key}", f"system message must come first ({place})")
 
-        calls = msg.get("tool_calls")
-        if calls is not None and not isinstance(calls, (list, tuple)):
-            bad(f"{where}.tool_calls", f"must be a list, got {_type(calls)}")
-        # An assistant turn that only calls tools legitimately has no text.
-        calls_tools = role == "assistant" and isinstance(calls, (list, tuple)) and len(calls) > 0
-        content = msg.get(content_key)
-        if content is None:
-            if not calls_tools:
-                bad(f"{where}.{content_key}", "missing")
-            content = ""
-        elif not isinstance(content, str):
-            bad(f"{where}.{content_key}", f"must be a string, got {_type(content)}")
-        elif not content.strip() and not calls_tools:
-            bad(f"{where}.{content_key}", "is empty")
-
-        message = {"role": role, "content": content}
+        message = {"role": role, "content": _message_content(msg, role, where, content_key, bad)}
         for extra in OPTIONAL_MESSAGE_KEYS:
             if msg.get(extra) is not None:
                 message[extra] = list(msg[extra]) if extra == "tool_calls" else msg[extra]
@@ -126,6 +110,25 @@ def _check_messages(
         elif check_end and seen[-1] in ("user", "tool"):
             bad(field, f"conversation ends on a {seen[-1]} turn, nothing to train on")
     return out if len(problems) == start else None
+
+
+def _message_content(msg: Mapping, role: str | None, where: str, content_key: str, bad) -> Any:
+    """A message's text, checked: a string that is not empty, except for an assistant turn that only
+    calls tools (its ``tool_calls`` a list), which legitimately has none."""
+    calls = msg.get("tool_calls")
+    if calls is not None and not isinstance(calls, (list, tuple)):
+        bad(f"{where}.tool_calls", f"must be a list, got {_type(calls)}")
+    calls_tools = role == "assistant" and isinstance(calls, (list, tuple)) and len(calls) > 0
+    content = msg.get(content_key)
+    if content is None:
+        if not calls_tools:
+            bad(f"{where}.{content_key}", "missing")
+        return ""
+    if not isinstance(content, str):
+        bad(f"{where}.{content_key}", f"must be a string, got {_type(content)}")
+    elif not content.strip() and not calls_tools:
+        bad(f"{where}.{content_key}", "is empty")
+    return content
 
 
 def _check_string(
@@ -274,23 +277,6 @@ def _notes(source_format: str, tally: _Tally, n_rows: int) -> list[str]:
     if tally.dropped_message_keys:
         notes.append(f"dropped message keys chat templates do not use: {', '.join(tally.dropped_message_keys)}")
     return notes
-
-
-def normalize(rows: list[dict], source_format: str) -> tuple[list[dict], str, list[str], list[RowProblem]]:
-    """Convert rows to the TRL format and validate every one.
-
-    Returns (normalised_rows, trl_format, notes, problems); rows with problems are
-    left out of normalised_rows, so callers must check ``problems``.
-    """
-    out, _kept, trl_format, notes, problems = _normalize(rows, source_format)
-    return out, trl_format, notes, problems
-
-
-def _normalize(rows: list[dict], source_format: str) -> tuple[list[dict], list[int], str, list[str], list[RowProblem]]:
-    """``normalize`` plus the source index of each normalised row."""
-    tally = _Tally()
-    out, kept, problems = _normalize_rows(rows, source_format, 0, tally)
-    return out, kept, TRL_FORMAT[source_format], _notes(source_format, tally, len(rows)), problems
 
 
 def _normalize_rows(

@@ -1,8 +1,10 @@
 """Load, detect, validate and normalise chat fine-tuning data for TRL's SFTTrainer.
 
-Pipeline: ``core.sources.read_source`` (files, folders, notebook variables, objects, the Hub)
--> ``detect_format`` -> ``core.formats.normalize`` -> ``load_data`` (one ``DataError`` listing
-every bad row, or a ``LoadedData`` ready for training) -> ``train_val_split``.
+Pipeline, a chunk of rows at a time: ``data.sources.iter_source`` (files, folders, notebook variables,
+objects, the Hub; read lazily) -> your columns (``data.columns.remap_rows``) -> ``detect_format`` (on
+the first chunk) -> ``data.formats._normalize_rows`` (validated, in TRL's format, with source row
+numbers) -> the row store (``data.rowstore``) -> ``load_data``'s ``LoadedData`` (or one ``DataError``
+listing every bad row) -> ``train_val_split``.
 
 Heavy libraries (datasets, pandas, pyarrow) are imported inside functions so that
 importing this module stays instant.

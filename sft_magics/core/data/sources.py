@@ -233,19 +233,6 @@ def _looks_like_path(text: str) -> bool:
     return text.lower().endswith(FILE_SUFFIXES) or text.startswith(("./", "../", "/", "~", ".\\", "..\\"))
 
 
-def read_source(
-    source: Any,
-    *,
-    split: str | None = None,
-    config: str | None = None,
-    namespace: Mapping[str, Any] | None = None,
-    streaming: bool = False,
-) -> tuple[list[Any], str]:
-    """Raw rows (a list: :func:`iter_source` read to the end) and where they came from."""
-    rows, where = iter_source(source, split=split, config=config, namespace=namespace, streaming=streaming)
-    return list(rows), where
-
-
 def iter_source(
     source: Any,
     *,

@@ -88,31 +88,10 @@ def export_model(
     manifest, ``export_manifest.json``."""
     start = time.perf_counter()
     probe = DEFAULT_PROBE if probe is None else probe
-    if not probe.strip():
-        raise ExportError("the probe text is empty: give a question to verify the export with")
-    if max_new_tokens < 1:
-        raise ExportError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if not tokenizer.chat_template:
-        raise ExportError(
-            "the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)"
-        )
+    _check_request(model, tokenizer, probe, max_new_tokens)
     notes: list[str] = []
     if gguf is not None:
-        from .llamacpp import GGUF_TYPES, bindings, converter
-
-        gguf = gguf.lower()
-        if gguf not in GGUF_TYPES:
-            raise ExportError(f"--gguf {gguf!r}: choose one of {', '.join(GGUF_TYPES)}")
-        bindings()  # the extra is installed, and
-        converter()  # llama.cpp's converter is at hand (fetched once), before anything is written
-        if is_peft_model(model) and getattr(model.get_base_model(), "is_quantized", False):
-            raise ExportError(
-                "a GGUF holds a merged model, and merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: "
-                "load the base model in bf16, attach the adapter, then export with --gguf"
-            )
-        if is_peft_model(model) and not merge:
-            merge = True
-            notes.append("a GGUF holds a standalone model: the LoRA adapter was merged for it")
+        gguf, merge = _check_gguf(model, gguf, merge, notes)
     kind = _kind(model, merge)
     to = Path(os.path.abspath(Path(to).expanduser()))  # absolute: the README's load snippet must work from anywhere
     try:
@@ -140,35 +119,8 @@ def export_model(
     stop_ids = [eos] if isinstance(eos, int) else list(eos)
     gguf_result = None
     if gguf is not None:
-        from .gguf import export_gguf
-
         probes = list(gguf_probes) if gguf_probes else [[{"role": "user", "content": probe}]]
-        try:
-            gguf_result = export_gguf(
-                model, tokenizer, to, gguf, probes, stop_ids=stop_ids, max_new_tokens=max_new_tokens
-            )
-        except OSError as err:  # a full disk, a folder made read-only meanwhile
-            reason = f"could not write the GGUF in {to}: {err.strerror or err}"
-            with contextlib.suppress(OSError):
-                _mark_failed(to, reason)
-            raise ExportError(f"{reason}; the folder is marked {MARK_FAILED} where the disk allowed it") from None
-        except Exception as err:  # an ExportError with its reason, or the runtime's own failure
-            if not isinstance(err, ExportError):
-                err = ExportError(f"llama.cpp verification failed: {one_line(err, 240, named=True)}")
-            partial = getattr(err, "last_result", None)
-            with contextlib.suppress(OSError):  # a full disk may refuse these too; the error still reaches the user
-                _mark_failed(to, str(err))
-                _write_manifest(
-                    to,
-                    {
-                        "source": source or {},
-                        "kind": kind,
-                        "verified": False,
-                        "error": str(err),
-                        "gguf": _scrubbed(partial.manifest()) if partial else None,
-                    },
-                )
-            raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED} (its files are kept)") from None
+        gguf_result = _export_gguf(model, tokenizer, to, gguf, probes, stop_ids, max_new_tokens, kind, source)
     result = ExportResult(
         path=to,
         kind=kind,
@@ -194,6 +146,72 @@ def export_model(
     result.size_mb = round(sum((to / f).stat().st_size for f in result.files) / 1e6, 3)
     (to / MARK_INCOMPLETE).unlink()
     return result
+
+
+def _check_request(model, tokenizer, probe: str, max_new_tokens: int) -> None:
+    """What the export is asked, checked before anything is written: a probe to verify it with, a
+    generation length the model holds (the one rule of core/evaluate/generation.py), a chat template."""
+    from ..evaluate.generation import check_new_tokens, context_length
+
+    if not probe.strip():
+        raise ExportError("the probe text is empty: give a question to verify the export with")
+    check_new_tokens("max_new_tokens", max_new_tokens, context_length(model.config))
+    if not tokenizer.chat_template:
+        raise ExportError(
+            "the tokenizer has no chat template: a chat model export needs one (set tokenizer.chat_template)"
+        )
+
+
+def _check_gguf(model, gguf: str, merge: bool, notes: list[str]) -> tuple[str, bool]:
+    """Before anything is written: the GGUF type is known, the bindings and llama.cpp's converter are
+    at hand (fetched once), and the model can be merged (a LoRA adapter is merged for a GGUF)."""
+    from .llamacpp import GGUF_TYPES, bindings, converter
+
+    gguf = gguf.lower()
+    if gguf not in GGUF_TYPES:
+        raise ExportError(f"--gguf {gguf!r}: choose one of {', '.join(GGUF_TYPES)}")
+    bindings()  # the extra is installed, and
+    converter()  # llama.cpp's converter is at hand (fetched once), before anything is written
+    if is_peft_model(model) and getattr(model.get_base_model(), "is_quantized", False):
+        raise ExportError(
+            "a GGUF holds a merged model, and merging a LoRA adapter into 4-bit (QLoRA) weights is lossy: "
+            "load the base model in bf16, attach the adapter, then export with --gguf"
+        )
+    if is_peft_model(model) and not merge:
+        merge = True
+        notes.append("a GGUF holds a standalone model: the LoRA adapter was merged for it")
+    return gguf, merge
+
+
+def _export_gguf(model, tokenizer, to: Path, gguf: str, probes, stop_ids, max_new_tokens: int, kind: str, source):
+    """The GGUF beside the verified folder, verified in llama.cpp; a failure marks the folder (its files
+    kept, the manifest saying why) and is one line."""
+    from .gguf import export_gguf
+
+    try:
+        return export_gguf(model, tokenizer, to, gguf, probes, stop_ids=stop_ids, max_new_tokens=max_new_tokens)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        reason = f"could not write the GGUF in {to}: {err.strerror or err}"
+        with contextlib.suppress(OSError):
+            _mark_failed(to, reason)
+        raise ExportError(f"{reason}; the folder is marked {MARK_FAILED} where the disk allowed it") from None
+    except Exception as err:  # an ExportError with its reason, or the runtime's own failure
+        if not isinstance(err, ExportError):
+            err = ExportError(f"llama.cpp verification failed: {one_line(err, 240, named=True)}")
+        partial = getattr(err, "last_result", None)
+        with contextlib.suppress(OSError):  # a full disk may refuse these too; the error still reaches the user
+            _mark_failed(to, str(err))
+            _write_manifest(
+                to,
+                {
+                    "source": source or {},
+                    "kind": kind,
+                    "verified": False,
+                    "error": str(err),
+                    "gguf": _scrubbed(partial.manifest()) if partial else None,
+                },
+            )
+        raise ExportError(f"{err}; the folder {to} is marked {MARK_FAILED} (its files are kept)") from None
 
 
 # -- where an export comes from ------------------------------------------------------------------------

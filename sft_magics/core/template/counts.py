@@ -259,82 +259,87 @@ def _count_messages(c: _Counter, tokenizer, rows: list[dict], method) -> None:
     method_name, template = method
     batch = [i for i, r in enumerate(rows) if r.get("tools") is None]
     convs = {i: clean_messages(rows[i]["messages"]) for i in batch}  # as tokenize_row: no None-valued keys
+    count = _count_by_markers if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE) else _count_by_prefixes
+    done = count(c, tokenizer, batch, convs, template)
+    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "messages", method)
+
+
+def _count_by_markers(c: _Counter, tokenizer, batch: list[int], convs: dict, template) -> set[int]:
+    """The template marks the assistant tokens itself: transformers' mask, many rows per call."""
+    from .render import apply_chat_template
+
     done: set[int] = set()
 
-    if method_name in (MASK_MARKERS, MASK_TRL_TEMPLATE):
-        # The template marks the assistant tokens itself: transformers' mask, many rows per call.
-        from .render import apply_chat_template
-
-        def call(conversations, confirm=False):
-            enc = apply_chat_template(
-                tokenizer,
-                conversations,
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                chat_template=template,
-                confirm=confirm,
-            )
-            return list(zip(enc["input_ids"], enc["assistant_masks"]))
-
-        for i, got in zip(batch, _many(call, [convs[i] for i in batch], batch, c)):
-            if got is not None:
-                c.put(i, list(got[0]), _ranges_from_mask(got[1]))
-                done.add(i)
-    else:
-        # Prefix rendering: assistant turn k spans from the end of render(messages[:k], generation
-        # prompt) to the end of render(messages[:k+1]); the whole conversation is one more render.
-        requests_gen: list[list[dict]] = []  # messages[:k] + generation prompt
-        requests_end: list[list[dict]] = []  # full conversation and messages[:k+1]
-        gen_rows: list[int] = []  # the row of each request
-        end_rows: list[int] = []
-        plan: dict[int, tuple[int, list[tuple[int, int]]]] = {}
-        for i in batch:
-            msgs = convs[i]
-            turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
-            if not turns or turns[0] == 0:
-                continue  # no prompt before the first answer: the per-row path decides
-            full_at = len(requests_end)
-            requests_end.append(msgs)
-            end_rows.append(i)
-            pairs = []
-            for k in turns:
-                requests_gen.append(msgs[:k])
-                gen_rows.append(i)
-                if k == len(msgs) - 1:
-                    end_at = full_at  # the last answer ends where the conversation ends
-                else:
-                    end_at = len(requests_end)
-                    requests_end.append(msgs[: k + 1])
-                    end_rows.append(i)
-                pairs.append((len(requests_gen) - 1, end_at))
-            plan[i] = (full_at, pairs)
-        gen_texts = _render_many(
-            tokenizer, requests_gen, gen_rows, c, add_generation_prompt=True, chat_template=template
+    def call(conversations, confirm=False):
+        enc = apply_chat_template(
+            tokenizer,
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            chat_template=template,
+            confirm=confirm,
         )
-        end_texts = _render_many(
-            tokenizer, requests_end, end_rows, c, add_generation_prompt=False, chat_template=template
-        )
-        spans_of: dict[int, list[tuple[int, int]]] = {}
-        for i, (full_at, pairs) in plan.items():
-            full = end_texts[full_at]
-            spans: list[tuple[int, int]] | None = [] if full is not None else None
-            for g, e in pairs if full is not None else ():
-                start_text, end_text = gen_texts[g], end_texts[e]
-                if (
-                    start_text is None
-                    or end_text is None
-                    or not (full.startswith(start_text) and full.startswith(end_text))
-                    or len(end_text) < len(start_text)
-                ):
-                    spans = None  # a render failed, or not prefix-preserving here: tokenize_row decides
-                    break
-                spans.append((len(start_text), len(end_text)))
-            if spans is not None:
-                spans_of[i] = spans
-        order = list(spans_of)
-        ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
-        for i, ids, offsets in zip(order, ids_all, offsets_all):
-            c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
+        return list(zip(enc["input_ids"], enc["assistant_masks"]))
+
+    for i, got in zip(batch, _many(call, [convs[i] for i in batch], batch, c)):
+        if got is not None:
+            c.put(i, list(got[0]), _ranges_from_mask(got[1]))
             done.add(i)
-    _count_by_rows(c, tokenizer, rows, [i for i in range(len(rows)) if i not in done], "messages", method)
+    return done
+
+
+def _count_by_prefixes(c: _Counter, tokenizer, batch: list[int], convs: dict, template) -> set[int]:
+    """Prefix rendering: assistant turn k spans from the end of render(messages[:k], generation prompt)
+    to the end of render(messages[:k+1]); the whole conversation is one more render."""
+    done: set[int] = set()
+    requests_gen: list[list[dict]] = []  # messages[:k] + generation prompt
+    requests_end: list[list[dict]] = []  # full conversation and messages[:k+1]
+    gen_rows: list[int] = []  # the row of each request
+    end_rows: list[int] = []
+    plan: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    for i in batch:
+        msgs = convs[i]
+        turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+        if not turns or turns[0] == 0:
+            continue  # no prompt before the first answer: the per-row path decides
+        full_at = len(requests_end)
+        requests_end.append(msgs)
+        end_rows.append(i)
+        pairs = []
+        for k in turns:
+            requests_gen.append(msgs[:k])
+            gen_rows.append(i)
+            if k == len(msgs) - 1:
+                end_at = full_at  # the last answer ends where the conversation ends
+            else:
+                end_at = len(requests_end)
+                requests_end.append(msgs[: k + 1])
+                end_rows.append(i)
+            pairs.append((len(requests_gen) - 1, end_at))
+        plan[i] = (full_at, pairs)
+    gen_texts = _render_many(tokenizer, requests_gen, gen_rows, c, add_generation_prompt=True, chat_template=template)
+    end_texts = _render_many(tokenizer, requests_end, end_rows, c, add_generation_prompt=False, chat_template=template)
+    spans_of: dict[int, list[tuple[int, int]]] = {}
+    for i, (full_at, pairs) in plan.items():
+        full = end_texts[full_at]
+        spans: list[tuple[int, int]] | None = [] if full is not None else None
+        for g, e in pairs if full is not None else ():
+            start_text, end_text = gen_texts[g], end_texts[e]
+            if (
+                start_text is None
+                or end_text is None
+                or not (full.startswith(start_text) and full.startswith(end_text))
+                or len(end_text) < len(start_text)
+            ):
+                spans = None  # a render failed, or not prefix-preserving here: tokenize_row decides
+                break
+            spans.append((len(start_text), len(end_text)))
+        if spans is not None:
+            spans_of[i] = spans
+    order = list(spans_of)
+    ids_all, offsets_all = _tokenize(tokenizer, [end_texts[plan[i][0]] for i in order], offsets=True)
+    for i, ids, offsets in zip(order, ids_all, offsets_all):
+        c.put(i, ids, _ranges_from_spans(offsets, spans_of[i]))
+        done.add(i)
+    return done

@@ -229,6 +229,25 @@ def _template_drops(tokenizer, rows: list[dict], fmt: str, method, start: int, c
 SAMPLE_HINT_ROWS = 100_000  # above this, %sft_data says that --sample gives a quicker look
 
 
+# How the trained tokens are found in the formats that are not conversations.
+_FORMAT_MASKS = {
+    "text": "every token (plain text)",
+    "prompt_completion": "completion only (prompt/completion rule)",
+    "conversational_prompt_completion": "completion only (prompt/completion rule)",
+}
+
+
+def _drops_note(drops: list[tuple[int, str]]) -> tuple[str, ...]:
+    """A note of the rows whose content the chat template drops, the first three named."""
+    if not drops:
+        return ()
+    shown = "; ".join(f"row {i}: {what}" for i, what in drops[:3])
+    return (
+        f"the chat template drops content in {len(drops)} rows ({shown}{'; …' if len(drops) > 3 else ''}): "
+        "the model never sees it and trains on what is left",
+    )
+
+
 def data_stats(
     data,
     tokenizer,
@@ -253,11 +272,7 @@ def data_stats(
         raise ValueError(f"max_length must be at least 1, got {max_length}")
     fmt = data.format
     method = choose_mask_method(tokenizer) if fmt == "messages" else None
-    mask_method = {
-        "text": "every token (plain text)",
-        "prompt_completion": "completion only (prompt/completion rule)",
-        "conversational_prompt_completion": "completion only (prompt/completion rule)",
-    }.get(fmt) or method[0]
+    mask_method = _FORMAT_MASKS.get(fmt) or method[0]
 
     total: list[int] = []
     ranges: list[tuple] = []
@@ -293,13 +308,7 @@ def data_stats(
     problems = tuple(getattr(data, "problems", ()) or ())
     invalid = len({p.row for p in problems})
     drops = [(source_index(i), what) for i, what in drops]
-    notes = tuple(data.notes)
-    if drops:
-        shown = "; ".join(f"row {i}: {what}" for i, what in drops[:3])
-        notes += (
-            f"the chat template drops content in {len(drops)} rows ({shown}{'; …' if len(drops) > 3 else ''}): "
-            "the model never sees it and trains on what is left",
-        )
+    notes = tuple(data.notes) + _drops_note(drops)
     return DataStats(
         rows=len(total),
         format=fmt,

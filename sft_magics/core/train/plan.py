@@ -165,7 +165,8 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     if eval_data is not None:
         sft_args.setdefault("eval_strategy", "steps")
         sft_args.setdefault("eval_steps", 0.2)  # a fraction: five evaluations over the run
-    watch, answers = plan_watch(spec.watch, spec.sft, sft_args, eval_data, notes, namespace)
+    watch, answers, sft_args, implied = plan_watch(spec.watch, spec.sft, sft_args, eval_data, namespace)
+    notes += implied
     if watch is not None and watch.generate:  # answers longer than the model's context cannot be generated
         from ..evaluate.generation import check_new_tokens, context_length
         from ..models import load_config
@@ -184,16 +185,27 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     )
     steps = planned_steps(len(train_data), sft_args, world)
     return Plan(
-        spec, sft_args, lora, device, dtype, train_data, eval_data, steps, template, notes, watch, answers, precision
+        spec=spec,
+        sft_args=sft_args,
+        lora=lora,
+        device=device,
+        dtype=dtype,
+        train_data=train_data,
+        eval_data=eval_data,
+        steps=steps,
+        template=template,
+        notes=notes,
+        watch=watch,
+        answers=answers,
+        precision=precision,
     )
 
 
-# The CPU default, measured (README "Performance and memory"): on this project's 2-core avx512_bf16
-# CPU, bf16 autocast trains SmolLM2-135M BF16_CPU_SPEEDUP faster per step than fp32
-# (benchmarks/bench_cpu_train.py: 1.18x, rounds 1.15-1.27), but the bundled task's tuned json_match was
-# 95.0% with it against 97.5% in fp32 (40 validation rows, one run each): not equal, so fp32 stays the
-# CPU default and bf16 is one key away.
-BF16_CPU_SPEEDUP = "1.2x"
+# The CPU default is fp32, measured (README "Performance and memory"; benchmarks/bench_cpu_train.py):
+# on this project's 2-core avx512_bf16 CPU, bf16 autocast trained SmolLM2-135M 1.18x faster per step,
+# but the bundled task's tuned json_match was 95.0% with it against 97.5% in fp32 (40 validation rows,
+# one run each): not equal, so fp32 stays the CPU default and bf16 is one key away. The user's line
+# says what their CPU can do and where the measurement is, not one machine's numbers.
 
 
 def _native_cpu_bf16() -> bool:
@@ -222,9 +234,8 @@ def _precision(device: str, dtype, asked: Mapping[str, Any], sft_args: Mapping[s
         return f"{on} mixed precision ({why}; weights in {weights})"
     if _native_cpu_bf16():
         return (
-            f"fp32 (CPU default): this CPU has native bf16; bf16 autocast was {BF16_CPU_SPEEDUP} faster per step on "
-            "this project's 2-core avx512_bf16 CPU, but the bundled task's tuned json_match was 95.0% with it vs 97.5% "
-            "in fp32; bf16: true trades that for speed"
+            "fp32 (CPU default): this CPU has native bf16, so bf16: true trains faster with autocast, at some "
+            'cost in accuracy (README "Performance and memory" measures both)'
         )
     return "fp32 (CPU default): this CPU has no avx512_bf16 / AMX, where bf16 autocast is emulated in software"
 

@@ -71,20 +71,42 @@ def read_recipe(config: Mapping[str, Any]) -> tuple[dict, list[str]]:
     config = dict(config)
     notes: list[str] = []
     out: dict[str, Any] = {}
+    out.update(_read_model(config, notes))
+    out.update(_read_lora(config, notes, full_model="model" in out))
+    out.update(_read_quantization(config))
+    out.update(_read_data(config, notes))
+    # Renamed and no-effect keys.
+    for old, new in RENAMED.items():
+        if old in config:
+            if new in config:
+                raise RecipeError(f"give either '{old}' (its old name) or '{new}', not both")
+            config[new] = config.pop(old)
+            notes.append(f"{old} → {new} (its current name)")
+    for key, why in NO_EFFECT.items():
+        if key in config:
+            config.pop(key)
+            notes.append(f"{key}: no effect ({why})")
+    if "chat_template_path" in config:
+        if "chat_template" in config:
+            raise RecipeError("give either 'chat_template' or 'chat_template_path', not both")
+        config["chat_template"] = config.pop("chat_template_path")
+        notes.append("chat_template_path → chat_template")
+    out.update(config)  # our own keys and SFTConfig fields, checked by TrainSpec.from_mapping
+    return out, notes
 
-    def take(key: str) -> Any:
-        return config.pop(key)
 
-    # The model.
+def _read_model(config: dict, notes: list[str]) -> dict:
+    """TRL's ModelConfig keys of the model and how it loads (``model_name_or_path``, ``dtype``, ...)."""
+    out: dict[str, Any] = {}
     if "model_name_or_path" in config:
         if "model" in config:
             raise RecipeError("give either 'model' or 'model_name_or_path' (TRL's name for it), not both")
-        out["model"] = take("model_name_or_path")
+        out["model"] = config.pop("model_name_or_path")
         notes.append("model_name_or_path → model")
     load = {}
     for key, ours in LOAD_KEYS.items():
         if key in config:
-            load[ours] = take(key)
+            load[ours] = config.pop(key)
             if key != ours:
                 notes.append(f"{key} → {ours} (model loading)")
     if load.get("revision") in (None, "main"):
@@ -95,28 +117,38 @@ def read_recipe(config: Mapping[str, Any]) -> tuple[dict, list[str]]:
         )
     if load:
         out["model_kwargs"] = load
-    # LoRA: TRL trains LoRA only with use_peft: true; a recipe without it is a full fine-tune.
+    return out
+
+
+def _read_lora(config: dict, notes: list[str], *, full_model: bool) -> dict:
+    """LoRA as TRL reads it: only with ``use_peft: true``; a recipe that names its model without it is
+    a full fine-tune (``full_model``)."""
     lora_given = {LORA_KEYS[k]: config.pop(k) for k in list(config) if k in LORA_KEYS}
     if "use_peft" in config:
         check_bool("use_peft", config["use_peft"])
-        use_peft = bool(take("use_peft"))
+        use_peft = bool(config.pop("use_peft"))
         if "lora" in config:
             raise RecipeError("give either 'lora' or TRL's use_peft / lora_* keys, not both")
-        out["lora"] = {k: v for k, v in lora_given.items() if v is not None} if use_peft else False
         notes.append(
             f"use_peft: {str(use_peft).lower()} → lora: " + ("LoRA" if use_peft else "false (a full fine-tune)")
         )
-    elif lora_given:
+        return {"lora": {k: v for k, v in lora_given.items() if v is not None} if use_peft else False}
+    if lora_given:
         if "lora" in config:
             raise RecipeError("give either 'lora' or TRL's lora_* keys, not both")
-        out["lora"] = False if "model" in out else {k: v for k, v in lora_given.items() if v is not None}
         notes.append(
-            "lora_* keys without use_peft: " + ("ignored, as in TRL (a full fine-tune)" if "model" in out else "LoRA")
+            "lora_* keys without use_peft: " + ("ignored, as in TRL (a full fine-tune)" if full_model else "LoRA")
         )
-    elif "model" in out and "lora" not in config:
-        out["lora"] = False
+        return {"lora": False if full_model else {k: v for k, v in lora_given.items() if v is not None}}
+    if full_model and "lora" not in config:
         notes.append("no use_peft: a full fine-tune, as in TRL (write use_peft: true for LoRA)")
-    # Quantization (bitsandbytes, CUDA).
+        return {"lora": False}
+    return {}
+
+
+def _read_quantization(config: dict) -> dict:
+    """bitsandbytes quantization (CUDA): ``load_in_4bit`` / ``load_in_8bit`` and the ``bnb_*`` options."""
+    out: dict[str, Any] = {}
     quant = {k: config.pop(k) for k in list(config) if k in QUANT_KEYS}
     for key in ("load_in_4bit", "load_in_8bit", "use_bnb_nested_quant"):
         check_bool(key, quant.get(key))
@@ -127,26 +159,23 @@ def read_recipe(config: Mapping[str, Any]) -> tuple[dict, list[str]]:
     quant = {k: v for k, v in quant.items() if v is not None}
     if quant:
         out["quantization"] = quant
-    # The data.
-    out.update(_read_data(config, notes))
-    # Renamed and no-effect keys.
-    for old, new in RENAMED.items():
-        if old in config:
-            if new in config:
-                raise RecipeError(f"give either '{old}' (its old name) or '{new}', not both")
-            config[new] = take(old)
-            notes.append(f"{old} → {new} (its current name)")
-    for key, why in NO_EFFECT.items():
-        if key in config:
-            take(key)
-            notes.append(f"{key}: no effect ({why})")
-    if "chat_template_path" in config:
-        if "chat_template" in config:
-            raise RecipeError("give either 'chat_template' or 'chat_template_path', not both")
-        config["chat_template"] = take("chat_template_path")
-        notes.append("chat_template_path → chat_template")
-    out.update(config)  # our own keys and SFTConfig fields, checked by TrainSpec.from_mapping
-    return out, notes
+    return out
+
+
+def _mixture_entry(k: int, d: Any) -> dict:
+    """One of the handbook's ``dataset_mixture.datasets`` as one of our mixture's entries, checked."""
+    where = f"dataset_mixture.datasets[{k}]"
+    if not isinstance(d, Mapping):
+        raise refuse(where, d, "a mapping {id, config, split, columns, weight}")
+    check_text(f"{where}.id", d.get("id") or d.get("path"), "a dataset id, file or folder")
+    columns = d.get("columns")
+    if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns)):
+        raise refuse(f"{where}.columns", columns, "a list of the column names to keep")
+    entry = {"path": d.get("id") or d.get("path")}
+    entry.update({key: d[key] for key in ("config", "split", "weight") if d.get(key) is not None})
+    if columns:  # the handbook lists the columns to keep; they keep their names
+        entry["columns"] = {c: c for c in columns}
+    return entry
 
 
 def _read_data(config: dict, notes: list[str]) -> dict:
@@ -163,26 +192,7 @@ def _read_data(config: dict, notes: list[str]) -> dict:
             )
         check_seed("dataset_mixture.seed", mixture.get("seed"))
         check_split_size("dataset_mixture.test_split_size", mixture.get("test_split_size"))
-        entries = []
-        for k, d in enumerate(mixture["datasets"]):
-            where = f"dataset_mixture.datasets[{k}]"
-            if not isinstance(d, Mapping):
-                raise refuse(where, d, "a mapping {id, config, split, columns, weight}")
-            check_text(f"{where}.id", d.get("id") or d.get("path"), "a dataset id, file or folder")
-            columns = d.get("columns")
-            if columns is not None and (
-                not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns)
-            ):
-                raise refuse(f"{where}.columns", columns, "a list of the column names to keep")
-            d = dict(d)
-            entry = {"path": d.pop("id", None) or d.pop("path", None)}
-            for key in ("config", "split", "weight"):
-                if d.get(key) is not None:
-                    entry[key] = d.pop(key)
-            columns = d.pop("columns", None)
-            if columns:  # the handbook lists the columns to keep; they keep their names
-                entry["columns"] = {c: c for c in columns}
-            entries.append(entry)
+        entries = [_mixture_entry(k, d) for k, d in enumerate(mixture["datasets"])]
         out["dataset"] = {"mixture": entries, "seed": mixture.get("seed", 42)}
         streaming = streaming or mixture.get("streaming") is True
         if mixture.get("test_split_size"):

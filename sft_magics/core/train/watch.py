@@ -26,7 +26,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError, EvalError, one_line
 from ..events import Event, Sink
@@ -99,19 +99,36 @@ def _generated(name: str | None, custom: Sequence[str]) -> str | None:
     return bare if (bare in METRICS and bare not in LOSS_METRICS) or bare in custom else None
 
 
+class WatchPlan(NamedTuple):
+    """What :func:`plan_watch` resolves: the watch, its answers, the trainer's keys with the ones the
+    watch implies, and a note for each choice it made."""
+
+    watch: Watch | None
+    answers: AnswerWatch | None
+    sft_args: dict
+    notes: list[str]
+
+
 def plan_watch(
     given: Mapping[str, Any],
     user_sft: Mapping[str, Any],
-    sft_args: dict,
+    sft_args: Mapping[str, Any],
     eval_data,
-    notes: list[str],
     namespace: Mapping | None = None,
-) -> tuple[Watch | None, AnswerWatch | None]:
-    """Check the keys against the eval data, and set transformers' best-model keys they imply in
-    ``sft_args``: a generated ``metric_for_best_model`` turns generation on; early stopping keeps
-    the best checkpoint (``load_best_model_at_end``); the best model needs a checkpoint at every
-    evaluation (``save_steps`` = ``eval_steps`` unless set)."""
-    from ..evaluate.metrics import LOSS_METRICS, METRICS
+) -> WatchPlan:
+    """Check the keys against the eval data, and resolve the transformers best-model keys they imply,
+    as ``SFTConfig.__post_init__`` resolves its own: a generated ``metric_for_best_model`` turns
+    generation on; early stopping keeps the best checkpoint (``load_best_model_at_end``); the best
+    model needs a checkpoint at every evaluation (``save_steps`` = ``eval_steps`` unless set). The
+    caller's ``sft_args`` is not changed: a new one is returned."""
+    sft_args, notes = dict(sft_args), []
+    watch, answers = _resolve_watch(given, user_sft, sft_args, eval_data, notes, namespace)
+    return WatchPlan(watch, answers, sft_args, notes)
+
+
+def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str], namespace):
+    """plan_watch's work, on its own copies of the keys and notes."""
+    from ..evaluate.metrics import METRICS
 
     metrics = given.get("eval_metrics")
     custom = [m for m in metrics or [] if m not in METRICS]
@@ -146,19 +163,7 @@ def plan_watch(
         )
     if not gen and (metrics is not None or "eval_max_new_tokens" in given):
         raise ConfigError("keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true (or a row count)")
-    if metrics is not None:
-        for name in metrics:
-            if name in LOSS_METRICS:
-                raise ConfigError(
-                    f"key 'eval_metrics': '{name}' is not scored on answers (the trainer's eval_loss is always there)"
-                )
-            if name not in METRICS and not callable((namespace or {}).get(name)):
-                close = difflib.get_close_matches(name, [m for m in METRICS if m not in LOSS_METRICS], n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(
-                    f"key 'eval_metrics': unknown metric '{name}' (not in the registry, and no notebook function "
-                    f"f(prediction, reference) of that name){hint}"
-                )
+    _check_metric_names(metrics or [], namespace)
     if best and metrics is not None and best not in metrics:
         metrics = [*metrics, best]  # the trainer compares checkpoints by it: it must be computed
     if "early_stopping_threshold" in given and not patience:
@@ -192,6 +197,24 @@ def plan_watch(
             sft_args, user_sft, notes, implied=bool(patience) and "load_best_model_at_end" not in user_sft
         )
     return (watch if gen or patience else None), answers
+
+
+def _check_metric_names(metrics: Sequence[str], namespace) -> None:
+    """``eval_metrics``: each a metric scored on answers, from the registry or a notebook function."""
+    from ..evaluate.metrics import LOSS_METRICS, METRICS
+
+    for name in metrics:
+        if name in LOSS_METRICS:
+            raise ConfigError(
+                f"key 'eval_metrics': '{name}' is not scored on answers (the trainer's eval_loss is always there)"
+            )
+        if name not in METRICS and not callable((namespace or {}).get(name)):
+            close = difflib.get_close_matches(name, [m for m in METRICS if m not in LOSS_METRICS], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"key 'eval_metrics': unknown metric '{name}' (not in the registry, and no notebook function "
+                f"f(prediction, reference) of that name){hint}"
+            )
 
 
 # What the trainer's own evaluation computes (transformers: loss; TRL's SFTTrainer: the others).
