@@ -208,75 +208,26 @@ def _train(
 ) -> TrainResult:
     """prepare -> build -> fit -> finish. ``folder`` is None on ranks other than 0."""
     import gc
-    import os
     import traceback
 
-    from ..run.folder import ENVIRONMENT_FILE, environment, now
-    from ..secrets import scrub_text
+    from ..run.folder import now
 
     spec = p.spec
     emit = fan_out(folder.event_sink() if folder else None, sink)
     started = now()
 
-    def status(**fields):
-        if folder:
-            folder.update_status(**fields)
-
     # A refused resume changes nothing in the run folder.
     checkpoint, notes, overrides = _resume_point(p, folder, resume_anyway) if resume else (None, [], [])
     try:
         if folder:
-            if resume:
-                folder.set_aside_broken_checkpoints()
-            for name, text in (files or {}).items():
-                folder.write_text(name, scrub_text(text))
-            status(
-                state="loading",
-                started=started,
-                pid=os.getpid(),
-                step=int(folder.status().get("step") or 0) if resume else 0,
-                world_size=world_size(),
-                **({"resume_overrides": overrides} if overrides else {}),
-            )
-            folder.write_config(p.config())
-            folder.write_json(
-                ENVIRONMENT_FILE,
-                {
-                    **environment(),
-                    "device": p.device,
-                    "dtype": str(p.dtype).replace("torch.", ""),
-                    "precision": p.precision,
-                    "world_size": world_size(),
-                    "datasets": {"train": _data_record(p.train_data), "eval": _data_record(p.eval_data)},
-                },
-            )
+            _open_folder(p, folder, files=files, resume=resume, overrides=overrides, started=started)
         emit(Event("status", {"state": "loading", "notes": notes} if notes else {"state": "loading"}))
 
         # 2. Model and trainer.
         trainer, tokenizer = _build_trainer(p, folder, emit, stop)
-        trainable = sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)
-        total = sum(x.numel() for x in trainer.model.parameters())
-        emit(
-            Event(
-                "started",
-                {
-                    "name": spec.name,
-                    "model": spec.model,
-                    "device": p.device,
-                    "dtype": str(p.dtype).replace("torch.", ""),
-                    "train_rows": len(p.train_data),
-                    "eval_rows": len(p.eval_data) if p.eval_data is not None else 0,
-                    "trainable_params": int(trainable),
-                    "total_params": int(total),
-                    "max_steps": p.steps,
-                    "num_train_epochs": p.sft_args.get("num_train_epochs"),
-                    "resumed_from": str(checkpoint) if checkpoint else None,
-                    "resume_overrides": overrides,
-                    **({"watch": p.answers.describe()} if p.answers else {}),
-                },
-            )
-        )
-        status(state="training", max_steps=p.steps)
+        emit(_started_event(p, trainer, checkpoint, overrides))
+        if folder:
+            folder.update_status(state="training", max_steps=p.steps)
     except BaseException as err:
         if folder and fresh:
             folder.remove()  # nothing was trained: the error on screen is the whole story
@@ -324,6 +275,64 @@ def _train(
     if sink is not None:
         sink(Event("failed", {"step": step, "error": failure.cause, "hint": failure.hint}))
     raise failure
+
+
+def _open_folder(p: Plan, folder, *, files, resume: bool, overrides: list[str], started: float) -> None:
+    """What a run folder holds before training: the cell (scrubbed), the status (loading), the config
+    (no secrets), the environment (versions, device, precision, the data's fingerprints)."""
+    import os
+
+    from ..run.folder import ENVIRONMENT_FILE, environment
+    from ..secrets import scrub_text
+
+    if resume:
+        folder.set_aside_broken_checkpoints()
+    for name, text in (files or {}).items():
+        folder.write_text(name, scrub_text(text))
+    folder.update_status(
+        state="loading",
+        started=started,
+        pid=os.getpid(),
+        step=int(folder.status().get("step") or 0) if resume else 0,
+        world_size=world_size(),
+        **({"resume_overrides": overrides} if overrides else {}),
+    )
+    folder.write_config(p.config())
+    folder.write_json(
+        ENVIRONMENT_FILE,
+        {
+            **environment(),
+            "device": p.device,
+            "dtype": str(p.dtype).replace("torch.", ""),
+            "precision": p.precision,
+            "world_size": world_size(),
+            "datasets": {"train": _data_record(p.train_data), "eval": _data_record(p.eval_data)},
+        },
+    )
+
+
+def _started_event(p: Plan, trainer, checkpoint, overrides: list[str]) -> Event:
+    """The ``started`` event: the run, the model and its parameters, the data, the steps, the watch."""
+    trainable = sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)
+    total = sum(x.numel() for x in trainer.model.parameters())
+    return Event(
+        "started",
+        {
+            "name": p.spec.name,
+            "model": p.spec.model,
+            "device": p.device,
+            "dtype": str(p.dtype).replace("torch.", ""),
+            "train_rows": len(p.train_data),
+            "eval_rows": len(p.eval_data) if p.eval_data is not None else 0,
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "max_steps": p.steps,
+            "num_train_epochs": p.sft_args.get("num_train_epochs"),
+            "resumed_from": str(checkpoint) if checkpoint else None,
+            "resume_overrides": overrides,
+            **({"watch": p.answers.describe()} if p.answers else {}),
+        },
+    )
 
 
 def _one_line(err: BaseException) -> str:
