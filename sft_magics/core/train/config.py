@@ -146,7 +146,8 @@ class TrainSpec:
         from ..data.spec import check_dataset_value
         from ..run.folder import validate_name
         from .recipe import read_recipe
-        from .watch import WATCH_KEYS, check_watch_keys
+        from .watch import WATCH_KEYS
+        from .watch_plan import check_watch_keys
 
         config, notes = read_recipe(config or {})
         if config.get("output_dir") is not None:

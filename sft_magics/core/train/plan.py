@@ -125,7 +125,7 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     from ..data.load import train_val_split
     from ..data.spec import load_dataset_spec
     from ..models import choose_device_dtype
-    from .watch import plan_watch
+    from .watch_plan import plan_watch
 
     check_sft_values(spec.sft, sft_config_fields())  # a spec made in Python, not by from_mapping: before loading
     train_data = load_dataset_spec(spec.dataset, namespace=namespace)
