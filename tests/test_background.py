@@ -14,6 +14,7 @@ import pytest
 from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
+from sft_magics.core.errors import ConfigError
 from sft_magics.core.events import Event
 from sft_magics.core.files import read_events, read_json
 from sft_magics.core.train import worker as w
@@ -106,12 +107,16 @@ def test_killed_worker_is_recorded_as_failed_with_its_log(tiny_model, qa_jsonl, 
 
 
 def test_exception_in_the_worker_is_recorded(tiny_model, qa_jsonl, tmp_path):
-    run = w.launch(_spec(tmp_path, tiny_model, qa_jsonl, "broken", optim="not_an_optimizer"))
+    # An optimizer TRL's config accepts but that cannot be built here (no bitsandbytes): the worker fails.
+    run = w.launch(_spec(tmp_path, tiny_model, qa_jsonl, "broken", optim="adamw_bnb_8bit"))
     record = run.wait(timeout=120)
     status = read_json(run.path / "status.json")
     assert record["status"] == "failed"
-    assert status["error"].startswith("ConfigError: invalid training config")
-    assert "not_an_optimizer" in status["error"]
+    assert status["error"].startswith("ImportError: You need to install `bitsandbytes`")
+    # A value TRL's own config refuses is one line at launch, before any run folder (issue 23).
+    with pytest.raises(ConfigError, match="^invalid training config: not_an_optimizer is not a valid OptimizerNames"):
+        w.launch(_spec(tmp_path, tiny_model, qa_jsonl, "refused", optim="not_an_optimizer"))
+    assert not (tmp_path / "runs" / "refused").exists()
 
 
 def test_a_second_run_on_a_live_folder_is_refused_and_stop_is_graceful(shell, tiny_model, qa_jsonl, tmp_path):
