@@ -5,7 +5,7 @@ Speed: the texts are rendered with the chat template per row (strings only, thro
 sandboxed ``apply_chat_template``, many conversations per call), then tokenized in ONE batched call of
 the fast (Rust) tokenizer, and the trained-token masks are derived from character spans with the same
 rules as :func:`sft_magics.core.template.tokenize_row` (which stays the definition; rows this module
-cannot do in batch go through it one by one). ``tests/test_stats.py`` checks, row by row, that both
+cannot do in batch go through it one by one). ``tests/core/template/test_stats.py`` checks, row by row, that both
 give the same counts.
 
 Counts per row are kept as token *ranges* of trained tokens, so the truncation questions (what would

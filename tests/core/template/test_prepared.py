@@ -9,7 +9,7 @@ import pytest
 
 from sft_magics.core.data.load import load_data
 from sft_magics.core.template.prepared import to_trl_rows
-from tests.test_stats import DATASETS, MARKERS_TEMPLATE
+from tests.core.template.test_stats import DATASETS, MARKERS_TEMPLATE
 
 
 @pytest.fixture

@@ -251,7 +251,7 @@ def test_batched_counts_on_the_example_data(tok):
     """The bundled task, every row: same totals and trained counts as tokenize_row."""
     from pathlib import Path
 
-    data = load_data(str(Path(__file__).resolve().parent.parent / "examples" / "data" / "val.jsonl"))
+    data = load_data(str(Path(__file__).resolve().parents[3] / "examples" / "data" / "val.jsonl"))
     stats = data_stats(data, tok)
     method = choose_mask_method(tok)
     for i in range(len(data)):
