@@ -25,7 +25,7 @@ _LAZY = {
     "train": "sft_magics.core.train",
     "ConfigError": "sft_magics.core.errors",
     "data_stats": "sft_magics.core.template",
-    "render": "sft_magics.core.template",
+    "render": "sft_magics.core.template.tokens",
     "generate": "sft_magics.core.evaluate",
 }
 

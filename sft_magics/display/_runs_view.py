@@ -45,9 +45,11 @@ def _status(r: Mapping[str, Any]) -> str:
         text += f" (pid {r['pid']})"
     if (r.get("world_size") or 1) > 1:
         text += f" ×{r['world_size']} processes"
-    if r.get("status") in ("failed", "stale", "damaged"):  # the cause, not only the word
+    if r.get("status") in ("failed", "stale"):  # the cause, not only the word
         cause = str(r.get("error") or "its process ended without a final status")
         text += f": {cause[:80]}{'…' if len(cause) > 80 else ''}"
+    if r.get("damaged"):  # files that could not all be read: the run is shown, and so is what is wrong
+        text += f" — damaged: {str(r['damaged'])[:80]}{'…' if len(str(r['damaged'])) > 80 else ''}"
     return text
 
 

@@ -50,7 +50,9 @@ def check_dataset_value(value: Any, key: str = "dataset") -> None:
         raise DataError(f"{key}: 'path' is required (a file, folder, Hub id or notebook variable)")
     for name in ("split", "config", "name"):
         check_text(f"{key}.{name}", value.get(name), "a name")
-    check_text(f"{key}.system", value.get("system"), "the text of a system message")
+    system = value.get("system")
+    if system is not None and not isinstance(system, str):  # "" adds nothing, as before
+        check_text(f"{key}.system", system, "the text of a system message")
     convert = value.get("convert")
     if convert is not None and not callable(convert):
         check_text(f"{key}.convert", convert, "a function row -> conversation, or the name of a notebook function")
@@ -95,7 +97,7 @@ def _load_mixture(value: Mapping, namespace: Mapping[str, Any] | None) -> Loaded
     from datasets import concatenate_datasets
 
     entries = value["mixture"]  # checked by check_dataset_value
-    seed = value.get("seed", 42)
+    seed = 42 if value.get("seed") is None else value["seed"]  # the same rows on every load
     parts, described = [], []
     for entry in entries:
         entry = dict(entry)

@@ -26,8 +26,12 @@ def run_record(run_dir: Path) -> dict:
         return {
             "name": run_dir.name,
             "path": str(run_dir),
-            "status": "damaged",
-            "error": f"cannot be read: {one_line(err, 120, named=True)}",
+            "model": None,
+            "dataset": None,
+            "steps": None,
+            "max_steps": None,
+            "status": "unknown",
+            "damaged": f"cannot be read: {one_line(err, 120, named=True)}",
             "history": [],
             "eval_history": [],
         }
@@ -73,11 +77,6 @@ def _run_record(run_dir: Path) -> dict:
     if state in LIVE_STATES and not pid:
         state = "stale"  # its process is gone without a final status
     error = status.get("error")
-    if problems and state not in LIVE_STATES:
-        state, error = (
-            "damaged",
-            "; ".join(problems) + (f" (it was {status.get('state')})" if status.get("state") else ""),
-        )
     return {
         "name": run_dir.name,
         "path": str(run_dir),
@@ -97,6 +96,7 @@ def _run_record(run_dir: Path) -> dict:
         "hint": status.get("hint"),
         "best": f"{progress.watch['metric']} {progress.best_text()}" if progress.best else None,
         "early_stop": status.get("early_stop"),
+        "damaged": "; ".join(problems) or None,  # what is wrong in its files; the state is still its own
     }
 
 

@@ -9,10 +9,9 @@ from ..files import read_json
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): what a number field of a run file must be."""
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or float (not a bool; NaN and infinity are numbers: a loss can diverge): what a number
+    field of a run file must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # status.json fields a record reads, and what each must be (a run folder someone edited, or a damaged disk).
@@ -46,7 +45,9 @@ def read_status(run_dir: Path) -> tuple[dict, list[str]]:
         if kind is None or value is None:
             good[key] = value
         elif (kind in (str, dict) and isinstance(value, kind)) or (
-            kind in (int, float) and is_number(value) and (kind is float or float(value).is_integer())
+            kind in (int, float)
+            and is_number(value)
+            and (kind is float or (value == value and float(value).is_integer()))
         ):
             good[key] = int(value) if kind is int else value
         else:

@@ -120,17 +120,27 @@ def _store(prepared, folder: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)  # a cache: no space, no write access, a race — only time is lost
 
 
-def check_something_trained(prepared, max_length: int | None, tokenizer=None) -> None:
+def check_something_trained(
+    prepared, max_length: int | None, tokenizer=None, *, truncation_mode: str = "keep_start", packing: bool = False
+) -> None:
     """Before training: at least one row keeps a trained token once TRL truncates it to ``max_length``
     (TRL drops rows with none, and with none left it fails at its first step with a sampler error).
     Else one line that says why: no answer text was rendered to train on (or the template's
     generation markers enclose nothing), or every answer lies past ``max_length``."""
     from ..errors import ConfigError
 
+    if packing or not max_length:  # packed rows are not cut at max_length (bfd_split, wrapped carry the rest on)
+        max_length = None
+
+    def kept(mask):
+        if max_length is None:
+            return mask
+        return mask[-max_length:] if truncation_mode == "keep_end" else mask[:max_length]
+
     untrained = truncated = 0
     for batch in prepared.iter(batch_size=1000):
         for mask in batch["assistant_masks"]:
-            if any(mask[:max_length] if max_length else mask):
+            if any(kept(mask)):
                 return  # the usual case: found in the first row
             if any(mask):
                 truncated += 1

@@ -63,9 +63,19 @@ class _Watchdog:
     per render."""
 
     def __init__(self) -> None:
+        import os
+
+        self._reset()
+        # datasets' map(num_proc=...) forks: a child has the parent's state but not its thread (and
+        # perhaps a lock the thread held at the fork). Start afresh in every child.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         import threading
 
         self.deadlines: dict[int, float] = {}
+        self.fired: set[int] = set()  # threads sent a timeout that their render has not yet seen
         self.lock = threading.Lock()
         self.thread = None
 
@@ -79,19 +89,23 @@ class _Watchdog:
             with self.lock:
                 for tid, deadline in list(self.deadlines.items()):
                     if now > deadline:
-                        del self.deadlines[tid]
+                        # Again each second while the render goes on: a library that swallowed the first
+                        # (a __del__, a callback) does not make the render unbounded.
+                        self.deadlines[tid] = now + 1.0
+                        self.fired.add(tid)
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(tid), ctypes.py_object(_RenderTimeout)
                         )
 
     def __call__(self, seconds: float):
         import contextlib
+        import ctypes
         import threading
         import time
 
-        if self.thread is None:
+        if self.thread is None or not self.thread.is_alive():
             with self.lock:
-                if self.thread is None:
+                if self.thread is None or not self.thread.is_alive():
                     self.thread = threading.Thread(target=self._run, name="sft-template-watchdog", daemon=True)
                     self.thread.start()
         tid = threading.get_ident()
@@ -105,6 +119,9 @@ class _Watchdog:
             finally:
                 with self.lock:
                     self.deadlines.pop(tid, None)
+                    if tid in self.fired:  # a timeout sent as the render ended: never raised after it
+                        self.fired.discard(tid)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
 
         return bounded()
 
@@ -121,12 +138,13 @@ def template_text(tokenizer, chat_template=None) -> str | None:
 
 
 @contextlib.contextmanager
-def bounded(template: str | None, what: str = "", *, scale: float = 1.0, confirm: bool = False):
+def bounded(template: str | None, what: str = "", *, scale: float = 1.0, confirm: bool = False, refuse: bool = True):
     """Any call that renders ``template`` (ours, or a library's), inside the bound: past
     ``RENDER_SECONDS * scale`` it is stopped and becomes :class:`TemplateTimeout`, and the template
     is refused from then on. ``what`` says where (``" in TRL's get_training_chat_template"``).
     ``confirm``: render a template that timed out once more (to find the row that showed it);
-    a render that then ends in time lifts the refusal."""
+    a render that then ends in time lifts the refusal. ``refuse=False`` (a batch of conversations, which
+    its caller then renders one by one): the timeout is raised but the template is not refused yet."""
     if template is not None and template in _refused and not confirm:
         raise TemplateTimeout(f"{_refused[template]} (refused until the template is changed)", template, located=True)
     seconds = RENDER_SECONDS * scale
@@ -137,7 +155,7 @@ def bounded(template: str | None, what: str = "", *, scale: float = 1.0, confirm
         global timeouts
         timeouts += 1
         message = f"the chat template ran for more than {seconds:g} s{what} and was stopped (a loop that does not end?)"
-        if template is not None:
+        if template is not None and refuse:
             _refused[template] = message
         raise TemplateTimeout(message, template) from None
     if confirm and template is not None:
@@ -161,7 +179,9 @@ def apply_chat_template(tokenizer, conversation, *, confirm: bool = False, **kwa
     chars = _content_chars(conversation if many else [conversation])
     scale = min(1 + chars // 1_000_000, 8)
     try:
-        with bounded(template_text(tokenizer, kwargs.get("chat_template")), scale=scale, confirm=confirm):
+        with bounded(
+            template_text(tokenizer, kwargs.get("chat_template")), scale=scale, confirm=confirm, refuse=not many
+        ):
             out = tokenizer.apply_chat_template(conversation, **kwargs)
     except TemplateError:
         raise

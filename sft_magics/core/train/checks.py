@@ -128,14 +128,15 @@ def check_seed(key: str, value: Any) -> None:
         raise refuse(key, value, "a whole number ≥ 0 (a random seed)")
 
 
-def check_split_size(key: str, value: Any) -> None:
-    """A held-out part: a fraction in (0, 1) of the rows, or a whole number of rows."""
-    if value is None:
-        return
-    if _is_int(value) and value >= 1:
-        return
-    if isinstance(value, float) and 0 < value < 1:
-        return
+def check_split_size(key: str, value: Any) -> Any:
+    """A held-out part: a fraction in (0, 1) of the rows, or a whole number of rows (``500.0`` and the
+    string ``"0.05"`` read as the numbers they are). Returns the value as a number (None: none given)."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and value >= 1 and value.is_integer():
+        value = int(value)
+    if value is None or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value < 1):
+        return value
     raise refuse(key, value, "a fraction between 0 and 1 (exclusive) or a whole number of rows ≥ 1")
 
 

@@ -179,10 +179,10 @@ def plan(spec: TrainSpec, *, namespace: Mapping | None = None, world: int = 1, d
     if device == "cpu" and asked not in (None, "auto", "float32", "fp32"):
         notes.append(f"dtype {asked}: the weights load in float32 on this CPU (bf16: true autocasts instead)")
     spec = _speed_settings(spec, sft_args, device, notes)
-    sft_config(
-        str(spec.run_dir),
-        {k: v for k, v in sft_args.items() if k not in ("assistant_only_loss", "completion_only_loss")},
-    )
+    # TRL's and transformers' own checks of the values (the precision is ours, checked above: the
+    # build here must not depend on this machine's hardware, a plan can be for a GPU).
+    values = {k: v for k, v in sft_args.items() if k not in ("assistant_only_loss", "completion_only_loss")}
+    sft_config(str(spec.run_dir), {**values, "use_cpu": True, "bf16": False, "fp16": False})
     steps = planned_steps(len(train_data), sft_args, world)
     return Plan(
         spec=spec,

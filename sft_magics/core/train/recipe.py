@@ -191,12 +191,13 @@ def _read_data(config: dict, notes: list[str]) -> dict:
                 "dataset_mixture: expected {datasets: [{id, config, split, columns, weight}], seed, test_split_size}"
             )
         check_seed("dataset_mixture.seed", mixture.get("seed"))
-        check_split_size("dataset_mixture.test_split_size", mixture.get("test_split_size"))
+        size = mixture.get("test_split_size") or None  # 0: no held-out part, as the handbook reads it
+        size = check_split_size("dataset_mixture.test_split_size", size)
         entries = [_mixture_entry(k, d) for k, d in enumerate(mixture["datasets"])]
-        out["dataset"] = {"mixture": entries, "seed": mixture.get("seed", 42)}
+        out["dataset"] = {"mixture": entries, "seed": 42 if mixture.get("seed") is None else mixture["seed"]}
         streaming = streaming or mixture.get("streaming") is True
-        if mixture.get("test_split_size"):
-            out["eval_split"] = mixture["test_split_size"]  # a fraction or a row count (checked above)
+        if size is not None:
+            out["eval_split"] = size  # a fraction or a row count
         notes.append(
             f"dataset_mixture → dataset (a mixture of {len(entries)})"
             + (f", test_split_size → eval_split {out['eval_split']:g}" if "eval_split" in out else "")

@@ -366,7 +366,9 @@ def _build_trainer(p: Plan, folder, emit: Sink, stop: StopFlag):
         callbacks.append(EarlyStoppingCallback(p.watch.patience, p.watch.threshold))
     # prepared once (cached); dataset_num_proc processes side by side
     train_rows = to_trl_rows(p.train_data, tokenizer, train_on_all=train_on_all, num_proc=args.dataset_num_proc)
-    check_something_trained(train_rows, args.max_length, tokenizer)
+    check_something_trained(
+        train_rows, args.max_length, tokenizer, truncation_mode=args.truncation_mode, packing=bool(args.packing)
+    )
     trainer = trainer_class(p.answers, emit)(
         model=model,
         args=args,

@@ -261,7 +261,7 @@ def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) 
     supervisor = read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
     while True:
         record = run_record(run_dir)
-        if record["status"] in FINAL_STATES + ("stale", "damaged"):
+        if record["status"] in FINAL_STATES + ("stale",):
             return record
         if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
             time.sleep(poll)  # the supervisor writes the final status just before it exits

@@ -291,7 +291,7 @@ def test_csv_and_parquet_are_read_by_blocks(tmp_path, small_chunks):
     parquet = tmp_path / "rows.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(parquet))
     for path in (csv, parquet):
-        assert sources.read_source(str(path))[0] == rows
+        assert list(sources.iter_source(str(path))[0]) == rows
         loaded = load_data(str(path))
         assert plain(loaded.dataset) == [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
         assert "dropped columns not used by the prompt_completion format: extra" in loaded.notes
