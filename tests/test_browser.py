@@ -32,8 +32,10 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "examples" / "data" / "train.jsonl"
-VAL = ROOT / "examples" / "data" / "val.jsonl"
+# As the README writes them: the notebook's folder holds examples/ (a link to the repository's), so
+# the cells and the screenshots show the paths a newcomer types, not this machine's.
+TRAIN = "examples/data/train.jsonl"
+VAL = "examples/data/val.jsonl"
 INSTALL = Path(__file__).resolve().parent / "browser" / "install_browser.sh"
 # Chromium as root in a closed network: no sandbox, no GPU, no calls home (they fail by the dozen).
 CHROMIUM_ARGS = [
@@ -70,9 +72,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _notebook(runs: Path) -> dict:
+def _notebook() -> dict:
     cells = [
-        f"%load_ext sft_magics\n%config SftMagics.output_dir = {str(runs)!r}",
+        "%load_ext sft_magics",
         'conversation = [\n    {"role": "user", "content": "What is the capital of France?"},\n'
         '    {"role": "assistant", "content": "The capital of France is Paris."},\n]\n'
         "%sft_template smollm2-135m --messages conversation",
@@ -97,7 +99,8 @@ def _notebook(runs: Path) -> dict:
 def lab(tmp_path_factory, chromium):
     """A JupyterLab server on localhost serving a folder with browser.ipynb; yields (url, folder)."""
     root = tmp_path_factory.mktemp("lab")
-    (root / "browser.ipynb").write_text(json.dumps(_notebook(root / "runs")))
+    (root / "browser.ipynb").write_text(json.dumps(_notebook()))
+    (root / "examples").symlink_to(ROOT / "examples")  # runs/ is made beside it, in the notebook's folder
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # No "get notified about Jupyter news?" toast over the screenshots, no update checks.
