@@ -71,8 +71,8 @@ def run_script(out: Path, name: str, steps: int, bf16: bool, thread: bool = Fals
             """\
         import threading
         import yaml
-        from sft_magics.core.config import TrainSpec
-        from sft_magics.core.train import train
+        from sft_magics.core.train.config import TrainSpec
+        from sft_magics.core.train.trainer import train
         """
         )
         + call

@@ -45,10 +45,10 @@ def measure(side: str, rows: int, turns: int) -> dict:
     sys.path.insert(0, str(HERE.parent))
     from bench_prepare import conversations
 
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
     from sft_magics.core.models import load_tokenizer
-    from sft_magics.core.stats import data_stats
-    from sft_magics.core.template import choose_mask_method, tokenize_row
+    from sft_magics.core.template.doctor import data_stats
+    from sft_magics.core.template.tokens import choose_mask_method, tokenize_row
 
     tokenizer = load_tokenizer("smollm2-135m")
     data = load_data(conversations(rows, turns))

@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sft_magics.core.data import load_data
-    from sft_magics.core.evaluate import examples_from
-    from sft_magics.core.generation import generate, prompt_token_counts
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.evaluate.evaluation import examples_from
+    from sft_magics.core.evaluate.generation import generate, prompt_token_counts
     from sft_magics.core.models import load_model
 
     if args.threads:

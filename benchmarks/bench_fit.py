@@ -49,9 +49,10 @@ def measure(model: str, batch: int, length: int, extra: dict, steps: int, tmp: P
     import torch  # noqa: F401
     import trl  # noqa: F401
 
-    from sft_magics.core.config import TrainSpec, plan
-    from sft_magics.core.memory import fit_check
-    from sft_magics.core.train import train
+    from sft_magics.core.train.config import TrainSpec
+    from sft_magics.core.train.memory import fit_check
+    from sft_magics.core.train.plan import plan
+    from sft_magics.core.train.trainer import train
 
     if model == "tiny":
         from sft_magics.testing import make_tiny_model

@@ -38,12 +38,13 @@ def main() -> None:
 
     import torch
 
-    from sft_magics.core.data import load_data
-    from sft_magics.core.evaluate import examples_from
-    from sft_magics.core.export import eval_probes, export_model, export_source
-    from sft_magics.core.generation import render_prompts, stop_token_ids
-    from sft_magics.core.llamacpp import LlamaCpp
-    from sft_magics.core.metrics import json_match
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.evaluate.evaluation import examples_from
+    from sft_magics.core.evaluate.generation import render_prompts, stop_token_ids
+    from sft_magics.core.evaluate.metrics import json_match
+    from sft_magics.core.export.folder import export_model
+    from sft_magics.core.export.llamacpp import LlamaCpp
+    from sft_magics.core.export.source import eval_probes, export_source
     from sft_magics.core.models import load_model
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-gguf-"))

@@ -52,9 +52,9 @@ def measure(side: str, path: str) -> dict:
 
     from bench_doctor import _status
 
-    from sft_magics.core import data as D
-    from sft_magics.core.formats import _normalize
-    from sft_magics.core.sources import read_source
+    from sft_magics.core.data import load as D
+    from sft_magics.core.data.formats import _normalize
+    from sft_magics.core.data.sources import read_source
 
     D.load_data([{"prompt": "warm", "completion": "up"}] * 3)  # first-call imports not measured
     gc.collect()

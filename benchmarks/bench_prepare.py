@@ -41,7 +41,7 @@ def conversations(n: int, turns: int) -> list[dict]:
 
 
 def per_row(data, tokenizer):
-    from sft_magics.core.template import choose_mask_method, tokenize_row
+    from sft_magics.core.template.tokens import choose_mask_method, tokenize_row
 
     method = choose_mask_method(tokenizer)
     out = []
@@ -52,14 +52,14 @@ def per_row(data, tokenizer):
 
 
 def batched(data, tokenizer):
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     rows = to_trl_rows(data, tokenizer, cache=False)
     return list(zip(rows["input_ids"], rows["assistant_masks"]))
 
 
 def cached(data, tokenizer):
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     rows = to_trl_rows(data, tokenizer)  # prepared (and stored) by the untimed first call
     return list(zip(rows["input_ids"], rows["assistant_masks"]))
@@ -78,7 +78,7 @@ def main() -> None:
 
     os.environ["SFT_MAGICS_CACHE"] = tempfile.mkdtemp(prefix="bench-prepare-")
 
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
     from sft_magics.core.models import load_tokenizer
 
     datasets.disable_caching()  # every round prepares from scratch

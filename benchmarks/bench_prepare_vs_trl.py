@@ -58,9 +58,9 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
     from sft_magics.core.models import load_tokenizer
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.template.prepared import to_trl_rows
 
     datasets.disable_caching()
     datasets.disable_progress_bars()

@@ -191,10 +191,10 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
     from sft_magics.core.models import load_tokenizer
-    from sft_magics.core.stats import data_stats
-    from sft_magics.core.template import choose_mask_method, tokenize_row
+    from sft_magics.core.template.doctor import data_stats
+    from sft_magics.core.template.tokens import choose_mask_method, tokenize_row
 
     tokenizer = load_tokenizer(args.model)
     rows = synthetic_conversations(args.rows)

@@ -241,8 +241,8 @@ def plain_run(work: Path, model_dir: Path, data: Path, name: str, steps: int) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft_magics.core.data import load_data
-    from sft_magics.core.prepared import to_trl_rows
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.template.prepared import to_trl_rows
 
     clock = cpu_clock_callback()
     t0 = time.perf_counter()

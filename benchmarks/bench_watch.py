@@ -37,8 +37,8 @@ DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
 
 def one_run(root: Path, name: str, steps: int, sample: int | None) -> tuple[float, float]:
     """(train_runtime seconds, seconds spent generating and scoring answers)."""
-    from sft_magics.core.config import TrainSpec
-    from sft_magics.core.train import train
+    from sft_magics.core.train.config import TrainSpec
+    from sft_magics.core.train.trainer import train
 
     config = {
         "model": "smollm2-135m",

@@ -21,12 +21,12 @@ _LAZY = {
     "resolve_model": "sft_magics.core.models",
     "ModelError": "sft_magics.core.models",
     "DEFAULT_MODEL": "sft_magics.core.models",
-    "TrainSpec": "sft_magics.core.config",
+    "TrainSpec": "sft_magics.core.train",
     "train": "sft_magics.core.train",
-    "ConfigError": "sft_magics.core.config",
-    "data_stats": "sft_magics.core.stats",
-    "render": "sft_magics.core.template",
-    "generate": "sft_magics.core.generation",
+    "ConfigError": "sft_magics.core.errors",
+    "data_stats": "sft_magics.core.template",
+    "render": "sft_magics.core.template.tokens",
+    "generate": "sft_magics.core.evaluate",
 }
 
 

@@ -28,7 +28,7 @@ def _run_process(argv: list[str]) -> int:
     multi-process runs (see sft_magics/core/worker.py)."""
     import argparse
 
-    from .core import worker
+    from .core.train import worker
 
     parser = argparse.ArgumentParser(prog=f"python -m sft_magics {argv[0]}")
     parser.add_argument("run_dir")

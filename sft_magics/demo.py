@@ -65,7 +65,7 @@ def run_demo(steps: int = 40, output_dir: str = "runs", data_dir: Path = EXAMPLE
         timings[title] = round(time.perf_counter() - t, 1)
 
     run, scores = shell.user_ns["run"], shell.user_ns["scores"]
-    from .core.generation import generate
+    from .core.evaluate.generation import generate
 
     probe = "What is the capital of France?"
     reply = generate(run.model, run.tokenizer, [[{"role": "user", "content": probe}]], max_new_tokens=32)[0]

@@ -32,7 +32,10 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "examples" / "data" / "train.jsonl"
+# As the README writes them: the notebook's folder holds examples/ (a link to the repository's), so
+# the cells and the screenshots show the paths a newcomer types, not this machine's.
+TRAIN = "examples/data/train.jsonl"
+VAL = "examples/data/val.jsonl"
 INSTALL = Path(__file__).resolve().parent / "browser" / "install_browser.sh"
 # Chromium as root in a closed network: no sandbox, no GPU, no calls home (they fail by the dozen).
 CHROMIUM_ARGS = [
@@ -69,14 +72,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _notebook(runs: Path) -> dict:
+def _notebook() -> dict:
     cells = [
-        f"%load_ext sft_magics\n%config SftMagics.output_dir = {str(runs)!r}",
+        "%load_ext sft_magics",
         'conversation = [\n    {"role": "user", "content": "What is the capital of France?"},\n'
         '    {"role": "assistant", "content": "The capital of France is Paris."},\n]\n'
         "%sft_template smollm2-135m --messages conversation",
         f"%%sft_train --name browser -o run\nmodel: smollm2-135m\ndataset: {TRAIN}\nmax_steps: {MAX_STEPS}\n"
-        f"per_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nlogging_steps: 1\nsave_steps: {MAX_STEPS}\n",
+        f"per_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nlogging_steps: 1\nsave_steps: {MAX_STEPS}\n"
+        # A watched run: two held-out questions answered at each evaluation (the answers panel).
+        f"eval_dataset: {VAL}\neval_steps: 3\neval_generate: 2\neval_max_new_tokens: 24\n",
         'print(f"final status: {run.status} at step {run.global_step}")',
     ]
     return {
@@ -94,7 +99,8 @@ def _notebook(runs: Path) -> dict:
 def lab(tmp_path_factory, chromium):
     """A JupyterLab server on localhost serving a folder with browser.ipynb; yields (url, folder)."""
     root = tmp_path_factory.mktemp("lab")
-    (root / "browser.ipynb").write_text(json.dumps(_notebook(root / "runs")))
+    (root / "browser.ipynb").write_text(json.dumps(_notebook()))
+    (root / "examples").symlink_to(ROOT / "examples")  # runs/ is made beside it, in the notebook's folder
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # No "get notified about Jupyter news?" toast over the screenshots, no update checks.
@@ -251,6 +257,12 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
             assert "loss" in dash.locator("table.sft-metrics").inner_text()
             header = dash.locator(".widget-html").first.inner_text()
             assert "training" in header and "smollm2-135m on cpu" in header, header
+            # The answers panel of a watched run: the held-out questions, their references, the answers.
+            panel = dash.locator(".sft-samples")
+            panel.first.wait_for(timeout=240_000)
+            caption = panel.first.inner_text()
+            assert re.search(r"answers at step \d+ \(2 rows", caption), caption
+            assert "prompt" in caption and "reference" in caption and "answer now" in caption, caption
             shoot(cells.nth(2), "training.png")
 
             # 3. Stop: the click reaches the kernel while it trains; the run ends as "stopped".

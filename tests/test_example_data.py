@@ -25,7 +25,7 @@ def test_committed_files_are_what_the_generator_writes():
 
 
 def test_no_validation_sentence_occurs_in_training():
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
 
     def rows(path):
         return [(r["messages"][0]["content"], r["messages"][-1]["content"]) for r in load_data(str(path)).dataset]

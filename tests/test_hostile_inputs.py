@@ -44,7 +44,7 @@ def _messages_jsonl(path: Path, n: int) -> str:
 
 @pytest.fixture
 def short_bound(monkeypatch):
-    from sft_magics.core import render
+    from sft_magics.core.template import render
 
     monkeypatch.setattr(render, "RENDER_SECONDS", 0.5)
     monkeypatch.setattr(render, "_refused", {})
@@ -63,7 +63,7 @@ def test_a_template_that_never_ends_fails_train_in_a_subprocess_within_two_bound
         f"""
         import time
         from IPython.core.interactiveshell import InteractiveShell
-        from sft_magics.core import render
+        from sft_magics.core.template import render
         render.RENDER_SECONDS = 2.0
         sh = InteractiveShell.instance()
         sh.run_line_magic("load_ext", "sft_magics")
@@ -155,9 +155,9 @@ FORMATS = {
 @pytest.mark.parametrize("eos", [None, "<|endoftext|>"])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_the_trained_end_token_is_the_saved_models_end(shell, tiny_model, tmp_path, monkeypatch, fmt, eos):
-    from sft_magics.core import train as train_module
-    from sft_magics.core.generation import end_of_turn_token, stop_token_ids
+    from sft_magics.core.evaluate.generation import end_of_turn_token, stop_token_ids
     from sft_magics.core.models import load_model
+    from sft_magics.core.train import trainer as train_module
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(FORMATS[fmt](i)) + "\n" for i in range(8)))
@@ -337,28 +337,26 @@ def test_sft_runs_lists_every_readable_run_and_marks_the_damaged_ones(shell, tin
     records = shell.user_ns["table"]
     rows = {r["name"]: r for r in (records.to_dict("records") if hasattr(records, "to_dict") else records)}
     assert set(rows) == {"good", "bad-metrics", "bad-status", "bad-both"}
-    assert rows["good"]["status"] == "finished"
-    assert rows["bad-metrics"]["status"] == "damaged"
-    assert (
-        "metrics.jsonl: 2 event(s) with fields of other types skipped (it was finished)" in rows["bad-metrics"]["error"]
-    )
-    assert rows["bad-status"]["status"] == "damaged"
-    assert "status.json: 'ended' is 'yesterday', not a time" in rows["bad-status"]["error"]
-    assert "status.json: 'step' is [1], not a step number" in rows["bad-status"]["error"]
-    assert rows["bad-both"]["status"] == "damaged"
-    assert "status.json cannot be read" in rows["bad-both"]["error"]
+    assert rows["good"]["status"] == "finished" and rows["good"]["damaged"] is None
+    assert rows["bad-metrics"]["status"] == "finished"  # its state is its own; the damage is marked beside it
+    assert rows["bad-metrics"]["damaged"] == "metrics.jsonl: 2 event(s) with fields of other types skipped"
+    assert rows["bad-status"]["status"] == "finished"
+    assert "status.json: 'ended' is 'yesterday', not a time" in rows["bad-status"]["damaged"]
+    assert "status.json: 'step' is [1], not a step number" in rows["bad-status"]["damaged"]
+    assert rows["bad-both"]["status"] == "unknown"
+    assert "status.json cannot be read" in rows["bad-both"]["damaged"]
     # The plain table prints them all, the damaged ones with what is wrong.
     capsys.readouterr()
     shell.run_line_magic("sft_runs", "")
     text = capsys.readouterr().out
-    assert "damaged: status.json: 'step' is [1], not a step number" in text and "finished" in text
+    assert "finished — damaged: status.json: 'step' is [1], not a step number" in text
 
 
 # -- data read as written -----------------------------------------------------------------------------
 
 
 def test_csv_text_that_looks_like_a_missing_value_keeps_its_text(shell, tmp_path):
-    from sft_magics.core.data import load_data
+    from sft_magics.core.data.load import load_data
 
     path = tmp_path / "d.csv"
     path.write_text("prompt,completion\nSay NaN,NaN\nSay null,null\nSay N/A,N/A\nSay None,None\n")
@@ -371,7 +369,8 @@ def test_csv_text_that_looks_like_a_missing_value_keeps_its_text(shell, tmp_path
 
 
 def test_a_byte_that_is_not_utf8_is_named_by_its_exact_line(tmp_path):
-    from sft_magics.core.data import DataError, load_data
+    from sft_magics.core.data.load import load_data
+    from sft_magics.core.data.types import DataError
 
     good = json.dumps({"prompt": "p" * 40, "completion": "c" * 40}) + "\n"
     path = tmp_path / "d.jsonl"
@@ -393,7 +392,7 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_exact_line(tmp_path):
 def test_resume_falls_back_past_a_checkpoint_that_lost_files_without_a_mark(
     shell, tiny_model, qa_jsonl, tmp_path, lost
 ):
-    from sft_magics.core.checkpoints import CHECKPOINT_MARK
+    from sft_magics.core.run.checkpoints import CHECKPOINT_MARK
 
     cell = f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 4\nsave_steps: 1\nsave_total_limit: 5\n"
     shell.run_cell_magic("sft_train", "--name r", cell)
@@ -419,3 +418,66 @@ def test_trls_own_value_checks_run_at_plan_time_so_dry_run_shows_them(shell, tin
         with pytest.raises(UsageError, match=r"^invalid training config: bogus is not a valid SchedulerType"):
             shell.run_cell_magic("sft_train", f"--name sched {dry}", cell)
     assert not (tmp_path / "runs" / "sched").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_looping_row_is_bounded_in_preparation_worker_processes(shell, tiny_model, tmp_path, short_bound):
+    """dataset_num_proc forks datasets' map workers: the bound holds in each (the watchdog restarts there)."""
+    data = _messages_jsonl(tmp_path / "m.jsonl", 2000)
+    shell.user_ns["tpl"] = (
+        "{% for m in messages %}{% if m['content'] == 'Answer 1500.' %}"
+        + LOOP
+        + "{% endif %}{% endfor %}"
+        + CHATML_TEMPLATE
+    )
+    started = time.time()
+    with pytest.raises(UsageError, match=r"row 1500: the chat template ran for more than 0.5 s and was stopped"):
+        shell.run_cell_magic(
+            "sft_train",
+            "--name forked",
+            f"model: {tiny_model}\ndataset: {data}\nmax_steps: 1\nchat_template: tpl\ndataset_num_proc: 2\n",
+        )
+    assert time.time() - started < 120
+    assert not (tmp_path / "runs" / "forked").exists()
+
+
+def test_a_diverged_loss_is_a_value_not_damage(shell, tiny_model, qa_jsonl, tmp_path):
+    shell.run_cell_magic("sft_train", "--name nan", f"model: {tiny_model}\ndataset: {qa_jsonl}\nmax_steps: 1\n")
+    with open(tmp_path / "runs" / "nan" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "log", "step": 1, "loss": float("nan")}) + "\n")  # NaN, as json writes it
+    records = shell.run_line_magic("sft_runs", "-o t")
+    row = (records.to_dict("records") if hasattr(records, "to_dict") else records)[0]
+    assert row["status"] == "finished" and row["damaged"] is None and row["train_loss"] != row["train_loss"]
+    shell.run_line_magic("sft_wait", "nan")  # a finished run with a diverged loss: %sft_wait returns at once
+
+
+@pytest.mark.parametrize(
+    "mode, packing, trains",
+    [("keep_start", False, False), ("keep_end", False, True), ("keep_start", True, True)],
+)
+def test_the_trained_token_check_truncates_as_trl_will(mode, packing, trains):
+    from datasets import Dataset
+
+    from sft_magics.core.errors import ConfigError
+    from sft_magics.core.template.prepared import check_something_trained
+
+    rows = Dataset.from_dict({"input_ids": [[1] * 10] * 3, "assistant_masks": [[0] * 8 + [1] * 2] * 3})
+    check = lambda: check_something_trained(rows, 4, truncation_mode=mode, packing=packing)
+    if trains:
+        check()  # the answer survives: keep_end keeps it, packing does not cut rows
+    else:
+        with pytest.raises(ConfigError, match=r"3 have their trained tokens only past max_length 4"):
+            check()
+
+
+def test_recipe_and_dataset_values_that_worked_still_work():
+    from sft_magics.core.data.spec import check_dataset_value
+    from sft_magics.core.train.recipe import read_recipe
+
+    base = {"dataset_mixture": {"datasets": [{"id": "a.jsonl"}]}}
+    for size, expected in ((0, None), (500.0, 500), ("0.05", 0.05), (0.1, 0.1), (64, 64)):
+        config, _ = read_recipe({"dataset_mixture": {**base["dataset_mixture"], "test_split_size": size}})
+        assert config.get("eval_split") == expected, size
+    config, _ = read_recipe({"dataset_mixture": {**base["dataset_mixture"], "seed": None}})
+    assert config["dataset"]["seed"] == 42  # the same rows on every load, so resume finds them
+    check_dataset_value({"path": "a.jsonl", "system": ""})  # an empty system prompt adds nothing, as before

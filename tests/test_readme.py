@@ -36,7 +36,7 @@ def test_every_magic_and_flag_is_in_the_reference():
 
 
 def test_training_defaults_table_is_the_codes():
-    from sft_magics.core.config import defaults_markdown
+    from sft_magics.core.train.config import defaults_markdown
 
     assert defaults_markdown() in README, "README's defaults table drifted; paste:\n" + defaults_markdown()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.chat_templates import CHATML
+from sft_magics.core.template.chat_templates import CHATML
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def test_another_template_family_is_the_one_trained_evaluated_and_chatted_with(s
     r = shell.run_line_magic("sft_template", "--data " + qa_jsonl + f" {_run_dir(shell, 'zeph') / 'final'} -o r")
     texts = [t.text for t in r.tokens]
     assert "<|user|>" in texts and "<|assistant|>" in texts and "<|im_start|>" not in texts
-    from sft_magics.core.chat import ChatSession
+    from sft_magics.core.evaluate.chat import ChatSession
     from sft_magics.core.models import load_model
 
     loaded = load_model(str(_run_dir(shell, "zeph") / "final"))
@@ -104,7 +104,7 @@ def test_another_template_family_is_the_one_trained_evaluated_and_chatted_with(s
     # %sft_eval evaluates through the same template: its prompts are rendered by the run's tokenizer.
     report = shell.run_line_magic("sft_eval", f"zeph --data {qa_jsonl} --limit 2 --metrics loss,exact_match -o rep")
     assert report["tuned"].mean_prompt_tokens > 0
-    from sft_magics.core.generation import render_prompts
+    from sft_magics.core.evaluate.generation import render_prompts
 
     assert render_prompts(loaded.tokenizer, [report.eval_examples[0].prompt])[0].startswith("<|user|>")
 

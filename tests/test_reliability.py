@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from sft_magics.core.checkpoints import CHECKPOINT_MARK
 from sft_magics.core.files import read_events, read_json
-from sft_magics.core.runs import RunError, RunFolder
+from sft_magics.core.run.checkpoints import CHECKPOINT_MARK
+from sft_magics.core.run.folder import RunFolder
+from sft_magics.core.run.lock import RunError
 
 SECRET = "hf_SECRETabcdefghijklmnop123"
 COMMENT_SECRET = "hf_COMMENTabcdefghijklmno456"
@@ -283,7 +284,7 @@ def test_settings_named_like_tokens_are_kept_and_resume_trains_with_them(shell, 
 def test_a_full_disk_fails_in_one_line_and_leaves_the_truth(shell, tiny_model, qa_jsonl, tmp_path, tmpfs, monkeypatch):
     disk = tmpfs("disk", size="16m")
     shell.run_line_magic("config", f"SftMagics.output_dir = {str(disk / 'runs')!r}")
-    from sft_magics.core import runs
+    from sft_magics.core.run import folder as runs
 
     # Fill the disk for real right after checkpoint-2 is whole, leaving room for status lines
     # only: the save of checkpoint-4 then hits ENOSPC half way.
@@ -326,7 +327,7 @@ def test_status_is_written_even_on_a_completely_full_disk(tmp_path, tmpfs):
     status = read_json(folder.path / "status.json")
     assert status["state"] == "failed" and status["error"].startswith("OSError: [Errno 28]")
     assert any("error.log could not be written (No space left on device)" in p for p in problems)
-    from sft_magics.core.lookup import run_record
+    from sft_magics.core.run.lookup import run_record
 
     assert run_record(folder.path)["status"] == "failed"
 
@@ -334,7 +335,7 @@ def test_status_is_written_even_on_a_completely_full_disk(tmp_path, tmpfs):
 def test_a_run_whose_process_is_gone_never_looks_live(tmp_path):
     folder = RunFolder.create(tmp_path / "runs", "ghost")
     folder.update_status(state="training", step=3, pid=os.getpid())  # this (live) process's pid
-    from sft_magics.core.lookup import run_record
+    from sft_magics.core.run.lookup import run_record
 
     assert run_record(folder.path)["status"] == "training"  # the lock is held: live
     folder.lock.release()  # what every exit path does, even on a full disk
@@ -415,8 +416,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_whole_one(shell, tiny
     weights = run_dir / "checkpoint-4" / "adapter_model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
     events = []
-    from sft_magics.core.config import TrainSpec
-    from sft_magics.core.train import train
+    from sft_magics.core.train.config import TrainSpec
+    from sft_magics.core.train.trainer import train
 
     spec = TrainSpec.from_mapping("trunc", json_config(tiny_model, qa_jsonl), output_dir=str(tmp_path / "runs"))
     result = train(spec, resume=True, sink=events.append)
@@ -466,7 +467,7 @@ def _kill_during_a_save(run_dir: Path, after: int, when: str | None, timeout: fl
 
 
 def test_kill_9_during_checkpoint_saves_always_leaves_a_resumable_run(shell, tiny_model, qa_jsonl, tmp_path):
-    from sft_magics.core.worker import wait_for
+    from sft_magics.core.train.worker import wait_for
 
     cell = _cell(tiny_model, qa_jsonl, max_steps=40, save_steps=1, save_total_limit=2) + f"hub_token: {SECRET}\n"
     run_dir = tmp_path / "runs" / "k9"
@@ -499,7 +500,7 @@ def test_kill_9_during_checkpoint_saves_always_leaves_a_resumable_run(shell, tin
 
 
 def test_hostile_templates_are_bounded_one_line_errors(shell, tiny_model, qa_jsonl, monkeypatch):
-    from sft_magics.core import render
+    from sft_magics.core.template import render
 
     # The case, under the default bound (10 s): far too much text, refused by size.
     shell.user_ns["huge"] = "{{ 'a' * 100000000 }}"
@@ -613,7 +614,7 @@ def test_a_fresh_run_that_fails_to_load_leaves_no_folder(shell, qa_jsonl, tmp_pa
 
 
 def test_a_home_relative_output_dir_is_the_home_folder(tmp_path):
-    from sft_magics.core.config import TrainSpec
+    from sft_magics.core.train.config import TrainSpec
 
     spec = TrainSpec.from_mapping("r", {"dataset": "x.jsonl"}, output_dir="~/runs-of-mine")
     assert spec.output_dir == str(Path.home() / "runs-of-mine") and "~" not in str(spec.run_dir)
@@ -622,7 +623,7 @@ def test_a_home_relative_output_dir_is_the_home_folder(tmp_path):
 def test_a_failure_while_saving_the_final_model_is_one_line_and_recorded(
     shell, tiny_model, qa_jsonl, tmp_path, monkeypatch
 ):
-    from sft_magics.core import runs
+    from sft_magics.core.run import folder as runs
 
     def full_disk(self, partial):
         raise OSError(28, "No space left on device")
@@ -646,7 +647,7 @@ def test_secrets_inside_lists_are_split_out_too():
 
 
 def test_following_a_run_whose_processes_are_gone_ends(tmp_path):
-    from sft_magics.core.worker import follow
+    from sft_magics.core.train.worker import follow
 
     folder = RunFolder.create(tmp_path / "runs", "ghost")
     folder.update_status(state="training", step=3)

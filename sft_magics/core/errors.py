@@ -17,6 +17,14 @@ class SftError(Exception):
         return " ".join(super().__str__().split())
 
 
+def one_line(err: BaseException | str, limit: int | None = 240, *, named: bool = False) -> str:
+    """An exception's message (or any text) as one line of at most ``limit`` characters; ``named``:
+    after the exception's type (``ValueError: ...``). The one way a cause is shown in a message."""
+    text = " ".join(str(err).split())
+    text = text if limit is None else text[:limit]
+    return f"{type(err).__name__}: {text}" if named and isinstance(err, BaseException) else text
+
+
 class EvalError(SftError, ValueError):
     """A user-facing evaluation problem (bad metric name, no few-shot data, ...); one line.
     Here rather than in core/evaluate.py because the metric registry (core/metrics.py) raises it too."""

@@ -22,6 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# A run's life: it is live in one of LIVE_STATES and ends in one of FINAL_STATES (the final events' kinds).
+FINAL_STATES = ("finished", "stopped", "failed")
+LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving")
+
 
 @dataclass(frozen=True)
 class Event:

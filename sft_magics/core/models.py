@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SftError
+from .errors import SftError, one_line
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -157,7 +157,7 @@ def resolve_model(name: str | os.PathLike | None = None) -> ResolvedModel:
 
 
 def _hub_error(name: str, err: Exception) -> ModelError:
-    reason = " ".join(str(err).split())[:200]
+    reason = one_line(err, 200)
     return ModelError(
         f"could not load '{name}' from the Hugging Face Hub (no connection, not found, or gated): {reason} "
         f"— the built-in alias '{DEFAULT_MODEL}' works offline"
@@ -166,7 +166,7 @@ def _hub_error(name: str, err: Exception) -> ModelError:
 
 def _load_error(resolved: ResolvedModel, what: str, err: Exception, trust_remote_code: bool = False) -> ModelError:
     """A loading failure as one line that says what to do."""
-    text = " ".join(str(err).split())
+    text = one_line(err, None)
     if not trust_remote_code and ("trust_remote_code" in text or "custom code" in text):
         return ModelError(
             f"'{resolved.name}' contains its own Python code (custom code), and trust_remote_code is off: "

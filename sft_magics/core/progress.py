@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runs import FINAL_STATES as FINAL
+from .events import FINAL_STATES as FINAL
 
 
 def _fmt_seconds(s: float | None) -> str:

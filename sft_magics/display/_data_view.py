@@ -150,8 +150,6 @@ class DataView(_View):
     # -- HTML ---------------------------------------------------------------------------------------
     def histogram_png(self) -> bytes:
         if self._png is None:
-            from ..core.stats import histogram_png
-
             self._png = histogram_png(self.stats)
         return self._png
 
@@ -235,7 +233,7 @@ class RowBrowser:
 
     def _mask_method(self):
         if self._method is None and self.data.format == "messages":
-            from ..core.template import choose_mask_method
+            from ..core.template.tokens import choose_mask_method
 
             self._method = choose_mask_method(self.tokenizer)
         return self._method
@@ -262,8 +260,8 @@ class RowBrowser:
         """HTML for source row ``index`` (escaped)."""
         head = f"row {index} of {self.n_rows}"
         if index in self._position and index not in self.reasons:
-            from ..core.render import TemplateError
-            from ..core.template import tokenize_row
+            from ..core.template.render import TemplateError
+            from ..core.template.tokens import tokenize_row
 
             position = self._position[index]
             try:
@@ -343,3 +341,37 @@ class RowBrowser:
         from IPython.display import display
 
         display(self.widget)
+
+
+def histogram_png(stats, *, width: float = 7.0, height: float = 2.8, dpi: int = 100) -> bytes:
+    """PNG of two histograms: total tokens and trained tokens per example (before truncation), with the
+    ``max_length`` cut drawn as a vertical line. Uses a bare matplotlib Figure (Agg), so no pyplot
+    state (current figure, backend) is touched."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=False)
+    series = [
+        ("total tokens per example", stats.total_tokens, "#4c72b0"),
+        ("trained tokens per example", stats.trained_tokens_full or stats.trained_tokens, "#55a868"),
+    ]
+    for ax, (title, values, color) in zip(axes, series):
+        if values:
+            ax.hist(values, bins=min(40, max(1, len(set(values)))), color=color, alpha=0.85)
+        if stats.max_length is not None:
+            ax.axvline(
+                stats.max_length, color="#c44e52", linestyle="--", linewidth=1.5, label=f"max_length {stats.max_length}"
+            )
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("tokens", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("examples", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

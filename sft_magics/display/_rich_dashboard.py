@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.progress import FINAL
-from ._dashboard import RICH_STYLES, _Dashboard, info_text
+from ._dashboard import RICH_STYLES, _Dashboard
+from ._dashboard_html import info_text
 
 
 class _RichView:

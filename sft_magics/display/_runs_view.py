@@ -45,9 +45,11 @@ def _status(r: Mapping[str, Any]) -> str:
         text += f" (pid {r['pid']})"
     if (r.get("world_size") or 1) > 1:
         text += f" ×{r['world_size']} processes"
-    if r.get("status") in ("failed", "stale", "damaged"):  # the cause, not only the word
+    if r.get("status") in ("failed", "stale"):  # the cause, not only the word
         cause = str(r.get("error") or "its process ended without a final status")
         text += f": {cause[:80]}{'…' if len(cause) > 80 else ''}"
+    if r.get("damaged"):  # files that could not all be read: the run is shown, and so is what is wrong
+        text += f" — damaged: {str(r['damaged'])[:80]}{'…' if len(str(r['damaged'])) > 80 else ''}"
     return text
 
 
@@ -101,7 +103,7 @@ class RunsView(_View):
             return None
         from matplotlib.figure import Figure
 
-        from ._dashboard import figure_png
+        from ._dashboard_html import figure_png
 
         fig = Figure(figsize=(6.4, 3.0), dpi=90)
         ax = fig.add_subplot()
@@ -115,7 +117,7 @@ class RunsView(_View):
         return figure_png(fig)
 
     def to_html(self) -> str:
-        from ._dashboard import png_img
+        from ._dashboard_html import png_img
 
         head = "".join(f"<th>{_E(h)}</th>" for h in HEADER)
         body = "".join("<tr>" + "".join(f"<td>{_E(c)}</td>" for c in row) + "</tr>" for row in self.rows())

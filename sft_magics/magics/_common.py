@@ -10,6 +10,7 @@ import shlex
 
 from IPython.core.error import UsageError
 
+from ..core.errors import one_line
 from ..display import detect_mode
 
 
@@ -31,7 +32,7 @@ def _user_errors(method):
 def _usage_error(err: BaseException) -> UsageError:
     from ..core.secrets import scrub_text
 
-    return UsageError(scrub_text(" ".join(str(err).split())))
+    return UsageError(scrub_text(one_line(err, None)))
 
 
 def strip_comment(line: str) -> str:
@@ -87,16 +88,16 @@ class MagicsBase:
         return value
 
     def _data(self, source: str, **mapping):
-        from ..core.data import load_data
+        from ..core.data.load import load_data
 
         return load_data(source, namespace=self.shell.user_ns, **mapping)
 
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""
 
-        from ..core.lookup import model_location
         from ..core.models import load_model
-        from ..core.train import TrainResult
+        from ..core.run.lookup import model_location
+        from ..core.train.trainer import TrainResult
 
         value = self.shell.user_ns.get(target)
         if isinstance(value, TrainResult) and value.model is not None:

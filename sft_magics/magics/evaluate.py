@@ -85,15 +85,7 @@ class EvalMagics(MagicsBase):
             %sft_eval run --data examples/data/val.jsonl --baseline base --few-shot 3 -o scores
             scores.summary["json_match"], scores.examples.sort_values("tuned_json_match").head()
         """
-        from ..core import evaluate as ev
-        from ..core.data import load_data
-        from ..core.lookup import run_path
-        from ..core.metrics import custom_metrics, parse_metric_names
-        from ..core.models import load_model
-        from ..display._eval_view import eval_progress
-
         args = _parse(self.sft_eval, line)
-        ns = self.shell.user_ns
         gen = {
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
@@ -101,6 +93,20 @@ class EvalMagics(MagicsBase):
             "top_p": args.top_p,
         }
         _check_eval_flags(limit=args.limit, few_shot=args.few_shot, **gen)
+        report = self._evaluate(args, gen)
+        _eval_view(report, self.mode)
+        return self._bind(args.output, report) if args.output else None
+
+    def _evaluate(self, args, gen: dict):
+        """The report %sft_eval asks for: the examples, the target model, its baselines, with progress."""
+        from ..core.data.load import load_data
+        from ..core.evaluate import evaluation as ev
+        from ..core.evaluate.metrics import custom_metrics, parse_metric_names
+        from ..core.models import load_model
+        from ..core.run.lookup import run_path
+        from ..display._eval_view import eval_progress
+
+        ns = self.shell.user_ns
         metrics, custom = parse_metric_names(args.metrics), custom_metrics(args.metric, ns)
         run_dir = run_path(args.target, ns.get(args.target), self.output_dir)
         mapping = data_mapping(args.columns, args.system, args.convert, ns)
@@ -108,7 +114,7 @@ class EvalMagics(MagicsBase):
         model, tokenizer = self._target_model(args.target)
         progress = eval_progress(self.mode)
         try:
-            report = ev.evaluate_target(
+            return ev.evaluate_target(
                 model,
                 tokenizer,
                 examples,
@@ -126,8 +132,6 @@ class EvalMagics(MagicsBase):
             )
         finally:
             progress.close()
-        _eval_view(report, self.mode)
-        return self._bind(args.output, report) if args.output else None
 
     # -- %sft_chat ---------------------------------------------------------------------------
     @magic_arguments()
@@ -160,7 +164,7 @@ class EvalMagics(MagicsBase):
             %sft_chat run --compare base
             %sft_chat runs/json-lora/final --message "Ana is 34 and lives in Lisbon." -o answer
         """
-        from ..core.chat import ChatSession
+        from ..core.evaluate.chat import ChatSession
         from ..display._chat_view import ChatWidget, ReplyView, chat_loop
 
         args = _parse(self.sft_chat, line)

@@ -62,18 +62,29 @@ class ExportMagics(MagicsBase):
             %sft_export json-lora --to exports/json-lora --merge --probe "Ana is 34 and lives in Lisbon." -o exported
             %sft_export json-lora --to exports/json-gguf --gguf q8_0
         """
-
-        from ..core.export import eval_probes, export_model, export_source
-        from ..core.lookup import run_path
         from ..display._views import TableView
 
         args = _parse(self.sft_export, line)
+        result = self._export(args)
+        show(
+            TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes),
+            self.mode,
+        )
+        return self._bind(args.output, result) if args.output else None
+
+    def _export(self, args):
+        """The export the line asks for: the run's model, its probes (the run's own eval prompts for
+        --gguf when none are given), written and verified."""
+        from ..core.export.folder import export_model
+        from ..core.export.source import eval_probes, export_source
+        from ..core.run.lookup import run_path
+
         run_dir = run_path(args.run, self.shell.user_ns.get(args.run), self.output_dir)
         model, tokenizer = self._target_model(args.run)
         probes = [[{"role": "user", "content": p}] for p in args.probe or []]
         if args.gguf and not probes and run_dir is not None:
             probes = eval_probes(run_dir, namespace=self.shell.user_ns)
-        result = export_model(
+        return export_model(
             model,
             tokenizer,
             args.to,
@@ -86,8 +97,3 @@ class ExportMagics(MagicsBase):
             gguf_probes=probes,
             source=export_source(args.run, run_dir),
         )
-        show(
-            TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes),
-            self.mode,
-        )
-        return self._bind(args.output, result) if args.output else None

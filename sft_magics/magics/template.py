@@ -71,43 +71,44 @@ class TemplateMagics(MagicsBase):
             - {role: user, content: "What is 2+2?"}
             - {role: assistant, content: "4"}
         """
-        from ..core.chat_templates import KNOWN
-        from ..core.template import first_difference, inference_rendering
-        from ..display._template_view import CompareView, InferenceView, RenderingView
-
         args = _parse(self.sft_template, line)
         row, fmt, label = self._template_row(args, cell)
+        rendering, view = self._template_view(args, row, fmt, label)
+        show(view, self.mode)
+        return self._bind(args.output, rendering) if args.output else None
+
+    def _template_view(self, args, row: dict, fmt: str, label: str):
+        """(rendering, view) for %sft_template: the row alone, beside another model's template
+        (``--compare``), or beside the inference prompt (``--inference``)."""
+        from ..core.template.chat_templates import KNOWN
+        from ..core.template.tokens import first_difference, inference_rendering
+        from ..display._template_view import CompareView, InferenceView, RenderingView
+
         kwargs = self._template_kwargs(args)
         template = self._chat_template_arg(args.chat_template)
         model = args.model or self.default_model
-
-        def rendering_for(name: str, chat_template):
-            return self._rendering(name, chat_template, row, fmt, label, kwargs, args)
-
-        tokenizer, rendering = rendering_for(model, template)
+        tokenizer, rendering = self._rendering(model, template, row, fmt, label, kwargs, args)
         if args.compare:
-            _, other = rendering_for(args.compare, None)
-            view = CompareView(rendering, other, model, args.compare)
-        elif args.inference and fmt == "messages":
+            _, other = self._rendering(args.compare, None, row, fmt, label, kwargs, args)
+            return rendering, CompareView(rendering, other, model, args.compare)
+        if args.inference and fmt == "messages":
             inference = inference_rendering(
                 tokenizer,
                 row["messages"],
                 chat_template=rendering.chat_template or (None if template in KNOWN else template),
                 template_kwargs=kwargs,
             )
-            view = InferenceView(rendering, inference, first_difference(rendering.input_ids, inference.input_ids))
-        else:
-            view = RenderingView(rendering, title=f"{model} · {label}")
-        show(view, self.mode)
-        return self._bind(args.output, rendering) if args.output else None
+            difference = first_difference(rendering.input_ids, inference.input_ids)
+            return rendering, InferenceView(rendering, inference, difference)
+        return rendering, RenderingView(rendering, title=f"{model} · {label}")
 
     def _rendering(self, name: str, chat_template, row: dict, fmt: str, label: str, kwargs: dict, args):
         """(tokenizer, rendering) of ``row`` with model ``name``'s tokenizer (a well-known template
         name: with the special tokens training would add)."""
-        from ..core.chat_templates import KNOWN, template_for_viewing
         from ..core.models import load_tokenizer
-        from ..core.render import TemplateError
-        from ..core.template import shown_rendering
+        from ..core.template.chat_templates import KNOWN, template_for_viewing
+        from ..core.template.checks import shown_rendering
+        from ..core.template.render import TemplateError
 
         tokenizer = load_tokenizer(name, trust_remote_code=self.trust_remote_code)
         if chat_template in KNOWN:
@@ -123,7 +124,7 @@ class TemplateMagics(MagicsBase):
 
     def _template_row(self, args, cell) -> tuple[dict, str, str]:
         """The row to render, its format, and how to name it in messages ("row 3", "the cell")."""
-        from ..core.data import load_data
+        from ..core.data.load import load_data
 
         if cell is not None:
             return {"messages": _conversation(_yaml_body(cell, "the cell"), "the cell")}, "messages", "the cell"
@@ -158,26 +159,20 @@ class TemplateMagics(MagicsBase):
         return kwargs
 
     def _chat_template_arg(self, value: str | None) -> str | None:
-        from pathlib import Path
-
-        from ..core.chat_templates import KNOWN
+        """``--chat-template``: a well-known name (kept: training's special tokens are added), or the
+        template text, by the core's one resolver (a notebook variable, a .jinja / .j2 file, a Jinja
+        string). A model to copy a template from is for %%sft_train and %sft_data."""
+        from ..core.template.chat_templates import KNOWN, resolve_template
 
         if value is None:
             return None
-        if value in KNOWN:  # a well-known template, with the special tokens training would add
-            return value
-        held = self.shell.user_ns.get(value)
-        if isinstance(held, str):
-            return held
-        path = Path(value).expanduser()
-        if path.suffix == ".jinja":
-            if not path.is_file():
-                raise UsageError(f"--chat-template: file not found: {value}")
-            return path.read_text()
-        raise UsageError(
-            f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file "
-            f"(nor {', '.join(KNOWN)})"
-        )
+        kind, what = resolve_template(value, self.shell.user_ns)
+        if kind == "clone":
+            raise UsageError(
+                f"--chat-template {value!r}: not a notebook variable holding a string, nor a .jinja file "
+                f"(nor {', '.join(KNOWN)})"
+            )
+        return what
 
     # -- %sft_data ---------------------------------------------------------------------------
     @magic_arguments()
@@ -227,22 +222,34 @@ class TemplateMagics(MagicsBase):
 
             %sft_data examples/data/train.jsonl --max-length 128 --batch-size 8 --grad-accum 2 -o stats
         """
-        from ..core.data import load_data, sample_data
-        from ..core.models import load_tokenizer
-        from ..core.stats import SAMPLE_HINT_ROWS, data_stats
+        from ..core.template.doctor import data_stats
 
         args = _parse(self.sft_data, line)
-        for flag, value in (
-            ("--max-length", args.max_length),
-            ("--batch-size", args.batch_size),
-            ("--grad-accum", args.grad_accum),
-            ("--sample", args.sample),
-        ):
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}")
+        _at_least_one(args, ("max_length", "batch_size", "grad_accum", "sample"))
+        data, tokenizer = self._doctor_inputs(args)
+        stats = data_stats(
+            data, tokenizer, max_length=args.max_length, batch_size=args.batch_size, grad_accum=args.grad_accum
+        )
+        show(_stats_view(data, stats, args.batch_size), self.mode)
+        if self.mode == "widget":
+            from IPython.display import display
+
+            from ..display._data_view import RowBrowser
+
+            display(RowBrowser(data, tokenizer, stats).widget)
+        return self._bind(args.output, stats) if args.output else None
+
+    def _doctor_inputs(self, args):
+        """The data (invalid rows listed, not fatal; a sample with --sample) and the tokenizer (with
+        --chat-template as training would set it) that %sft_data reports on."""
+        from ..core.data.load import load_data, sample_data
+        from ..core.models import load_tokenizer
+        from ..core.template.chat_templates import template_for_viewing
+        from ..core.template.doctor import SAMPLE_HINT_ROWS
+
         ns = self.shell.user_ns
         mapping = data_mapping(args.columns, args.system, args.convert, ns)
-        data = load_data(args.source, namespace=ns, strict=False, **mapping)  # bad rows: listed, not fatal
+        data = load_data(args.source, namespace=ns, strict=False, **mapping)
         if args.sample:
             data = sample_data(data, args.sample)
         elif len(data) > SAMPLE_HINT_ROWS:
@@ -252,21 +259,16 @@ class TemplateMagics(MagicsBase):
             )
         tokenizer = load_tokenizer(args.model or self.default_model, trust_remote_code=self.trust_remote_code)
         if args.chat_template:
-            from ..core.chat_templates import template_for_viewing
-
             tokenizer = template_for_viewing(tokenizer, args.chat_template, ns)
-        stats = data_stats(
-            data, tokenizer, max_length=args.max_length, batch_size=args.batch_size, grad_accum=args.grad_accum
-        )
-        mode = self.mode
-        show(_stats_view(data, stats, args.batch_size), mode)
-        if mode == "widget":
-            from IPython.display import display
+        return data, tokenizer
 
-            from ..display._data_view import RowBrowser
 
-            display(RowBrowser(data, tokenizer, stats).widget)
-        return self._bind(args.output, stats) if args.output else None
+def _at_least_one(args, names) -> None:
+    """Whole-number flags that must be 1 or more (flags are the magic's words: checked here)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _stats_view(data, stats, batch_size: int | None = None):

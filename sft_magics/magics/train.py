@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_cell_magic, line_magic
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..core.run.folder import CELL_FILE, CONFIG_FILE, STATUS_FILE
 from ..display import show
 from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body, expand_variables
 
@@ -114,7 +115,7 @@ class TrainMagics(MagicsBase):
         name = spec.name
         if args.dry_run:
             return self._dry_run(spec, args.output)
-        files = {"cell.txt": f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
+        files = {CELL_FILE: f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
         if args.overwrite and spec.run_dir.exists():
             print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
         if args.background or args.launcher != "none":
@@ -123,10 +124,10 @@ class TrainMagics(MagicsBase):
 
     def _start_in_kernel(self, spec, args, files):
         """Train on a thread of this kernel, the dashboard fed directly; (thread, finish)."""
-        from ..core.callbacks import StopFlag
         from ..core.errors import SftError
         from ..core.events import Event
-        from ..core.train import TrainingFailed, train
+        from ..core.train.callbacks import StopFlag
+        from ..core.train.trainer import TrainingFailed, train
         from ..display import make_reporter
         from ._runner import TrainingThread
 
@@ -155,7 +156,7 @@ class TrainMagics(MagicsBase):
         """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
         import sys
 
-        from ..core import worker as w
+        from ..core.train import worker as w
 
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -178,7 +179,7 @@ class TrainMagics(MagicsBase):
 
     def _follow_until_done(self, run, args):
         """A launcher run that blocks the cell: the dashboard follows its event stream; (thread, finish)."""
-        from ..core import worker as w
+        from ..core.train import worker as w
         from ..display import make_reporter
         from ._runner import TrainingThread
 
@@ -200,10 +201,10 @@ class TrainMagics(MagicsBase):
     def _train_spec(self, name: str, cell: str, *, resume: bool):
         from pathlib import Path
 
-        from ..core.config import TrainSpec
+        from ..core.train.config import TrainSpec
 
         if not cell.strip() and resume:
-            saved = Path(self.output_dir) / name / "config.yaml"  # name already validated: one folder
+            saved = Path(self.output_dir) / name / CONFIG_FILE  # name already validated: one folder
             if not saved.is_file():
                 raise UsageError(f"--resume {name}: no run folder with a config.yaml at {saved.parent}")
             config = _yaml_body(saved.read_text(), f"{saved}")  # secret keys left out; every other key as trained
@@ -218,9 +219,9 @@ class TrainMagics(MagicsBase):
         return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
 
     def _dry_run(self, spec, output):
-        from ..core.config import plan
-        from ..core.memory import fit_check
         from ..core.secrets import redact
+        from ..core.train.memory import fit_check
+        from ..core.train.plan import plan
         from ..display._views import TableView
 
         p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
@@ -274,7 +275,7 @@ class TrainMagics(MagicsBase):
 
             %sft_runs
         """
-        from ..core.lookup import list_runs
+        from ..core.run.lookup import list_runs
         from ..display._runs_view import RunsView
 
         args = _parse(self.sft_runs, line)
@@ -284,14 +285,14 @@ class TrainMagics(MagicsBase):
 
     # -- runs in other processes: %sft_attach, %sft_wait, %sft_stop ------------------------------
     def _run_dir(self, name: str):
-        from ..core.lookup import run_path
-        from ..core.runs import validate_name
+        from ..core.run.folder import validate_name
+        from ..core.run.lookup import run_path
 
         value = self.shell.user_ns.get(name)
         run_dir = (
             run_path(name, value, self.output_dir) if value is not None else Path(self.output_dir) / validate_name(name)
         )
-        if run_dir is None or not (run_dir / "status.json").is_file():
+        if run_dir is None or not (run_dir / STATUS_FILE).is_file():
             raise UsageError(f"no run named '{name}' in {self.output_dir}")
         return run_dir
 
@@ -324,7 +325,7 @@ class TrainMagics(MagicsBase):
 
             %sft_wait json-lora -o run
         """
-        from ..core.worker import result_from_disk, wait_for
+        from ..core.train.worker import result_from_disk, wait_for
         from ..display._runs_view import RunsView
 
         args = _parse(self.sft_wait, line)
@@ -350,7 +351,7 @@ class TrainMagics(MagicsBase):
 
             %sft_stop json-lora
         """
-        from ..core.worker import request_stop, wait_for
+        from ..core.train.worker import request_stop, wait_for
 
         args = _parse(self.sft_stop, line)
         run_dir = self._run_dir(args.name)
@@ -363,7 +364,7 @@ class TrainMagics(MagicsBase):
 def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
     """Show a dashboard fed from ``metrics.jsonl``: the whole history, then (``follow_live``) new
     events as they arrive, on a background thread that only updates widget values."""
-    from ..core import worker as w
+    from ..core.train import worker as w
     from ..display import make_reporter
 
     run_dir = Path(run_dir)
@@ -381,7 +382,7 @@ def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
 def _run_name(args, cell: str) -> str | None:
     """The run's name from the line's flags (None: not given; the cell's output_dir or the time
     names it), after the checks that need no model or data."""
-    from ..core.runs import validate_name
+    from ..core.run.folder import validate_name
 
     if not cell.strip() and args.resume is None:
         raise UsageError("%%sft_train needs its config in the cell body (or use %sft_train --resume NAME)")

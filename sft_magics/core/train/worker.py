@@ -1,0 +1,432 @@
+"""Runs outside the kernel: background workers and multi-process (torchrun / accelerate) training.
+
+The run folder is the interface. The kernel writes ``spec.json`` and starts a detached
+*supervisor* (``python -m sft_magics supervise RUN_DIR``), which starts the *worker* command —
+``python -m sft_magics worker RUN_DIR`` directly, or under ``torchrun`` / ``accelerate launch`` —
+and waits for it. The worker runs :func:`core.train.train` exactly as ``%%sft_train`` does in the
+kernel (one code path), so it writes the same ``metrics.jsonl`` / ``status.json`` / checkpoints;
+under a launcher only rank 0 writes. If the worker dies without a final status (an exception
+before training, a signal, the out-of-memory killer), the supervisor records ``failed`` with the
+cause and the tail of ``worker.log``. Dashboards follow a run by tailing ``metrics.jsonl``.
+
+Stopping: ``%sft_stop`` creates ``STOP`` in the run folder; the worker's stop flag sees it at the
+next step, saves a checkpoint and ends as ``stopped``. SIGTERM does the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import one_line
+from ..events import FINAL_STATES, LIVE_STATES, Event
+from ..files import read_events, read_json, write_json
+from ..run.folder import (
+    EVENTS_FILE,
+    SPEC_FILE,
+    STOP_FILE,
+    SUPERVISOR_FILE,
+    RunFolder,
+    pid_alive,
+)
+from ..run.lookup import run_record
+from ..run.status import read_status
+
+LOG_FILE = "worker.log"
+LAUNCHERS = ("none", "torchrun", "accelerate")
+SECRETS_ENV = "SFT_MAGICS_SECRETS"  # secret keys reach the worker in its environment, never on disk
+
+
+# -- the spec on disk -------------------------------------------------------------------------------
+
+
+def save_spec(spec, launch: dict) -> dict[str, str]:
+    """Write spec.json without secret keys; returns the environment that carries them to the worker."""
+    from ..secrets import split_secrets
+
+    data = {**asdict(spec), "launch": launch}
+    data["lora"] = spec.lora if isinstance(spec.lora, bool) else dict(spec.lora)
+    data["sft"] = dict(spec.sft)
+    clean, secrets = split_secrets(data)
+    write_json(spec.run_dir / SPEC_FILE, clean)
+    return {SECRETS_ENV: json.dumps([[list(k), v] for k, v in secrets.items()])} if secrets else {}
+
+
+def load_spec(run_dir: Path):
+    from ..secrets import merge_secrets
+    from .config import TrainSpec
+
+    data = json.loads((Path(run_dir) / SPEC_FILE).read_text())
+    secrets = {tuple(k): v for k, v in json.loads(os.environ.get(SECRETS_ENV) or "[]")}
+    data = merge_secrets(data, secrets)
+    data.pop("launch", None)
+    return TrainSpec(**data)
+
+
+def materialize_data(spec, namespace: Mapping | None):
+    """A worker cannot see the notebook: data given as a notebook variable, an object or a mapping
+    (your columns, a conversion function, a mixture) is loaded here, as the kernel would, and
+    written into the run folder as JSONL; file paths become absolute; a chat template held in a
+    notebook variable travels as its text."""
+    import dataclasses
+
+    from ..data.spec import load_dataset_spec
+    from ..template.chat_templates import resolve_template
+
+    def resolve(source: Any, label: str):
+        if source is None:
+            return None
+        if isinstance(source, str):
+            path = Path(source).expanduser()
+            if path.exists() or any(ch in source for ch in "*?["):
+                return str(path.resolve()) if path.exists() else os.path.abspath(source)
+            if not (namespace and source in namespace):
+                return source  # a Hub dataset name: the worker loads it itself
+        data = load_dataset_spec(source, namespace=namespace)
+        out = spec.run_dir / "data" / f"{label}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            for row in data.dataset:
+                f.write(json.dumps(row, default=str) + "\n")
+        return str(out.resolve())
+
+    template = spec.chat_template
+    if template is not None and resolve_template(template, namespace)[0] == "jinja":
+        template = resolve_template(template, namespace)[1]
+    return dataclasses.replace(
+        spec,
+        dataset=resolve(spec.dataset, "train"),
+        eval_dataset=resolve(spec.eval_dataset, "eval"),
+        output_dir=str(Path(spec.output_dir).resolve()),
+        chat_template=template,
+    )
+
+
+# -- starting a run ---------------------------------------------------------------------------------
+
+
+def worker_command(
+    run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None, resume: bool = False
+) -> list[str]:
+    """The command the supervisor runs: the existing launchers, never a home-made one."""
+    worker = ["-m", "sft_magics", "worker", str(run_dir)] + (["--resume"] if resume else [])
+    if launcher == "none":
+        return [sys.executable, *worker]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *worker]
+    if launcher == "accelerate":
+        config = ["--config_file", str(accelerate_config)] if accelerate_config else []
+        return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *worker]
+    raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
+
+
+@dataclass
+class BackgroundRun:
+    """A handle on a run in another process (what ``%%sft_train --background -o NAME`` binds)."""
+
+    name: str
+    path: Path
+    pid: int  # the supervisor's pid
+
+    def record(self) -> dict:
+        return run_record(self.path)
+
+    @property
+    def status(self) -> str:
+        return self.record()["status"]
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid) and read_status(self.path)[0].get("state") not in FINAL_STATES
+
+    def stop(self) -> None:
+        request_stop(self.path)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict:
+        return wait_for(self.path, timeout=timeout, poll=poll)
+
+    def __repr__(self) -> str:
+        return f"<BackgroundRun {self.name}: {self.status}, supervisor pid {self.pid}, {self.path}>"
+
+
+def _check_metrics_reach_the_worker(p) -> None:
+    from ..errors import ConfigError
+    from ..evaluate.metrics import BUILTIN_METRICS
+
+    custom = [m.name for m in (p.answers.metrics if p.answers else []) if m.name not in BUILTIN_METRICS]
+    if custom:
+        raise ConfigError(
+            f"key 'eval_metrics': {', '.join(custom)} is defined in this notebook (a function or register_metric), "
+            "which a background run cannot see: train in the foreground, or use the built-in metrics"
+        )
+
+
+def launch(
+    spec,
+    *,
+    namespace: Mapping | None = None,
+    launcher: str = "none",
+    nproc: int = 1,
+    accelerate_config: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_anyway: bool = False,
+    files: Mapping[str, str] | None = None,
+) -> BackgroundRun:
+    """Start a run in a detached supervisor process and return at once. The data and config are
+    checked here first, and the folder is claimed (or, to resume, locked) by this process and
+    handed to the worker: a second start under the same name is refused at once."""
+    from ..secrets import scrub_text
+    from .plan import plan
+    from .trainer import _resume_point
+
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
+    world = nproc if launcher != "none" else 1  # steps depend on it: the resume checks must agree with the worker's
+    p = plan(spec, namespace=namespace, world=world)  # a bad key or row fails here, before any folder exists
+    _check_metrics_reach_the_worker(p)
+    if resume:
+        folder = RunFolder.existing(spec.output_dir, spec.name)
+        folder.lock.acquire()
+        try:
+            _resume_point(p, folder, resume_anyway)  # refused here, in the notebook, not in a worker
+        except BaseException:
+            folder.lock.release()
+            raise
+    else:
+        folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
+    run_dir = folder.path
+    try:
+        spec = materialize_data(spec, namespace)
+        env = save_spec(spec, {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config})
+        for name, text in (files or {}).items():
+            folder.write_text(name, scrub_text(text))
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        folder.update_status(state="starting", started=round(time.time(), 3), **({} if resume else {"step": 0}))
+    except BaseException:
+        if resume:
+            folder.lock.release()
+        else:
+            folder.remove()
+        raise
+    cmd = [
+        sys.executable,
+        "-m",
+        "sft_magics",
+        "supervise",
+        str(run_dir.resolve()),
+        "--launcher",
+        launcher,
+        "--nproc",
+        str(nproc),
+    ]
+    if accelerate_config:
+        cmd += ["--accelerate-config", str(accelerate_config)]
+    if resume:
+        cmd.append("--resume")
+    if resume_anyway:
+        cmd.append("--resume-anyway")
+    # Detached: its own session, so it outlives the kernel (and a kernel restart).
+    proc = subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=os.getcwd(),
+        env={**os.environ, **env},
+    )
+    write_json(run_dir / SUPERVISOR_FILE, {"pid": proc.pid, "command": cmd})
+    folder.lock.release()  # handed over: the worker takes the lock (it waits for this)
+    # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
+    threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
+    return BackgroundRun(spec.name, run_dir, proc.pid)
+
+
+def request_stop(run_dir: Path) -> None:
+    (Path(run_dir) / STOP_FILE).write_text(str(time.time()))
+
+
+def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) -> dict:
+    """Block until the run has a final status (or its processes are gone); return its record."""
+    deadline = None if timeout is None else time.time() + timeout
+    supervisor = read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
+    while True:
+        record = run_record(run_dir)
+        if record["status"] in FINAL_STATES + ("stale",):
+            return record
+        if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
+            time.sleep(poll)  # the supervisor writes the final status just before it exits
+            return run_record(run_dir)
+        if deadline is not None and time.time() > deadline:
+            raise TimeoutError(f"run {Path(run_dir).name} still {record['status']} after {timeout} s")
+        time.sleep(poll)
+
+
+# -- a finished run, loaded back --------------------------------------------------------------
+
+
+def result_from_disk(run_dir: Path):
+    """A TrainResult for a run trained in another process: history from its events, the trained
+    model loaded from ``final/``."""
+    from ..models import load_model
+    from .trainer import TrainResult
+
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)[0]
+    history = [
+        {k: v for k, v in e.items() if k not in ("kind", "time")}
+        for e in read_events(run_dir / EVENTS_FILE)
+        if e.get("kind") in ("log", "eval")
+    ]
+    model = tokenizer = None
+    final = run_dir / "final"
+    if final.is_dir():
+        loaded = load_model(str(final))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    return TrainResult(
+        name=run_dir.name,
+        path=run_dir,
+        status=status.get("state", "unknown"),
+        global_step=int(status.get("step", 0)),
+        max_steps=int(status.get("max_steps") or 0),
+        history=history,
+        model=model,
+        tokenizer=tokenizer,
+        is_peft=(final / "adapter_config.json").is_file(),
+        error=status.get("error"),
+    )
+
+
+# -- following a run's events ----------------------------------------------------------------------
+
+
+def follow(
+    run_dir: Path,
+    sink: Callable[[Event], None],
+    *,
+    stop: threading.Event | None = None,
+    poll: float = 0.25,
+    until_final: bool = True,
+) -> None:
+    """Feed every event of ``metrics.jsonl`` to ``sink`` — the history first, then new lines as they
+    are appended — until a final event (or ``stop``). A half-written last line waits for its end."""
+    path = Path(run_dir) / EVENTS_FILE
+    offset, pending = 0, b""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue  # a damaged line is skipped, not fatal
+            kind = data.pop("kind", "log")
+            when = data.pop("time", time.time())
+            sink(Event(kind, data, when))
+            if until_final and kind in FINAL_STATES:
+                return
+        if not until_final:
+            return
+        state = read_status(run_dir)[0].get("state")
+        if state in FINAL_STATES and not chunk:
+            return  # final status without a final event (should not happen): stop following
+        if (
+            not chunk
+            and state in LIVE_STATES
+            and RunFolder(Path(run_dir).parent, Path(run_dir).name).live_pid() is None
+        ):
+            return  # it says it is live, but nothing alive works on it (a crashed supervisor): stale
+        time.sleep(poll)
+
+
+# -- the processes ---------------------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def supervise(
+    run_dir: Path,
+    *,
+    launcher: str = "none",
+    nproc: int = 1,
+    accelerate_config: str | None = None,
+    resume: bool = False,
+    resume_anyway: bool = False,
+) -> int:
+    """Run the worker command, and make sure the run ends with a final status whatever happens."""
+    run_dir = Path(run_dir)
+    folder = RunFolder.existing(run_dir.parent, run_dir.name)
+    cmd = worker_command(run_dir, launcher=launcher, nproc=nproc, accelerate_config=accelerate_config, resume=resume)
+    if resume_anyway:
+        cmd.append("--resume-anyway")
+    with (run_dir / LOG_FILE).open("ab") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        write_json(run_dir / SUPERVISOR_FILE, {"pid": os.getpid(), "worker_pid": child.pid, "command": cmd})
+        # A polite stop for the supervisor is a polite stop for the run.
+        signal.signal(signal.SIGTERM, lambda *_: request_stop(run_dir))
+        code = child.wait()
+    if folder.status().get("state") not in FINAL_STATES:
+        if code < 0:
+            name = signal.Signals(-code).name
+            cause = f"the worker was killed by {name}" + (
+                " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+            )
+        else:
+            cause = f"the worker exited with code {code} before the run ended"
+        folder.record_failure(
+            cause,
+            "see worker.log in the run folder; resume from the last whole checkpoint",
+            log_tail=_tail(run_dir / LOG_FILE),
+            exit_code=code,
+        )
+    return code
+
+
+def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = False) -> int:
+    """One process of a run: the same train() as the kernel uses."""
+    from ..errors import SftError
+    from .callbacks import StopFlag
+    from .trainer import rank, train
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    stop = StopFlag(stop_file=run_dir / STOP_FILE)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        result = train(spec, stop=stop, resume=resume, resume_anyway=resume_anyway, claimed=True)
+    except BaseException as err:
+        import traceback
+
+        from ..secrets import scrub_text
+
+        if not isinstance(err, SftError):
+            print(scrub_text(traceback.format_exc()), file=sys.stderr)  # worker.log: no credentials either
+        cause = scrub_text(f"{one_line(err, 240, named=True)}")
+        print(cause, file=sys.stderr)
+        if rank() == 0 and RunFolder.existing(run_dir.parent, run_dir.name).status().get("state") not in FINAL_STATES:
+            RunFolder.existing(run_dir.parent, run_dir.name).record_failure(cause, "see worker.log in the run folder")
+        return 1
+    print(f"run {spec.name}: {result.status} at step {result.global_step}", flush=True)
+    return 0
