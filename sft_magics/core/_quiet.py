@@ -23,6 +23,9 @@ def quiet_libraries():
             warnings.filterwarnings(
                 "ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning
             )
+            # TRL 1.16 asks for the pad token on the tokenizer instead of SFTConfig's key: it is settled
+            # there before training (train/model.py settle_tokenizer), so the key's warning says nothing true.
+            warnings.filterwarnings("ignore", message=r"`pad_token` is deprecated", category=FutureWarning)
             yield
     finally:
         if bars_were_on:
