@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: python -m sft_magics demo [--steps N] [--output-dir DIR]\n"
-            "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/worker.py)"
+            "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/train/worker.py)"
         )
         return 0 if argv else 2
     if argv[0] == "demo":
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_process(argv: list[str]) -> int:
     """``worker RUN_DIR`` / ``supervise RUN_DIR``: the processes behind background and
-    multi-process runs (see sft_magics/core/worker.py)."""
+    multi-process runs (see sft_magics/core/train/worker.py)."""
     import argparse
 
     from .core.train import worker

@@ -27,14 +27,14 @@ def one_line(err: BaseException | str, limit: int | None = 240, *, named: bool =
 
 class EvalError(SftError, ValueError):
     """A user-facing evaluation problem (bad metric name, no few-shot data, ...); one line.
-    Here rather than in core/evaluate.py because the metric registry (core/metrics.py) raises it too."""
+    Here rather than in core/evaluate/evaluation.py because the metric registry (core/evaluate/metrics.py) raises it too."""
 
 
 class ExportError(SftError, RuntimeError):
     """An export that cannot be written or does not verify; one line. Here because both the writer
-    (core/export.py) and the verifier (core/export_verify.py) raise it."""
+    (core/export/folder.py) and the verifier (core/export/verify.py) raise it."""
 
 
 class ConfigError(SftError, ValueError):
     """A bad key or value in a training spec; one line naming the key. Here because the config
-    (core/config.py) and its value checks (core/config_checks.py) raise it."""
+    (core/train/config.py) and its value checks (core/train/checks.py) raise it."""

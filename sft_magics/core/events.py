@@ -8,7 +8,7 @@ view, log lines, a JSONL file). Event kinds:
 - ``log``         step, epoch and the trainer's logged metrics (loss, learning_rate, grad_norm, ...)
 - ``eval``        step, epoch, eval_loss and other eval metrics (``eval_json_match``, ... with eval_generate)
 - ``answers``     step, metrics, rows, never_ended, empty, max_new_tokens, seconds, samples, answers:
-                  what the model answered at an evaluation (core/watch.py)
+                  what the model answered at an evaluation (core/train/watch.py)
 - ``checkpoint``  step, path
 - ``status``      state (loading / training / evaluating / saving)
 - ``finished`` / ``stopped`` / ``failed``  final state (``failed`` carries ``error`` and ``hint``;

@@ -71,7 +71,7 @@ class ProgressState:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), every log
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), every eval
     alerts: list[str] = field(default_factory=list)  # short, human, one per kind of problem
-    # Watching the answers (core/watch.py): the followed metric at each evaluation, its best value,
+    # Watching the answers (core/train/watch.py): the followed metric at each evaluation, its best value,
     # the latest sample answers, and why the run ended early.
     watch: dict[str, Any] = field(default_factory=dict)  # the `started` event's "watch"
     metric_points: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_<metric>)
@@ -222,7 +222,7 @@ class ProgressState:
         self.metric_points.append((self.step, value))
         self.version += 1
         loss, last_loss = _number(d.get("eval_loss")), self.eval_loss
-        # The trainer's rule (core/watch.py): strictly better, or equal with a lower eval loss.
+        # The trainer's rule (core/train/watch.py): strictly better, or equal with a lower eval loss.
         tie = self.best is not None and value == self.best[0]
         if (
             self.best is None

@@ -75,7 +75,7 @@ def prompt_html(prompts: dict[str, str]) -> str:
 
 
 class ChatWidget:
-    """An ipywidgets chat with ``session`` (a :class:`core.chat.ChatSession`).
+    """An ipywidgets chat with ``session`` (a :class:`core.evaluate.chat.ChatSession`).
 
     ``defaults``: ``max_new_tokens``, ``temperature``, ``top_p`` for the controls. The widget
     itself is ``.widget``; the chat widget displays as it (``display(chat)`` works too).

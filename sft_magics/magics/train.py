@@ -153,7 +153,7 @@ class TrainMagics(MagicsBase):
         return thread, finish
 
     def _start_outside(self, spec, args, files):
-        """Background and multi-process runs: a detached supervisor runs the worker (see core/worker.py)."""
+        """Background and multi-process runs: a detached supervisor runs the worker (see core/train/worker.py)."""
         import sys
 
         from ..core.train import worker as w

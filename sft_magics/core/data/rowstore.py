@@ -1,4 +1,4 @@
-"""The normalised rows as one Arrow dataset, built a chunk at a time by :func:`core.data.load_data`.
+"""The normalised rows as one Arrow dataset, built a chunk at a time by :func:`core.data.load.load_data`.
 
 Small data stays in memory, exactly as ``datasets.Dataset.from_list`` over every row would hold it.
 Once the rows pass ``SPILL_BYTES`` of Arrow data they go to disk, and the dataset is memory-mapped

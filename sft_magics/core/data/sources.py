@@ -1,7 +1,7 @@
 """Where data comes from: files (JSONL, JSON, CSV, Parquet), globs, ``save_to_disk`` folders,
 notebook variables and objects (lists, DataFrames, datasets, streaming ``IterableDataset``s), and the
 Hugging Face Hub (``streaming=True`` too). Each reader yields raw rows one at a time, so
-:func:`core.data.load_data` can normalise a source larger than memory a chunk at a time: JSONL line by
+:func:`core.data.load.load_data` can normalise a source larger than memory a chunk at a time: JSONL line by
 line, CSV and Parquet by blocks, Arrow datasets (saved folders, the Hub's cache) memory-mapped, a slice
 at a time. Only a JSON array file is read whole (JSON has no way to read half an array): JSON Lines
 or Parquet are the formats for data that does not fit in memory."""

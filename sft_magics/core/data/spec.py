@@ -1,7 +1,7 @@
 """What a ``dataset:`` key names, beyond a plain source: your columns (``columns``), a system
 prompt (``system``), a conversion function (``convert``), a split or config, and mixtures of
 datasets (alignment-handbook's ``dataset_mixture``). :func:`remap_rows` is applied by
-:func:`core.data.load_data` to the raw rows, before the format is detected."""
+:func:`core.data.load.load_data` to the raw rows, before the format is detected."""
 
 from __future__ import annotations
 

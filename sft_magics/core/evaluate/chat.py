@@ -4,7 +4,7 @@
 generation prompt (the exact text the model is asked to continue), and generates the reply:
 
 - greedy when ``temperature == 0``, otherwise sampling with ``temperature`` and ``top_p``;
-- ending on the model's own stop tokens (:func:`core.generation.stop_token_ids`);
+- ending on the model's own stop tokens (:func:`core.evaluate.generation.stop_token_ids`);
 - streamed: ``model.generate`` runs on a worker thread and feeds a
   ``transformers.TextIteratorStreamer``; the caller's thread reads the streamer and hands each
   piece of text to ``on_token`` — so ``on_token`` always runs on the thread that called
@@ -12,11 +12,11 @@ generation prompt (the exact text the model is asked to continue), and generates
 - stoppable: a ``threading.Event`` checked by a ``StoppingCriteria`` after every token ends a long
   generation early; the partial answer is kept in the history (``last_turn().stopped`` says so).
 
-The reply equals what :func:`core.evaluate.generate` answers for the same conversation, token for
+The reply equals what :func:`core.evaluate.evaluation.generate` answers for the same conversation, token for
 token (same rendering, same stop tokens, same decoding, leading/trailing whitespace stripped), and
 the streamed pieces add up to exactly the returned reply.
 
-``use_base=True`` answers with the LoRA adapter disabled (:func:`core.evaluate.adapter_disabled`:
+``use_base=True`` answers with the LoRA adapter disabled (:func:`core.evaluate.evaluation.adapter_disabled`:
 the same weights, no second copy in memory). The base side keeps a history of its own, so in a
 side-by-side comparison each side sees its own previous answers.
 
@@ -273,7 +273,7 @@ class _FlagCriteria:
 
 class _Stripper:
     """Passes streamed pieces on with the answer's leading and trailing whitespace held back, so the
-    pieces add up to the stripped answer (what :func:`core.evaluate.generate` returns)."""
+    pieces add up to the stripped answer (what :func:`core.evaluate.evaluation.generate` returns)."""
 
     def __init__(self, on_token):
         self.on_token = on_token

@@ -3,7 +3,7 @@
 Read top to bottom, :func:`run_evaluation` does what ``%sft_eval`` does:
 
 1. the target model: loss and perplexity on the tokens training trains on (the masks come from
-   :func:`core.template.tokenize_row`, the function the trainer uses), then answers generated for
+   :func:`core.template.tokens.tokenize_row`, the function the trainer uses), then answers generated for
    every prompt and scored with each metric;
 2. optionally the base model (a LoRA model with its adapter disabled: the same weights, no copy);
 3. optionally the base model prompted with K training examples (the prompting baseline), so the

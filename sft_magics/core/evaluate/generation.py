@@ -1,6 +1,6 @@
 """Generation: prompts rendered through the model's own template, the tokens that stop an answer,
 batched greedy (or sampled) generation, and the base model behind a LoRA adapter. Used by
-``%sft_eval`` (core/evaluate.py), ``%sft_chat`` (core/chat.py) and ``%sft_export`` (core/export.py):
+``%sft_eval`` (core/evaluate/evaluation.py), ``%sft_chat`` (core/evaluate/chat.py) and ``%sft_export`` (core/export/folder.py):
 the one home of stop tokens."""
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class ExportResult:
     seconds: float = 0.0
     verified: bool = True
     notes: list[str] = field(default_factory=list)
-    gguf: Any = None  # a GgufResult (core/gguf_export.py) when exported with gguf=TYPE
+    gguf: Any = None  # a GgufResult (core/export/gguf.py) when exported with gguf=TYPE
     source: dict = field(default_factory=dict)  # the run and checkpoint it came from, when known
 
     @property

@@ -1,6 +1,6 @@
 """Finding runs: which run a magic's TARGET names (:func:`run_path`), where its model is
 (:func:`model_location`), and the records ``%sft_runs`` lists (:func:`run_record`, :func:`list_runs`).
-Read-only: writing a run folder is :class:`core.runs.RunFolder`'s job."""
+Read-only: writing a run folder is :class:`core.run.folder.RunFolder`'s job."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _run_record(run_dir: Path) -> dict:
     status, problems = read_status(run_dir)
     history, eval_history = [], []
     skipped = 0
-    progress = ProgressState()  # the followed generated metric and its best value (core/watch.py)
+    progress = ProgressState()  # the followed generated metric and its best value (core/train/watch.py)
     for e in read_events(run_dir / "metrics.jsonl"):
         kind, step = e.get("kind"), e.get("step") if e.get("step") is not None else 0
         if not isinstance(kind, str) or not is_number(step):

@@ -1,6 +1,6 @@
 """Token counts for the data doctor, and the token ids and masks training is fed, many rows at a
 time: each row's token ids and the *ranges* of its trained tokens, computed with the same rules as
-:func:`core.template.tokenize_row` (which stays the definition; rows that cannot be done in batch
+:func:`core.template.tokens.tokenize_row` (which stays the definition; rows that cannot be done in batch
 go through it one by one; tests compare every row). Conversations are
 rendered many per call through the bounded renderer, then tokenized in one batched call of the
 fast (Rust) tokenizer; trained ranges come from character spans."""
@@ -167,7 +167,7 @@ def _render_many(
 
 def count_rows(c: _Counter, tokenizer, rows: list[dict], fmt: str, method=None) -> None:
     """Count ``rows`` (normalised, of format ``fmt``) into ``c``; ``method``: the mask method of a
-    conversation dataset (:func:`core.template.choose_mask_method`)."""
+    conversation dataset (:func:`core.template.tokens.choose_mask_method`)."""
     if fmt == "text":
         _count_text(c, tokenizer, rows)
     elif fmt == "prompt_completion":
@@ -181,7 +181,7 @@ def count_rows(c: _Counter, tokenizer, rows: list[dict], fmt: str, method=None) 
 def encode_rows(
     tokenizer, rows: list[dict], fmt: str, method=None, start: int = 0, row_index=None
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(input_ids, trained mask of 0/1) per row: what :func:`core.template.tokenize_row` gives, many
+    """(input_ids, trained mask of 0/1) per row: what :func:`core.template.tokens.tokenize_row` gives, many
     rows per template call and one batched tokenizer call, without building the token-by-token view.
     A row the template cannot render raises its error, as tokenize_row does."""
     from .render import TemplateTimeout

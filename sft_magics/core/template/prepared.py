@@ -1,6 +1,6 @@
 """What training is fed, prepared once: ``input_ids`` and ``assistant_masks`` per row, computed in
-batched chunks (:func:`core.token_counts.encode_rows`, with the rules of
-:func:`core.template.tokenize_row`), and kept on disk under a fingerprint of everything that decides
+batched chunks (:func:`core.template.counts.encode_rows`, with the rules of
+:func:`core.template.tokens.tokenize_row`), and kept on disk under a fingerprint of everything that decides
 them — the rows, the tokenizer (vocabulary, added tokens, chat template), the mask method, the
 train-on-all switch and the preparation code itself — so a re-run, a resume or a second run with
 other hyper-parameters loads them instead of preparing again. ``max_length`` is not part of it:

@@ -17,7 +17,7 @@ what ``%sft_template`` shows is what the loss sees. The rules, per normalised fo
 - ``text``: every token, plus EOS as TRL appends it.
 
 Templates render only through transformers' ``apply_chat_template`` (an immutable sandboxed Jinja
-environment), and only through :func:`core.render.apply_chat_template`, which bounds every render
+environment), and only through :func:`core.template.render.apply_chat_template`, which bounds every render
 in time and output size. A template that raises, reaches for Python internals, loops for too long or
 writes too much becomes a one-line ``TemplateError``.
 """

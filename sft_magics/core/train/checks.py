@@ -140,7 +140,7 @@ def check_split_size(key: str, value: Any) -> Any:
     raise refuse(key, value, "a fraction between 0 and 1 (exclusive) or a whole number of rows ≥ 1")
 
 
-# The cell's keys that are not SFTConfig's: how each is checked (watch keys: core/watch.py; lora: config.py).
+# The cell's keys that are not SFTConfig's: how each is checked (watch keys: core/train/watch.py; lora: config.py).
 SPEC_CHECKS = {
     "model": lambda k, v: check_text(k, v, "a model id, folder or alias"),
     "load_in_4bit": check_bool,

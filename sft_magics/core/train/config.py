@@ -1,7 +1,7 @@
 """The training config: a ``%%sft_train`` cell (or keyword arguments) becomes a :class:`TrainSpec`,
 checked key by key, then a :class:`Plan` — data loaded and validated, every value range-checked,
 device and precision chosen, steps counted — before any model loads or any run folder is made.
-The plan is what ``--dry-run`` shows and what :func:`core.train.train` trains.
+The plan is what ``--dry-run`` shows and what :func:`core.train.trainer.train` trains.
 
 Every key uses TRL's own names: any ``SFTConfig`` field at the top level, ``lora`` holds
 ``peft.LoraConfig`` fields (or ``False`` for a full fine-tune).
@@ -129,8 +129,8 @@ class TrainSpec:
     load_in_8bit: bool = False
     quantization: Mapping[str, Any] = field(default_factory=dict)  # bnb_* options
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # dtype, attn_implementation, trust_remote_code
-    chat_template: Any = None  # the template to train with (core/chat_templates.py)
-    watch: Mapping[str, Any] = field(default_factory=dict)  # eval_generate, early stopping (core/watch.py)
+    chat_template: Any = None  # the template to train with (core/template/chat_templates.py)
+    watch: Mapping[str, Any] = field(default_factory=dict)  # eval_generate, early stopping (core/train/watch.py)
     notes: tuple[str, ...] = ()  # how each TRL recipe key was read
 
     def __post_init__(self):  # "~/runs" means the home folder's runs, everywhere a path is made
@@ -139,7 +139,7 @@ class TrainSpec:
     @classmethod
     def from_mapping(cls, name: str | None, config: Mapping[str, Any], output_dir: str = "runs") -> TrainSpec:
         """Split a mapping (the YAML cell, or a TRL recipe) into our keys and SFTConfig fields,
-        checking names. TRL's CLI keys are read with TRL's meaning (core/recipe.py). ``output_dir``
+        checking names. TRL's CLI keys are read with TRL's meaning (core/train/recipe.py). ``output_dir``
         in the config is TRL's: the run's own folder (its last part is the run's name)."""
         import time
 

@@ -184,7 +184,7 @@ def estimate(
     length_source: str = "",
     free: int | None = None,
 ) -> FitEstimate:
-    """The peak memory of training plan ``p`` (a :class:`core.config.Plan`) on a model with
+    """The peak memory of training plan ``p`` (a :class:`core.train.config.Plan`) on a model with
     ``model_config`` (transformers' config), ``trainable`` of ``total`` parameters."""
     batch = int(p.sft_args.get("per_device_train_batch_size", 8))
     shape = _shape(p)

@@ -1,6 +1,6 @@
 """The model a plan trains: loaded (quantized where asked, on the plan's device and dtype), given
 the chat template it trains with (new tokens added, embeddings resized), and the LoRA config that
-trains the new tokens' rows too. Used by training and by ``--dry-run``'s fit check (core/memory.py)."""
+trains the new tokens' rows too. Used by training and by ``--dry-run``'s fit check (core/train/memory.py)."""
 
 from __future__ import annotations
 

@@ -35,11 +35,11 @@ class Plan:
     train_data: Any
     eval_data: Any
     steps: int
-    template: tuple[str, Any] | None = None  # the chat template to train with, resolved (core/chat_templates.py)
+    template: tuple[str, Any] | None = None  # the chat template to train with, resolved (template/chat_templates.py)
     notes: list[str] = field(default_factory=list)  # how recipe keys were read, and choices made here
-    watch: Any = None  # core.watch.Watch: answers generated at each evaluation, early stopping
-    answers: Any = None  # core.watch.AnswerWatch, when answers are generated
-    precision: str = ""  # which precision and why (core.config._precision)
+    watch: Any = None  # train.watch.Watch: answers generated at each evaluation, early stopping
+    answers: Any = None  # train.watch.AnswerWatch, when answers are generated
+    precision: str = ""  # which precision and why (_precision, below)
 
     def config(self) -> dict:
         """The resolved config (secrets included, in memory only: RunFolder.write_config leaves them

@@ -1,7 +1,7 @@
 """Supervised fine-tuning runs: plan -> run folder -> model and trainer -> fit -> finish.
 
 The path reads top to bottom in :func:`train` and :func:`_train`, nanoGPT style: the plan (data,
-config, device; core/config.py) first, then the run folder (core/runs.py, its one owner), the model
+config, device; core/train/config.py) first, then the run folder (core/run/folder.py, its one owner), the model
 and TRL's ``SFTTrainer``, the fit, and the final model. Every exit path leaves a final status.
 """
 
@@ -36,7 +36,7 @@ class TrainResult:
     is_peft: bool = True
     train_seconds: float = 0.0
     error: str | None = None
-    best: dict | None = None  # the best checkpoint by metric_for_best_model (core/watch.py)
+    best: dict | None = None  # the best checkpoint by metric_for_best_model (core/train/watch.py)
     early_stop: str | None = None  # why EarlyStoppingCallback ended the run, when it did
 
     def losses(self) -> list[tuple[int, float]]:
@@ -104,7 +104,7 @@ def train(
     data order, optimizer and scheduler state restored by the trainer) after checking that there
     is something to resume and that it is what was trained (``resume_anyway=True`` accepts a
     missing optimizer state or changed data, and records that). ``claimed=True``: the folder was
-    already claimed by :func:`core.worker.launch` for this process. ``files``: extra text files
+    already claimed by :func:`core.train.worker.launch` for this process. ``files``: extra text files
     for the folder (the cell as typed), written with credentials scrubbed."""
     import os
 

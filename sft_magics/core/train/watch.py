@@ -1,6 +1,6 @@
 """Watching the model learn: at each evaluation during training, answers generated for the eval
 prompts (all of them, or a fixed seeded sample) and scored with ``%sft_eval``'s metric registry
-through the same function, :func:`core.evaluate.evaluate_model` — so the numbers equal a later
+through the same function, :func:`core.evaluate.evaluation.evaluate_model` — so the numbers equal a later
 ``%sft_eval`` of that checkpoint. The scores join the trainer's eval metrics (``eval_json_match``,
 ...), which is what lets transformers' own ``metric_for_best_model`` / ``load_best_model_at_end`` /
 ``EarlyStoppingCallback`` keep the best checkpoint and stop a run whose metric has plateaued.

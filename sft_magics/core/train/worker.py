@@ -3,7 +3,7 @@
 The run folder is the interface. The kernel writes ``spec.json`` and starts a detached
 *supervisor* (``python -m sft_magics supervise RUN_DIR``), which starts the *worker* command —
 ``python -m sft_magics worker RUN_DIR`` directly, or under ``torchrun`` / ``accelerate launch`` —
-and waits for it. The worker runs :func:`core.train.train` exactly as ``%%sft_train`` does in the
+and waits for it. The worker runs :func:`core.train.trainer.train` exactly as ``%%sft_train`` does in the
 kernel (one code path), so it writes the same ``metrics.jsonl`` / ``status.json`` / checkpoints;
 under a launcher only rank 0 writes. If the worker dies without a final status (an exception
 before training, a signal, the out-of-memory killer), the supervisor records ``failed`` with the
