@@ -33,6 +33,18 @@ TEMPLATES = {
 }
 
 
+def _loops_on(content: str) -> str:
+    """A ChatML template that loops only on the message whose content is ``content`` (one row)."""
+    return (
+        "{% for m in messages %}{% if m['content'] == '"
+        + content
+        + "' %}"
+        + LOOP
+        + "{% endif %}{% endfor %}"
+        + CHATML_TEMPLATE
+    )
+
+
 def _messages_jsonl(path: Path, n: int) -> str:
     rows = [
         {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
@@ -117,12 +129,7 @@ def test_a_template_that_loops_on_one_row_is_refused_for_the_load_naming_the_row
     shell, tiny_model, tmp_path, short_bound
 ):
     data = _messages_jsonl(tmp_path / "m.jsonl", 1000)
-    shell.user_ns["tpl"] = (
-        "{% for m in messages %}{% if m['content'] == 'Answer 997.' %}"
-        + LOOP
-        + "{% endif %}{% endfor %}"
-        + CHATML_TEMPLATE
-    )
+    shell.user_ns["tpl"] = _loops_on("Answer 997.")
     before = short_bound.timeouts
     with pytest.raises(UsageError, match=r"^row 997: the chat template ran for more than 0.5 s and was stopped"):
         shell.run_cell_magic(
@@ -424,12 +431,7 @@ def test_trls_own_value_checks_run_at_plan_time_so_dry_run_shows_them(shell, tin
 def test_a_looping_row_is_bounded_in_preparation_worker_processes(shell, tiny_model, tmp_path, short_bound):
     """dataset_num_proc forks datasets' map workers: the bound holds in each (the watchdog restarts there)."""
     data = _messages_jsonl(tmp_path / "m.jsonl", 2000)
-    shell.user_ns["tpl"] = (
-        "{% for m in messages %}{% if m['content'] == 'Answer 1500.' %}"
-        + LOOP
-        + "{% endif %}{% endfor %}"
-        + CHATML_TEMPLATE
-    )
+    shell.user_ns["tpl"] = _loops_on("Answer 1500.")
     started = time.time()
     with pytest.raises(UsageError, match=r"row 1500: the chat template ran for more than 0.5 s and was stopped"):
         shell.run_cell_magic(

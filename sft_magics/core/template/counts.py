@@ -117,7 +117,6 @@ def _many(call, items: list, rows: list[int], c: _Counter) -> list:
 
     if not items:
         return []
-    timed_out = False
     try:
         out = call(items)
         if len(out) == len(items):
@@ -125,13 +124,12 @@ def _many(call, items: list, rows: list[int], c: _Counter) -> list:
     except TemplateTimeout as err:
         if err.located:  # refused earlier in this load
             raise
-        timed_out = True
     except Exception:
         pass
     results = []
     for k, item in enumerate(items):
         try:
-            results.append(call([item], confirm=timed_out)[0])
+            results.append(call([item])[0])
         except TemplateTimeout as err:
             raise err.at(c.row(rows[k])) from None
         except Exception:
@@ -152,14 +150,9 @@ def _render_many(
 
     from .render import apply_chat_template
 
-    def call(convs, confirm=False):
+    def call(convs):
         return apply_chat_template(
-            tokenizer,
-            convs,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            chat_template=chat_template,
-            confirm=confirm,
+            tokenizer, convs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
         )
 
     return _many(call, conversations, rows, c)
@@ -270,7 +263,7 @@ def _count_by_markers(c: _Counter, tokenizer, batch: list[int], convs: dict, tem
 
     done: set[int] = set()
 
-    def call(conversations, confirm=False):
+    def call(conversations):
         enc = apply_chat_template(
             tokenizer,
             conversations,
@@ -278,7 +271,6 @@ def _count_by_markers(c: _Counter, tokenizer, batch: list[int], convs: dict, tem
             return_dict=True,
             return_assistant_tokens_mask=True,
             chat_template=template,
-            confirm=confirm,
         )
         return list(zip(enc["input_ids"], enc["assistant_masks"]))
 

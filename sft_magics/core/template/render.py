@@ -22,7 +22,8 @@ class TemplateError(SftError, ValueError):
     """A chat template that failed or was refused while rendering; one line."""
 
 
-# Bounds on one apply_chat_template call (a batched call gets them per conversation, up to 8x).
+# Bounds on one apply_chat_template call: a batch gets one time bound per million characters of content,
+# and the size bound per conversation (each up to 8x).
 RENDER_SECONDS = 10.0
 RENDER_CHARS = 4_000_000
 
@@ -138,14 +139,13 @@ def template_text(tokenizer, chat_template=None) -> str | None:
 
 
 @contextlib.contextmanager
-def bounded(template: str | None, what: str = "", *, scale: float = 1.0, confirm: bool = False, refuse: bool = True):
+def bounded(template: str | None, what: str = "", *, scale: float = 1.0, refuse: bool = True):
     """Any call that renders ``template`` (ours, or a library's), inside the bound: past
     ``RENDER_SECONDS * scale`` it is stopped and becomes :class:`TemplateTimeout`, and the template
     is refused from then on. ``what`` says where (``" in TRL's get_training_chat_template"``).
-    ``confirm``: render a template that timed out once more (to find the row that showed it);
-    a render that then ends in time lifts the refusal. ``refuse=False`` (a batch of conversations, which
-    its caller then renders one by one): the timeout is raised but the template is not refused yet."""
-    if template is not None and template in _refused and not confirm:
+    ``refuse=False`` (a batch of conversations, which its caller then renders one by one to find the
+    row that shows the loop): the timeout is raised but the template is not refused yet."""
+    if template is not None and template in _refused:
         raise TemplateTimeout(f"{_refused[template]} (refused until the template is changed)", template, located=True)
     seconds = RENDER_SECONDS * scale
     try:
@@ -158,15 +158,13 @@ def bounded(template: str | None, what: str = "", *, scale: float = 1.0, confirm
         if template is not None and refuse:
             _refused[template] = message
         raise TemplateTimeout(message, template) from None
-    if confirm and template is not None:
-        _refused.pop(template, None)
 
 
-def apply_chat_template(tokenizer, conversation, *, confirm: bool = False, **kwargs):
+def apply_chat_template(tokenizer, conversation, **kwargs):
     """``tokenizer.apply_chat_template`` (transformers' sandboxed renderer), bounded in time and in
     output size; every failure of the template is a one-line :class:`TemplateError`. A batch of
     conversations gets one bound per million characters of content (a render is linear in its text;
-    a batch that times out is then tried one conversation at a time by the caller, ``confirm=True``)."""
+    a batch that times out is not refused: its caller tries it one conversation at a time)."""
     from jinja2.exceptions import SecurityError
     from jinja2.exceptions import TemplateError as JinjaTemplateError
 
@@ -179,9 +177,7 @@ def apply_chat_template(tokenizer, conversation, *, confirm: bool = False, **kwa
     chars = _content_chars(conversation if many else [conversation])
     scale = min(1 + chars // 1_000_000, 8)
     try:
-        with bounded(
-            template_text(tokenizer, kwargs.get("chat_template")), scale=scale, confirm=confirm, refuse=not many
-        ):
+        with bounded(template_text(tokenizer, kwargs.get("chat_template")), scale=scale, refuse=not many):
             out = tokenizer.apply_chat_template(conversation, **kwargs)
     except TemplateError:
         raise
