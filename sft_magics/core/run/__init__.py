@@ -2,7 +2,8 @@
 the names of its files), the typed status every reader uses, and which run a name points at. The
 face: what other packages and users reach for."""
 
-from .folder import RUN_FILES, RunFolder, is_run_folder, read_config
+from .folder import RunFolder, is_run_folder, read_config
+from .layout import RUN_FILES
 from .lock import RunBusy, RunError, RunLock
 from .lookup import list_runs, model_location, run_path, run_record
 from .status import read_status

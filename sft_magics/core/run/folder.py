@@ -36,29 +36,26 @@ from typing import Any
 from ..events import FINAL_STATES
 from ..files import atomic_write, read_json, write_json
 from .checkpoints import checkpoint_problem, checkpoint_step, mark_whole
+from .layout import (  # noqa: F401 - the names, also reached as run.folder's
+    CELL_FILE,
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    ERROR_FILE,
+    EVAL_FOLDER,
+    EVENTS_FILE,
+    LOCK_FILE,
+    RUN_FILES,
+    SPEC_FILE,
+    STATUS_FILE,
+    STOP_FILE,
+    SUPERVISOR_FILE,
+)
 from .lock import RunBusy, RunError, RunLock, pid_alive
 from .status import read_status
 
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RULE_TEXT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 FINAL_PARTIAL = ".final.partial"
-# The files of a run folder, named here and nowhere else (tests/test_architecture.py holds that);
-# eval/ holds %sft_eval's reports (new_eval_folder).
-STATUS_FILE, CONFIG_FILE, CELL_FILE, ENVIRONMENT_FILE = "status.json", "config.yaml", "cell.txt", "environment.json"
-EVENTS_FILE, ERROR_FILE, LOCK_FILE = "metrics.jsonl", "error.log", "run.lock"
-SPEC_FILE, SUPERVISOR_FILE, STOP_FILE, EVAL_FOLDER = "spec.json", "supervisor.json", "STOP", "eval"
-RUN_FILES = (
-    STATUS_FILE,
-    CONFIG_FILE,
-    CELL_FILE,
-    ENVIRONMENT_FILE,
-    EVENTS_FILE,
-    ERROR_FILE,
-    LOCK_FILE,
-    SPEC_FILE,
-    SUPERVISOR_FILE,
-    STOP_FILE,
-)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -138,7 +135,7 @@ class RunFolder:
         staging = folder.root / f".{name}.claim-{os.getpid()}-{time.monotonic_ns()}"
         try:
             staging.mkdir()
-            (staging / "run.lock").write_text(str(os.getpid()))
+            (staging / LOCK_FILE).write_text(str(os.getpid()))
             os.rename(staging, folder.path)  # fails if the name was taken meanwhile
         except OSError as err:
             shutil.rmtree(staging, ignore_errors=True)
@@ -184,7 +181,7 @@ class RunFolder:
         path = self.path
         if path.is_symlink() or not path.is_dir():
             raise RunError(f"{path} is not a run folder: not removed (choose another --name)")
-        markers = ("status.json", "config.yaml", "spec.json", "metrics.jsonl", "run.lock")
+        markers = (STATUS_FILE, CONFIG_FILE, SPEC_FILE, EVENTS_FILE, LOCK_FILE)
         if any(path.iterdir()) and not any((path / m).exists() for m in markers):
             raise RunError(
                 f"{path} is not a run folder (no status.json or config.yaml): not removed, choose another --name"
@@ -210,7 +207,7 @@ class RunFolder:
     def live_pid(self) -> int | None:
         """The live process training into this folder: the lock's owner, or a supervisor whose run
         has no final status yet. None when nothing alive works on it (whatever status.json says)."""
-        supervisor = read_json(self.path / "supervisor.json").get("pid")
+        supervisor = read_json(self.path / SUPERVISOR_FILE).get("pid")
         if supervisor and pid_alive(int(supervisor)) and self.status().get("state") not in FINAL_STATES:
             return int(supervisor)  # a background run: the process %sft_stop and the table talk about
         owner = self.lock.owner()
@@ -234,17 +231,17 @@ class RunFolder:
 
         clean, secrets = split_secrets(config)
         head = f"# left out (secrets): {', '.join('.'.join(p) for p in secrets)}\n" if secrets else ""
-        self.write_text("config.yaml", head + yaml.safe_dump(clean, sort_keys=False))
+        self.write_text(CONFIG_FILE, head + yaml.safe_dump(clean, sort_keys=False))
 
     def update_status(self, **fields) -> dict:
         """Merge ``fields`` into status.json, whole. On a full disk, where the temp file cannot be
         written, the file is rewritten in place (its blocks are already allocated)."""
         status = {**self.status(), **fields}
         try:
-            write_json(self.path / "status.json", status)
+            write_json(self.path / STATUS_FILE, status)
         except OSError:
             compact = json.dumps({k: v for k, v in status.items() if k != "log_tail"}, default=str)
-            with open(self.path / "status.json", "r+b") as f:
+            with open(self.path / STATUS_FILE, "r+b") as f:
                 f.write(compact.encode())
                 f.truncate()
                 f.flush()
@@ -253,7 +250,7 @@ class RunFolder:
 
     def append_event(self, event: dict) -> None:
         """One line per event, one write: a reader sees whole lines (at worst a half-written last one)."""
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with open(self.path / EVENTS_FILE, "a") as f:
             f.write(json.dumps(event, default=str) + "\n")
 
     def event_sink(self):
@@ -276,7 +273,7 @@ class RunFolder:
         extra = {k: scrub_text(v) if isinstance(v, str) else v for k, v in extra.items()}
         if traceback_text is not None:
             try:
-                self.write_text("error.log", scrub_text(traceback_text))
+                self.write_text(ERROR_FILE, scrub_text(traceback_text))
             except OSError as err:
                 problems.append(f"error.log could not be written ({_reason(err)})")
         fields = {"state": "failed", "ended": now(), "error": cause, "hint": hint, **extra}

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import SftError
+from .layout import LOCK_FILE
 
 
 class RunLock:
@@ -14,7 +15,7 @@ class RunLock:
     taken over; a live one refuses the second run (after ``wait`` seconds of retrying)."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "run.lock"
+        self.path = Path(run_dir) / LOCK_FILE
         self.held = False
 
     def owner(self) -> int | None:

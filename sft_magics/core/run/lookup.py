@@ -11,6 +11,7 @@ from ..errors import one_line
 from ..events import FINAL_STATES, LIVE_STATES
 from ..files import read_events
 from .folder import NAME_RULE, RunFolder, is_run_folder, read_config
+from .layout import EVENTS_FILE
 from .lock import RunError
 from .status import is_number, read_status
 
@@ -46,7 +47,7 @@ def _run_record(run_dir: Path) -> dict:
     history, eval_history = [], []
     skipped = 0
     progress = ProgressState()  # the followed generated metric and its best value (core/train/watch.py)
-    for e in read_events(run_dir / "metrics.jsonl"):
+    for e in read_events(run_dir / EVENTS_FILE):
         kind, step = e.get("kind"), e.get("step") if e.get("step") is not None else 0
         if not isinstance(kind, str) or not is_number(step):
             skipped += 1

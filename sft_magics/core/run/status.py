@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import read_json
+from .layout import STATUS_FILE
 
 
 def is_number(value: Any) -> bool:
@@ -33,10 +34,10 @@ def read_status(run_dir: Path) -> tuple[dict, list[str]]:
     """A run's status.json, every reader's way in: the fields of the right type, and one line for
     each that is not (a folder someone edited, or a damaged disk). A file that is not a JSON object
     gives no fields and says so."""
-    status = read_json(Path(run_dir) / "status.json")
+    status = read_json(Path(run_dir) / STATUS_FILE)
     problems = (
         []
-        if status or not (Path(run_dir) / "status.json").is_file()
+        if status or not (Path(run_dir) / STATUS_FILE).is_file()
         else ["status.json cannot be read (not a JSON object)"]
     )
     good = {}
