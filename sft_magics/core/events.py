@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # A run's life: it is live in one of LIVE_STATES and ends in one of FINAL_STATES (the final events' kinds).
+# "interrupted": a SLURM job's worker checkpointed on a time-limit or preemption signal; "requeued": the
+# job went back to SLURM's queue and will resume from that checkpoint.
 FINAL_STATES = ("finished", "stopped", "failed")
-LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving")
+LIVE_STATES = ("starting", "loading", "training", "evaluating", "saving", "interrupted", "requeued")
 
 
 @dataclass(frozen=True)

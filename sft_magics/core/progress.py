@@ -78,6 +78,7 @@ class ProgressState:
     best: tuple[float, int] | None = None  # (value, step) of the followed metric so far
     answers: dict[str, Any] = field(default_factory=dict)  # the latest `answers` event
     early_stop: str | None = None
+    job: dict[str, Any] = field(default_factory=dict)  # a SLURM run's job as SLURM sees it (`job` events)
     version: int = 0  # bumped when the loss histories change (renderers redraw charts on change)
     started: float | None = None  # time of the first event
     ended: float | None = None  # time of the final event
@@ -125,6 +126,8 @@ class ProgressState:
             self._answers(d)
         elif kind == "checkpoint":
             self.checkpoint = d.get("path")
+        elif kind == "job":
+            self.job = dict(d)
         elif kind in FINAL:
             self.status, self.ended = kind, t
             self.error = None if d.get("error") is None else str(d["error"])
@@ -332,6 +335,12 @@ class ProgressState:
 
     def line(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.fields())
+
+    def job_text(self) -> str | None:
+        """``SLURM job 12: PENDING (Resources)``, for a run that is a SLURM job."""
+        if not self.job:
+            return None
+        return f"SLURM job {self.job.get('job_id', '?')}: {self.job.get('text') or self.job.get('state') or '?'}"
 
 
 @dataclass

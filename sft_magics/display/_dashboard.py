@@ -55,7 +55,7 @@ class _Dashboard:
 
     interval = 0.25
     trailing = False  # draw what a burst left undrawn, from a timer, once the interval has passed
-    ALWAYS = ("started", "status", "eval", *FINAL)
+    ALWAYS = ("started", "status", "job", "eval", *FINAL)
 
     def __init__(self, title: str = "training", on_stop: Callable[[], None] | None = None):
         self.title = str(title)
@@ -277,6 +277,10 @@ class PlainDashboard(_Dashboard):
                 self._print(self._started_line(event.data))
             elif event.kind == "answers":
                 self._print(self._answers_line())
+            elif event.kind == "job":
+                self._print(self.state.job_text())
+            elif event.kind == "status" and event.data.get("state") in ("interrupted", "requeued"):
+                self._print(f"{event.data['state']} at step {self.state.step}")
             elif event.kind in ("eval", *FINAL) or (
                 event.kind == "log" and (self._last is None or now - self._last >= self.interval)
             ):

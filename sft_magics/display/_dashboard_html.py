@@ -171,7 +171,7 @@ def info_text(state: ProgressState) -> str:
 
 
 def header_html(title: str, state: ProgressState) -> str:
-    info = info_text(state)
+    info = " · ".join(t for t in (state.job_text(), info_text(state)) if t)
     info = f'<div style="color:#666;font-size:90%">{_E(info)}</div>' if info else ""
     return f"<div><b>{_E(title)}</b> {_badge(state.status)}</div>{info}"
 

@@ -27,7 +27,7 @@ class _RichView:
 
         s, title = self.d.state, self.d.title
         head = Text.assemble((title, "bold"), "  ", (s.status, RICH_STYLES.get(s.status, "")))
-        info = info_text(s)
+        info = " · ".join(t for t in (s.job_text(), info_text(s)) if t)
         if info:
             head.append(f"  {info}", style="dim")
         total = max(s.max_steps, s.step) or None

@@ -48,11 +48,14 @@ class TrainMagics(MagicsBase):
     )
     @argument(
         "--launcher",
-        choices=["none", "torchrun", "accelerate"],
+        choices=["none", "torchrun", "accelerate", "slurm"],
         default="none",
-        help="Train in N processes through torchrun or accelerate launch (data parallel).",
+        help="Train in N processes through torchrun or accelerate launch (data parallel), or as a SLURM "
+        "job (the cell's slurm: key; --background implied).",
     )
-    @argument("--nproc", type=int, default=1, help="Number of processes for --launcher (e.g. one per GPU).")
+    @argument(
+        "--nproc", type=int, default=1, help="Number of processes for --launcher (per node under slurm; one per GPU)."
+    )
     @argument(
         "--accelerate-config",
         metavar="FILE",
@@ -113,11 +116,17 @@ class TrainMagics(MagicsBase):
         cell = cell or ""
         spec = self._train_spec(_run_name(args, cell), cell, resume=bool(args.resume))
         name = spec.name
+        if spec.slurm and args.launcher != "slurm":
+            raise UsageError("key 'slurm' holds SLURM options: add --launcher slurm to the line to submit the run")
+        if args.nproc < 1:
+            raise UsageError(f"--nproc must be at least 1, not {args.nproc}")
         if args.dry_run:
-            return self._dry_run(spec, args.output)
+            return self._dry_run(spec, args.output, args)
         files = {CELL_FILE: f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
         if args.overwrite and spec.run_dir.exists():
             print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
+        if args.launcher == "slurm":
+            return self._submit_to_slurm(spec, args, files)
         if args.background or args.launcher != "none":
             return self._start_outside(spec, args, files)
         return self._start_in_kernel(spec, args, files)
@@ -177,6 +186,23 @@ class TrainMagics(MagicsBase):
             return self._bind(args.output, run) if args.output else None
         return self._follow_until_done(run, args)
 
+    def _submit_to_slurm(self, spec, args, files):
+        """``--launcher slurm``: the run is a SLURM job (core/train/slurm.py); followed as a background run."""
+        from ..core.run.folder import JOB_SCRIPT_FILE, RunFolder
+        from ..core.train.slurm import job_state_line, submit_run
+
+        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        launch = {"nproc": args.nproc, "accelerate_config": args.accelerate_config}
+        run = submit_run(spec, namespace=self.shell.user_ns, files=files, **launch, **options)
+        state = job_state_line(RunFolder(run.path.parent, run.name)).split(": ", 1)[-1]
+        print(
+            f"run '{run.name}' submitted to SLURM as job {run.job_id} ({state}); its script is {run.path / JOB_SCRIPT_FILE}: "
+            f"%sft_attach {run.name} to watch, %sft_wait {run.name} to block, %sft_stop {run.name} to stop"
+        )
+        if self.mode == "widget":
+            attach_dashboard(run.path, self.mode, follow_live=True)
+        return self._bind(args.output, run) if args.output else None
+
     def _follow_until_done(self, run, args):
         """A launcher run that blocks the cell: the dashboard follows its event stream; (thread, finish)."""
         from ..core.train import worker as w
@@ -218,7 +244,7 @@ class TrainMagics(MagicsBase):
             config.setdefault("trust_remote_code", True)
         return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
 
-    def _dry_run(self, spec, output):
+    def _dry_run(self, spec, output, args):
         from ..core.secrets import redact
         from ..core.train.memory import fit_check
         from ..core.train.plan import plan
@@ -245,6 +271,8 @@ class TrainMagics(MagicsBase):
             *(f"read: {n}" for n in p.notes),
             "dry run: nothing was trained",
         ]
+        if args.launcher == "slurm":
+            notes += _slurm_preview(spec, args)
         show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
         summary = {
             "config": shown,
@@ -392,3 +420,23 @@ def _run_name(args, cell: str) -> str | None:
         raise UsageError("--resume-anyway goes with --resume NAME")
     given = args.resume if args.resume is not None else args.name  # an explicit "" is a mistake, not "no name"
     return None if given is None else validate_name(given)
+
+
+def _slurm_preview(spec, args) -> list[str]:
+    """``--dry-run --launcher slurm``: the job script that would be submitted, the command each node
+    runs, and what sbatch would take from the environment."""
+    import os
+    import shlex
+
+    from ..core.cluster import environment_defaults, slurm_options
+    from ..core.train.slurm import job_script, node_command
+
+    options = slurm_options(spec.slurm)
+    launch = {"nproc": args.nproc, "accelerate_config": args.accelerate_config, "resume_anyway": args.resume_anyway}
+    defaults = {k: v for k, v in environment_defaults(os.environ).items() if k not in options.given()}
+    return [
+        f"SLURM: {options.nodes} node(s) × {args.nproc} process(es); each node runs: "
+        + shlex.join(node_command(spec.run_dir, options, **launch)),
+        *(f"SLURM default from the environment: {k} = {v}" for k, v in defaults.items()),
+        "job script (job.sbatch):\n" + job_script(spec.run_dir, options, **launch),
+    ]

@@ -12,6 +12,7 @@
                        renamed when whole)
     error.log          the full traceback of a failed run (credentials scrubbed)
     run.lock           held while a process trains into this folder
+    job.json, job.sbatch, slurm-<job>.out    a run submitted to SLURM: its job, its batch script, SLURM's log
 
 What is guaranteed (tests/test_reliability.py shows each):
 
@@ -43,6 +44,10 @@ from .layout import (  # noqa: F401 - the names, also reached as run.folder's
     ERROR_FILE,
     EVAL_FOLDER,
     EVENTS_FILE,
+    INTERRUPT_FILE,
+    JOB_FILE,
+    JOB_LOG_PATTERN,
+    JOB_SCRIPT_FILE,
     LOCK_FILE,
     RUN_FILES,
     SPEC_FILE,
@@ -169,8 +174,8 @@ class RunFolder:
         status = self.status()
         state = status.get("state") or "unknown"
         step = f" at step {status['step']}" if status.get("step") else ""
-        pid = self.live_pid()
-        step += f", in use by process {pid}" if pid else ""
+        owner = self.live_owner()
+        step += f", in use by {owner}" if owner else ""
         return (
             f"a run named '{self.name}' already exists in {self.root} ({state}{step}): continue it with "
             f"--resume {self.name}, choose another --name, or pass --overwrite to remove it first"
@@ -186,9 +191,9 @@ class RunFolder:
             raise RunError(
                 f"{path} is not a run folder (no status.json or config.yaml): not removed, choose another --name"
             )
-        pid = self.live_pid()
-        if pid:
-            raise RunBusy(f"run '{self.name}' is still training (process {pid}): stop it before --overwrite")
+        owner = self.live_owner()
+        if owner:
+            raise RunBusy(f"run '{self.name}' is still training ({owner}): stop it before --overwrite")
         self.lock.acquire()  # refuses a live owner; held until the folder is moved away
         trash = self.root / f".{self.name}.removed-{os.getpid()}-{time.monotonic_ns()}"
         try:
@@ -205,8 +210,11 @@ class RunFolder:
         return read_status(self.path)[0]
 
     def live_pid(self) -> int | None:
-        """The live process training into this folder: the lock's owner, or a supervisor whose run
-        has no final status yet. None when nothing alive works on it (whatever status.json says)."""
+        """The live process on this machine training into this folder: the lock's owner, or a
+        supervisor whose run has no final status yet. None when nothing alive here works on it, and
+        for a SLURM run (its processes are on the cluster's nodes: their pids mean nothing here)."""
+        if self.job_id():
+            return None
         supervisor = read_json(self.path / SUPERVISOR_FILE).get("pid")
         if supervisor and pid_alive(int(supervisor)) and self.status().get("state") not in FINAL_STATES:
             return int(supervisor)  # a background run: the process %sft_stop and the table talk about
@@ -214,6 +222,61 @@ class RunFolder:
         if owner and pid_alive(owner):
             return owner
         return None
+
+    def job_id(self) -> str | None:
+        """The SLURM job of a run submitted with ``--launcher slurm`` (job.json), else None."""
+        job = read_json(self.path / JOB_FILE).get("job_id")
+        return str(job) if job else None
+
+    def job(self):
+        """``(job_id, JobInfo or None, problem)``: the run's SLURM job as SLURM sees it now (None:
+        SLURM no longer knows it; ``problem``: SLURM could not be asked)."""
+        from ..cluster import SlurmError, job_info
+
+        job = self.job_id()
+        if not job:
+            return None, None, None
+        try:
+            return job, job_info(job), None
+        except SlurmError as err:
+            return job, None, str(err)
+
+    def live_owner(self) -> str | None:
+        """What trains into this folder now, in words (``process 123``, ``SLURM job 45 (PENDING
+        (Resources))``), or None. A SLURM run lives while its job does; when SLURM cannot be asked,
+        it is not called dead."""
+        job, info, problem = self.job()
+        if job:
+            if problem:
+                return f"SLURM job {job} (its state is unknown: {problem})"
+            if info is not None and info.live and self.status().get("state") not in FINAL_STATES:
+                return f"SLURM job {job} ({info.describe()})"
+            return None
+        pid = self.live_pid()
+        return f"process {pid}" if pid else None
+
+    def job_end_cause(self) -> str | None:
+        """For a SLURM run that SLURM ended (or forgot) while its status is still live: the cause,
+        naming SLURM's state and reason; else None."""
+        job, info, problem = self.job()
+        if not job or problem or self.status().get("state") in FINAL_STATES or (info is not None and info.live):
+            return None
+        if info is None:
+            return f"SLURM ended job {job} and no longer knows it (after MinJobAge), before the run recorded an end"
+        return f"SLURM ended job {job} as {info.describe()}" + (
+            f", exit code {info.exit_code}" if info.exit_code else ""
+        )
+
+    def settle_job(self) -> bool:
+        """Record a SLURM run that SLURM ended without a final status as ``failed``, with SLURM's
+        reason (it forgets ended jobs after MinJobAge: the folder must keep the cause). True if it did."""
+        cause = self.job_end_cause()
+        if cause is None:
+            return False
+        step = self.status().get("step")
+        hint = f"resume with --resume {self.name}" + (f" (last whole checkpoint: step {step})" if step else "")
+        self.record_failure(cause, hint, step=step)
+        return True
 
     # -- writing ------------------------------------------------------------------------------
     def write_text(self, name: str, text: str) -> None:

@@ -1,6 +1,8 @@
 """Finding runs: which run a magic's TARGET names (:func:`run_path`), where its model is
 (:func:`model_location`), and the records ``%sft_runs`` lists (:func:`run_record`, :func:`list_runs`).
-Read-only: writing a run folder is :class:`core.run.folder.RunFolder`'s job."""
+Read-only, but for one thing: a SLURM run whose job SLURM ended without a final status is recorded
+``failed`` with SLURM's reason when first seen (SLURM forgets ended jobs). Writing a run folder is
+:class:`core.run.folder.RunFolder`'s job."""
 
 from __future__ import annotations
 
@@ -71,13 +73,20 @@ def _run_record(run_dir: Path) -> dict:
     if skipped:
         problems.append(f"metrics.jsonl: {skipped} event(s) with fields of other types skipped")
     state = status.get("state", "unknown")
-    try:
-        pid = RunFolder(run_dir.parent, run_dir.name).live_pid()
-    except RunError:
-        pid = None
-    if state in LIVE_STATES and not pid:
-        state = "stale"  # its process is gone without a final status
     error = status.get("error")
+    try:
+        folder = RunFolder(run_dir.parent, run_dir.name)
+    except RunError:
+        folder = None
+    pid = folder.live_pid() if folder else None
+    job, info, _ = folder.job() if folder else (None, None, None)
+    owner = folder.live_owner() if folder else None
+    if state in LIVE_STATES and not owner:
+        if job and folder.settle_job():  # SLURM ended its job: recorded now, since SLURM forgets it
+            status = read_status(run_dir)[0]
+            state, error = status.get("state", "failed"), status.get("error")
+        else:
+            state = "stale"  # its process is gone without a final status
     return {
         "name": run_dir.name,
         "path": str(run_dir),
@@ -92,9 +101,11 @@ def _run_record(run_dir: Path) -> dict:
         "eval_history": eval_history,
         "updated": status.get("ended") or status.get("started"),
         "pid": pid if state not in FINAL_STATES else None,
+        "job": None if not job else {"job_id": job, **(info.as_event() if info else {"text": "unknown to SLURM now"})},
         "world_size": status.get("world_size", 1),
         "error": error,
         "hint": status.get("hint"),
+        "owner": owner,
         "best": f"{progress.watch['metric']} {progress.best_text()}" if progress.best else None,
         "early_stop": status.get("early_stop"),
         "damaged": "; ".join(problems) or None,  # what is wrong in its files; the state is still its own

@@ -48,6 +48,7 @@ SPEC_KEYS = (
     "model_kwargs",
     "chat_template",
     "trust_remote_code",
+    "slurm",
 )
 
 
@@ -131,6 +132,7 @@ class TrainSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # dtype, attn_implementation, trust_remote_code
     chat_template: Any = None  # the template to train with (core/template/chat_templates.py)
     watch: Mapping[str, Any] = field(default_factory=dict)  # eval_generate, early stopping (core/train/watch.py)
+    slurm: Mapping[str, Any] = field(default_factory=dict)  # --launcher slurm's options (core/cluster/options.py)
     notes: tuple[str, ...] = ()  # how each TRL recipe key was read
 
     def __post_init__(self):  # "~/runs" means the home folder's runs, everywhere a path is made
@@ -143,6 +145,7 @@ class TrainSpec:
         in the config is TRL's: the run's own folder (its last part is the run's name)."""
         import time
 
+        from ..cluster import slurm_options
         from ..data.spec import check_dataset_value
         from ..run.folder import validate_name
         from .recipe import read_recipe
@@ -202,6 +205,7 @@ class TrainSpec:
             model_kwargs=model_kwargs,
             chat_template=config.get("chat_template"),
             watch=check_watch_keys(config),
+            slurm=slurm_options(config.get("slurm")).as_dict() if "slurm" in config else {},
             notes=tuple(notes),
         )
 

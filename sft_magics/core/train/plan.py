@@ -59,6 +59,7 @@ class Plan:
                     {"chat_template": _describe(self.spec.chat_template)} if self.spec.chat_template is not None else {}
                 ),
                 **dict(self.spec.watch),
+                **({"slurm": dict(self.spec.slurm)} if self.spec.slurm else {}),
                 **self.sft_args,
             }
         )

@@ -7,6 +7,7 @@ and TRL's ``SFTTrainer``, the fit, and the final model. Every exit path leaves a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from .plan import Plan, plan, sft_config
 class TrainResult:
     name: str
     path: Path
-    status: str  # finished | stopped | failed
+    status: str  # finished | stopped | failed | interrupted (a SLURM job's, to be resumed)
     global_step: int
     max_steps: int
     history: list[dict]
@@ -49,14 +50,10 @@ class TrainResult:
 
 def rank() -> int:
     """This process's rank under torchrun / accelerate (0 when not distributed)."""
-    import os
-
     return int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -106,7 +103,6 @@ def train(
     missing optimizer state or changed data, and records that). ``claimed=True``: the folder was
     already claimed by :func:`core.train.worker.launch` for this process. ``files``: extra text files
     for the folder (the cell as typed), written with credentials scrubbed."""
-    import os
 
     from .._quiet import quiet_libraries
     from ..run.folder import RunFolder
@@ -246,7 +242,7 @@ def _train(
     try:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            state = "stopped" if stop.is_set() else "finished"
+            state = "interrupted" if stop.interrupted else "stopped" if stop.is_set() else "finished"
             interrupted = False
         except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
             state, interrupted = "stopped", True
@@ -280,7 +276,6 @@ def _train(
 def _open_folder(p: Plan, folder, *, files, resume: bool, overrides: list[str], started: float) -> None:
     """What a run folder holds before training: the cell (scrubbed), the status (loading), the config
     (no secrets), the environment (versions, device, precision, the data's fingerprints)."""
-    import os
 
     from ..run.folder import ENVIRONMENT_FILE, environment
     from ..secrets import scrub_text
@@ -393,6 +388,12 @@ def _finish(
     from .watch import best_record, early_stop_reason
 
     spec = p.spec
+    ts = trainer.state
+    if state == "interrupted":  # a SLURM job's time limit or preemption: its checkpoint is saved, the run goes on
+        if folder:
+            folder.update_status(state=state, step=ts.global_step)
+        emit(Event("status", {"state": state, "step": ts.global_step}))
+        return TrainResult(spec.name, spec.run_dir, state, ts.global_step, ts.max_steps, list(ts.log_history))
     emit(Event("status", {"state": "saving", "step": trainer.state.global_step}))
     partial = spec.run_dir / FINAL_PARTIAL
     if folder:
@@ -403,7 +404,6 @@ def _finish(
     if folder:
         tokenizer.save_pretrained(str(partial))
         folder.publish_final(partial)  # final/ appears whole or not at all
-    ts = trainer.state
     ended = now()
     # The best checkpoint (metric_for_best_model) and why the run ended early, when it did.
     best = best_record(trainer, loaded=not interrupted)  # an interrupt skips transformers' loading of the best

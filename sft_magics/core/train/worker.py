@@ -22,16 +22,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import one_line
-from ..events import FINAL_STATES, LIVE_STATES, Event
-from ..files import read_events, read_json, write_json
+from ..events import FINAL_STATES
+from ..files import read_events, write_json
 from ..run.folder import (
     EVENTS_FILE,
+    INTERRUPT_FILE,
     SPEC_FILE,
     STOP_FILE,
     SUPERVISOR_FILE,
@@ -40,6 +41,7 @@ from ..run.folder import (
 )
 from ..run.lookup import run_record
 from ..run.status import read_status
+from .follow import follow, request_stop, wait_for  # noqa: F401 - also reached as worker's
 
 LOG_FILE = "worker.log"
 LAUNCHERS = ("none", "torchrun", "accelerate")
@@ -115,27 +117,63 @@ def materialize_data(spec, namespace: Mapping | None):
 
 
 def worker_command(
-    run_dir: Path, *, launcher: str = "none", nproc: int = 1, accelerate_config: str | None = None, resume: bool = False
+    run_dir: Path,
+    *,
+    launcher: str = "none",
+    nproc: int = 1,
+    accelerate_config: str | None = None,
+    resume: bool = False,
+    nodes: Mapping[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The command the supervisor runs: the existing launchers, never a home-made one."""
-    worker = ["-m", "sft_magics", "worker", str(run_dir)] + (["--resume"] if resume else [])
+    """The command the supervisor runs (on each node, for a SLURM job): the existing launchers, never
+    a home-made one. ``nodes``: several machines, as ``torchrun``'s c10d rendezvous (``nnodes``,
+    ``endpoint``, ``rdzv_id``) or accelerate's (``nnodes``, ``head``, ``port``, ``node_rank``)."""
+    worker = ["-m", "sft_magics", "worker", str(run_dir)] + (["--resume"] if resume else []) + list(extra)
     if launcher == "none":
         return [sys.executable, *worker]
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *worker]
+        if not nodes:
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(nproc),
+                *worker,
+            ]
+        rendezvous = ["--rdzv_backend=c10d", f"--rdzv_endpoint={nodes['endpoint']}", f"--rdzv_id={nodes['rdzv_id']}"]
+        return [
+            *[
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={nodes['nnodes']}",
+                f"--nproc_per_node={nproc}",
+            ],
+            *rendezvous,
+            *worker,
+        ]
     if launcher == "accelerate":
         config = ["--config_file", str(accelerate_config)] if accelerate_config else []
+        if nodes:
+            total = f"$(( {nodes['nnodes']} * {nproc} ))"
+            config += [f"--num_machines={nodes['nnodes']}", f"--machine_rank={nodes['node_rank']}"]
+            config += [f"--main_process_ip={nodes['head']}", f"--main_process_port={nodes['port']}"]
+            return [sys.executable, "-m", "accelerate.commands.launch", *config, f"--num_processes={total}", *worker]
         return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *worker]
     raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
 
 
 @dataclass
 class BackgroundRun:
-    """A handle on a run in another process (what ``%%sft_train --background -o NAME`` binds)."""
+    """A handle on a run in another process, or in a SLURM job (what ``%%sft_train --background -o NAME`` binds)."""
 
     name: str
     path: Path
-    pid: int  # the supervisor's pid
+    pid: int  # the supervisor's pid (0 for a SLURM job: its processes are on the cluster)
+    job_id: str | None = None  # the SLURM job, for --launcher slurm
 
     def record(self) -> dict:
         return run_record(self.path)
@@ -145,6 +183,8 @@ class BackgroundRun:
         return self.record()["status"]
 
     def alive(self) -> bool:
+        if self.job_id:
+            return self.status not in FINAL_STATES + ("stale",)
         return pid_alive(self.pid) and read_status(self.path)[0].get("state") not in FINAL_STATES
 
     def stop(self) -> None:
@@ -154,7 +194,8 @@ class BackgroundRun:
         return wait_for(self.path, timeout=timeout, poll=poll)
 
     def __repr__(self) -> str:
-        return f"<BackgroundRun {self.name}: {self.status}, supervisor pid {self.pid}, {self.path}>"
+        where = f"SLURM job {self.job_id}" if self.job_id else f"supervisor pid {self.pid}"
+        return f"<BackgroundRun {self.name}: {self.status}, {where}, {self.path}>"
 
 
 def _check_metrics_reach_the_worker(p) -> None:
@@ -167,6 +208,53 @@ def _check_metrics_reach_the_worker(p) -> None:
             f"key 'eval_metrics': {', '.join(custom)} is defined in this notebook (a function or register_metric), "
             "which a background run cannot see: train in the foreground, or use the built-in metrics"
         )
+
+
+def prepare_run(
+    spec,
+    *,
+    namespace: Mapping | None,
+    world: int,
+    launch: dict,
+    resume: bool,
+    overwrite: bool,
+    resume_anyway: bool,
+    files: Mapping[str, str] | None,
+) -> tuple[RunFolder, dict[str, str]]:
+    """Everything a run outside the kernel needs before it starts, checked and written here, in the
+    notebook: the plan (a bad key or row fails before any folder exists), the folder claimed (or, to
+    resume, locked and its resume point checked), the data and spec on disk, the status ``starting``.
+    Returns the folder, still locked by this process, and the environment that carries the secrets."""
+    from ..secrets import scrub_text
+    from .plan import plan
+    from .trainer import _resume_point
+
+    p = plan(spec, namespace=namespace, world=world)
+    _check_metrics_reach_the_worker(p)
+    if resume:
+        folder = RunFolder.existing(spec.output_dir, spec.name)
+        folder.lock.acquire()
+        try:
+            _resume_point(p, folder, resume_anyway)  # refused here, in the notebook, not in a worker
+        except BaseException:
+            folder.lock.release()
+            raise
+    else:
+        folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
+    try:
+        spec = materialize_data(spec, namespace)
+        env = save_spec(spec, launch)
+        for name, text in (files or {}).items():
+            folder.write_text(name, scrub_text(text))
+        (folder.path / STOP_FILE).unlink(missing_ok=True)
+        folder.update_status(state="starting", started=round(time.time(), 3), **({} if resume else {"step": 0}))
+    except BaseException:
+        if resume:
+            folder.lock.release()
+        else:
+            folder.remove()
+        raise
+    return folder, env
 
 
 def launch(
@@ -184,39 +272,21 @@ def launch(
     """Start a run in a detached supervisor process and return at once. The data and config are
     checked here first, and the folder is claimed (or, to resume, locked) by this process and
     handed to the worker: a second start under the same name is refused at once."""
-    from ..secrets import scrub_text
-    from .plan import plan
-    from .trainer import _resume_point
-
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
     world = nproc if launcher != "none" else 1  # steps depend on it: the resume checks must agree with the worker's
-    p = plan(spec, namespace=namespace, world=world)  # a bad key or row fails here, before any folder exists
-    _check_metrics_reach_the_worker(p)
-    if resume:
-        folder = RunFolder.existing(spec.output_dir, spec.name)
-        folder.lock.acquire()
-        try:
-            _resume_point(p, folder, resume_anyway)  # refused here, in the notebook, not in a worker
-        except BaseException:
-            folder.lock.release()
-            raise
-    else:
-        folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
+    launch_info = {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config}
+    folder, env = prepare_run(
+        spec,
+        namespace=namespace,
+        world=world,
+        launch=launch_info,
+        resume=resume,
+        overwrite=overwrite,
+        resume_anyway=resume_anyway,
+        files=files,
+    )
     run_dir = folder.path
-    try:
-        spec = materialize_data(spec, namespace)
-        env = save_spec(spec, {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config})
-        for name, text in (files or {}).items():
-            folder.write_text(name, scrub_text(text))
-        (run_dir / STOP_FILE).unlink(missing_ok=True)
-        folder.update_status(state="starting", started=round(time.time(), 3), **({} if resume else {"step": 0}))
-    except BaseException:
-        if resume:
-            folder.lock.release()
-        else:
-            folder.remove()
-        raise
     cmd = [
         sys.executable,
         "-m",
@@ -249,26 +319,6 @@ def launch(
     # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
     threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
     return BackgroundRun(spec.name, run_dir, proc.pid)
-
-
-def request_stop(run_dir: Path) -> None:
-    (Path(run_dir) / STOP_FILE).write_text(str(time.time()))
-
-
-def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) -> dict:
-    """Block until the run has a final status (or its processes are gone); return its record."""
-    deadline = None if timeout is None else time.time() + timeout
-    supervisor = read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
-    while True:
-        record = run_record(run_dir)
-        if record["status"] in FINAL_STATES + ("stale",):
-            return record
-        if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
-            time.sleep(poll)  # the supervisor writes the final status just before it exits
-            return run_record(run_dir)
-        if deadline is not None and time.time() > deadline:
-            raise TimeoutError(f"run {Path(run_dir).name} still {record['status']} after {timeout} s")
-        time.sleep(poll)
 
 
 # -- a finished run, loaded back --------------------------------------------------------------
@@ -306,56 +356,6 @@ def result_from_disk(run_dir: Path):
     )
 
 
-# -- following a run's events ----------------------------------------------------------------------
-
-
-def follow(
-    run_dir: Path,
-    sink: Callable[[Event], None],
-    *,
-    stop: threading.Event | None = None,
-    poll: float = 0.25,
-    until_final: bool = True,
-) -> None:
-    """Feed every event of ``metrics.jsonl`` to ``sink`` — the history first, then new lines as they
-    are appended — until a final event (or ``stop``). A half-written last line waits for its end."""
-    path = Path(run_dir) / EVENTS_FILE
-    offset, pending = 0, b""
-    stop = stop or threading.Event()
-    while not stop.is_set():
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        offset += len(chunk)
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue  # a damaged line is skipped, not fatal
-            kind = data.pop("kind", "log")
-            when = data.pop("time", time.time())
-            sink(Event(kind, data, when))
-            if until_final and kind in FINAL_STATES:
-                return
-        if not until_final:
-            return
-        state = read_status(run_dir)[0].get("state")
-        if state in FINAL_STATES and not chunk:
-            return  # final status without a final event (should not happen): stop following
-        if (
-            not chunk
-            and state in LIVE_STATES
-            and RunFolder(Path(run_dir).parent, Path(run_dir).name).live_pid() is None
-        ):
-            return  # it says it is live, but nothing alive works on it (a crashed supervisor): stale
-        time.sleep(poll)
-
-
 # -- the processes ---------------------------------------------------------------------------------
 
 
@@ -387,33 +387,42 @@ def supervise(
         # A polite stop for the supervisor is a polite stop for the run.
         signal.signal(signal.SIGTERM, lambda *_: request_stop(run_dir))
         code = child.wait()
-    if folder.status().get("state") not in FINAL_STATES:
-        if code < 0:
-            name = signal.Signals(-code).name
-            cause = f"the worker was killed by {name}" + (
-                " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-            )
-        else:
-            cause = f"the worker exited with code {code} before the run ended"
-        folder.record_failure(
-            cause,
-            "see worker.log in the run folder; resume from the last whole checkpoint",
-            log_tail=_tail(run_dir / LOG_FILE),
-            exit_code=code,
-        )
+    record_exit(folder, code, run_dir / LOG_FILE)
     return code
 
 
-def worker_main(run_dir: Path, *, resume: bool = False, resume_anyway: bool = False) -> int:
-    """One process of a run: the same train() as the kernel uses."""
+def record_exit(folder: RunFolder, code: int, log: Path, cause: str | None = None) -> None:
+    """After the worker command ended: a run without a final status is recorded ``failed``, with the
+    cause (how the worker ended, unless ``cause`` says better) and the tail of its log."""
+    if folder.status().get("state") in FINAL_STATES:
+        return
+    if cause is None and code < 0:
+        name = signal.Signals(-code).name
+        cause = f"the worker was killed by {name}" + (
+            " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        )
+    cause = cause or f"the worker exited with code {code} before the run ended"
+    hint = f"see {log.name} in the run folder; resume from the last whole checkpoint"
+    folder.record_failure(cause, hint, log_tail=_tail(log), exit_code=code)
+
+
+def worker_main(
+    run_dir: Path, *, resume: bool = False, resume_anyway: bool = False, resume_if_any: bool = False
+) -> int:
+    """One process of a run: the same train() as the kernel uses. ``resume_if_any``: resume when the
+    run has a whole checkpoint (a SLURM job started again after a requeue), else start fresh."""
     from ..errors import SftError
     from .callbacks import StopFlag
     from .trainer import rank, train
 
     run_dir = Path(run_dir)
     spec = load_spec(run_dir)
-    stop = StopFlag(stop_file=run_dir / STOP_FILE)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if resume_if_any and not resume:
+        resume = RunFolder.existing(run_dir.parent, run_dir.name).resumable_checkpoint()[0] is not None
+    stop = StopFlag(stop_file=run_dir / STOP_FILE, interrupt_file=run_dir / INTERRUPT_FILE)
+    # SIGTERM: a polite stop; in a SLURM job it is SLURM ending the job (a time limit, a cancel): an
+    # interrupt, so the job's supervisor records SLURM's reason rather than "stopped".
+    signal.signal(signal.SIGTERM, lambda *_: stop.interrupt() if os.environ.get("SLURM_JOB_ID") else stop.set())
     try:
         result = train(spec, stop=stop, resume=resume, resume_anyway=resume_anyway, claimed=True)
     except BaseException as err:

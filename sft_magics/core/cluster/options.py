@@ -1,0 +1,126 @@
+"""The cell's ``slurm:`` key: SLURM's own option names (``partition``, ``nodes``, ``gpus_per_node``,
+``cpus_per_task``, ``mem``, ``time``, ``account``, ``qos``), ``extra`` ``#SBATCH`` lines, and how a
+time limit or preemption is met (``signal_seconds`` ahead, ``requeue``). Checked before anything is
+written: every value ends up on a ``#SBATCH`` line, so a newline or a shell character in one is refused.
+
+Defaults not given in the cell are sbatch's own: it reads ``SBATCH_PARTITION``, ``SBATCH_ACCOUNT``,
+``SBATCH_QOS``, ``SBATCH_TIMELIMIT``, ``SBATCH_GPUS_PER_NODE`` and ``SBATCH_MEM_PER_NODE`` itself. A value
+the cell gives wins over that environment (see :func:`submission_environment`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+# The sbatch input variables a cell's key overrides (sbatch's man page, INPUT ENVIRONMENT VARIABLES).
+ENVIRONMENT = {
+    "partition": "SBATCH_PARTITION",
+    "account": "SBATCH_ACCOUNT",
+    "qos": "SBATCH_QOS",
+    "time": "SBATCH_TIMELIMIT",
+    "gpus_per_node": "SBATCH_GPUS_PER_NODE",
+    "mem": "SBATCH_MEM_PER_NODE",
+}
+_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$"
+)
+_MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+_WORD = re.compile(r"^[A-Za-z0-9_.,:@%+=-]+$")  # names SLURM accepts; nothing a shell or a new line could use
+_EXTRA = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:@%+=/-]+)?$")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, then requeue
+    requeue: bool = True
+    port: int = 29500  # the c10d rendezvous port on the first node
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+    def given(self) -> dict[str, Any]:
+        """The keys the cell set (those override sbatch's environment defaults)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.given().items()}
+
+
+def slurm_options(value: Any, where: str = "key 'slurm'") -> SlurmOptions:
+    """The ``slurm:`` mapping, checked key by key; one line naming the key on any problem."""
+    if value is None or value is True:
+        return SlurmOptions()
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where} must be a mapping of SLURM options (partition, nodes, gpus_per_node, ...), not {value!r}"
+        )
+    known = {f.name for f in fields(SlurmOptions)}
+    unknown = [str(k) for k in value if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+        )
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        out[key] = _check(key, v, f"{where}.{key}")
+    return SlurmOptions(**out)
+
+
+def _check(key: str, v: Any, where: str) -> Any:
+    if key in ("nodes", "gpus_per_node", "cpus_per_task", "signal_seconds", "port"):
+        low = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "signal_seconds": 10, "port": 1024}[key]
+        high = {"signal_seconds": 65535, "port": 65535}.get(key, 100_000)
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ConfigError(f"{where} must be a whole number from {low} to {high}, not {v!r}")
+        return v
+    if key == "requeue":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} must be true or false, not {v!r}")
+        return v
+    if key == "extra":
+        lines = [v] if isinstance(v, str) else v
+        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+            raise ConfigError(f"{where} must be a list of sbatch options such as '--constraint=a100', not {v!r}")
+        for line in lines:
+            text = line.strip().removeprefix("#SBATCH").strip()
+            if not _EXTRA.match(text):
+                raise ConfigError(
+                    f"{where}: {line!r} is not one sbatch option such as '--constraint=a100' "
+                    "(one option per entry; no spaces, quotes or shell characters)"
+                )
+        return tuple(line.strip().removeprefix("#SBATCH").strip() for line in lines)
+    text = str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where} must be text, not {v!r}")
+    text = text.strip()
+    if key == "time" and not _TIME.match(text):
+        raise ConfigError(
+            f"{where} {text!r} is not a SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"
+        )
+    if key == "mem" and not _MEM.match(text):
+        raise ConfigError(f"{where} {text!r} is not a SLURM memory size such as 16G or 16000M")
+    if not _WORD.match(text):
+        raise ConfigError(f"{where} {text!r} has characters SLURM names do not (spaces, quotes, new lines, ';', '$')")
+    return text
+
+
+def submission_environment(options: SlurmOptions, environ: Mapping[str, str]) -> dict[str, str]:
+    """sbatch's environment: the caller's, less the ``SBATCH_*`` defaults the cell overrides (sbatch
+    lets its environment override the script's own lines; the cell is the user's latest word)."""
+    drop = {ENVIRONMENT[k] for k in options.given() if k in ENVIRONMENT}
+    return {k: v for k, v in environ.items() if k not in drop}
+
+
+def environment_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """What sbatch will take from the environment for a key the cell leaves out (``--dry-run`` shows it)."""
+    return {key: environ[name] for key, name in ENVIRONMENT.items() if environ.get(name)}

@@ -1,0 +1,174 @@
+"""Runs as SLURM jobs, against a real SLURM (see conftest.py): submitted from a real shell,
+followed by the dashboard, stopped, requeued at a time limit, failed by SLURM, refused by SLURM."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from slurm_helpers import job_field, release
+
+from sft_magics.core.events import Event
+from sft_magics.core.files import read_events, read_json
+from sft_magics.core.train import follow as f
+
+
+def _cell(model, data, **extra) -> str:
+    config = {"model": model, "dataset": data, "max_steps": 6, "per_device_train_batch_size": 4, "logging_steps": 1}
+    config.update(extra)
+    return "".join(f"{k}: {v}\n" for k, v in config.items())
+
+
+def _wait(predicate, timeout=120, what="a condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {
+        e["step"]: e["loss"] for e in read_events(run_dir / "metrics.jsonl") if e.get("kind") == "log" and "loss" in e
+    }
+
+
+def test_a_run_trains_as_a_slurm_job_and_the_dashboard_follows_it(slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys):
+    cell = _cell(tiny_model, qa_jsonl, save_steps=3) + "slurm:\n  cpus_per_task: 1\n  time: '10'\n"
+    shell.run_cell_magic("sft_train", "--launcher slurm --name onslurm -o job", cell)
+    run = shell.user_ns["job"]
+    out = capsys.readouterr().out
+    assert f"submitted to SLURM as job {run.job_id}" in out and "job.sbatch" in out
+    script = (run.path / "job.sbatch").read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:USR1@120" in script and "#SBATCH --time=10" in script
+    assert "srun" in script and "--resume-if-any" in script
+
+    seen: list[Event] = []
+    f.follow(run.path, seen.append)  # what the dashboard is fed: the run's events and the job's state
+    kinds = [e.kind for e in seen]
+    assert kinds[-1] == "finished"
+    jobs = [e.data for e in seen if e.kind == "job"]
+    assert (
+        jobs
+        and jobs[0]["job_id"] == run.job_id
+        and jobs[0]["state"] in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")
+    )
+    assert any(j["state"] == "RUNNING" and j["nodes"] for j in jobs) or kinds.count("log") == 6
+    assert sorted(_losses(run.path)) == [1, 2, 3, 4, 5, 6]
+    record = run.wait(timeout=60)
+    assert record["status"] == "finished" and record["steps"] == 6 and record["job"]["job_id"] == run.job_id
+    assert (run.path / "final").is_dir() and (run.path / f"slurm-{run.job_id}.out").is_file()
+    _wait(lambda: job_field(run.job_id, "JobState") == "COMPLETED", 30, "SLURM to say COMPLETED")
+
+
+def test_stop_ends_the_job_stopped_with_a_resumable_checkpoint(slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys):
+    cell = _cell(tiny_model, qa_jsonl, max_steps=100000, logging_steps=5, save_steps=100000)
+    shell.run_cell_magic("sft_train", "--launcher slurm --name stopme -o job", cell)
+    run = shell.user_ns["job"]
+    _wait(lambda: read_json(run.path / "status.json").get("step", 0) >= 5, 120, "training")
+    shell.run_line_magic("sft_stop", "stopme")
+    assert "run 'stopme': stopped at step" in capsys.readouterr().out
+    status = read_json(run.path / "status.json")
+    assert status["state"] == "stopped" and status["step"] >= 5
+    from sft_magics.core.run.folder import RunFolder
+
+    checkpoint, _ = RunFolder(run.path.parent, "stopme").resumable_checkpoint()
+    assert checkpoint is not None and checkpoint.name == f"checkpoint-{status['step']}"
+    _wait(lambda: job_field(run.job_id, "JobState") == "COMPLETED", 60, "the job to end")
+
+
+def test_a_pending_job_is_shown_with_its_reason_and_stop_cancels_it(slurm, shell, tiny_model, qa_jsonl, capsys):
+    cell = _cell(tiny_model, qa_jsonl) + "slurm:\n  extra: ['--hold']\n"
+    shell.run_cell_magic("sft_train", "--launcher slurm --name held -o job", cell)
+    run = shell.user_ns["job"]
+    assert "PENDING (JobHeldUser)" in capsys.readouterr().out
+    records = shell.run_line_magic("sft_runs", "-o runs") or shell.user_ns["runs"]
+    row = next(r for r in records if r["name"] == "held")
+    assert row["status"] == "starting" and row["job"]["state"] == "PENDING" and row["job"]["reason"] == "JobHeldUser"
+    shell.run_line_magic("sft_stop", "held")
+    assert read_json(run.path / "status.json")["state"] == "stopped"
+    _wait(lambda: job_field(run.job_id, "JobState") == "CANCELLED", 30, "SLURM to cancel the job")
+
+
+def test_a_time_limit_signal_checkpoints_requeues_and_resumes_with_the_same_losses(
+    slurm, shell, tiny_model, qa_jsonl, tmp_path
+):
+    import subprocess
+
+    config = _cell(tiny_model, qa_jsonl, max_steps=40, save_steps=100000, seed=7)
+    shell.run_cell_magic("sft_train", "--name straight", config)  # the uninterrupted run, in the kernel
+    shell.run_cell_magic("sft_train", "--launcher slurm --name requeued -o job", config)
+    run = shell.user_ns["job"]
+    _wait(lambda: read_json(run.path / "status.json").get("step", 0) >= 3, 120, "training")
+    # What SLURM sends --signal seconds before a time limit (or a preemption): USR1 to the batch step.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", run.job_id], check=True)
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "requeued", 60, "the requeue")
+    cut = read_json(run.path / "status.json")["step"]
+    assert cut < 40 and (run.path / f"checkpoint-{cut}").is_dir()
+    _wait(lambda: job_field(run.job_id, "JobState") == "PENDING", 30, "the job back in the queue")
+    assert job_field(run.job_id, "Restarts") == "1"
+    release(run.job_id)
+    record = run.wait(timeout=180)
+    assert record["status"] == "finished" and record["steps"] == 40
+    straight, resumed = _losses(tmp_path / "runs" / "straight"), _losses(run.path)
+    assert sorted(resumed) == list(range(1, 41))
+    assert all(abs(straight[s] - resumed[s]) < 1e-5 for s in straight), (straight, resumed)
+    events = list(read_events(run.path / "metrics.jsonl"))
+    assert [e["state"] for e in events if e["kind"] == "status" and e.get("state") in ("interrupted", "requeued")] == [
+        "interrupted",
+        "requeued",
+    ]
+    assert sum(e["kind"] == "started" for e in events) == 2
+
+
+def test_slurms_own_time_limit_signal_requeues_the_job(slurm, shell, tiny_model, qa_jsonl):
+    cell = _cell(tiny_model, qa_jsonl, max_steps=1000000, logging_steps=20, save_steps=1000000)
+    cell += "slurm:\n  time: '1'\n  signal_seconds: 59\n"
+    shell.run_cell_magic("sft_train", "--launcher slurm --name timelimit -o job", cell)
+    run = shell.user_ns["job"]
+    # No help from the test: slurmctld sends USR1 59 s before the 1-minute limit (within its own timer's reach).
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "requeued", 100, "SLURM's time-limit signal")
+    assert job_field(run.job_id, "Restarts") == "1" and job_field(run.job_id, "JobState") == "PENDING"
+    step = read_json(run.path / "status.json")["step"]
+    release(run.job_id)
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "training", 120, "the second start")
+    started = [e for e in read_events(run.path / "metrics.jsonl") if e["kind"] == "started"]
+    assert len(started) == 2 and started[-1].get("resumed_from", "").endswith(f"checkpoint-{step}")
+    f.request_stop(run.path)
+    assert run.wait(timeout=120)["status"] == "stopped"
+
+
+def test_a_job_slurm_ends_is_failed_with_slurms_reason(slurm, shell, tiny_model, qa_jsonl, capsys):
+    import subprocess
+
+    cell = _cell(tiny_model, qa_jsonl, max_steps=1000000, logging_steps=20, save_steps=1000000)
+    shell.run_cell_magic("sft_train", "--launcher slurm --name cancelled -o job", cell)
+    run = shell.user_ns["job"]
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "training", 120, "training")
+    subprocess.run(["scancel", run.job_id], check=True)  # an admin's cancel
+    with pytest.raises(UsageError, match=rf"SLURM ended job {run.job_id} as CANCELLED"):
+        shell.run_line_magic("sft_wait", "cancelled")
+    status = read_json(run.path / "status.json")
+    assert status["state"] == "failed" and "CANCELLED" in status["error"] and "--resume cancelled" in status["hint"]
+    events = list(read_events(run.path / "metrics.jsonl"))
+    assert events[-1]["kind"] == "failed"
+    records = shell.run_line_magic("sft_runs", "-o runs") or shell.user_ns["runs"]
+    assert next(r for r in records if r["name"] == "cancelled")["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "slurm_key, said",
+    [("  partition: nope\n", "invalid partition"), ("  gpus_per_node: 4\n", "Invalid generic resource")],
+)
+def test_a_submission_slurm_refuses_is_one_line_and_leaves_no_folder(
+    slurm, shell, tiny_model, qa_jsonl, tmp_path, slurm_key, said
+):
+    cell = _cell(tiny_model, qa_jsonl) + "slurm:\n" + slurm_key
+    with pytest.raises(UsageError) as err:
+        shell.run_cell_magic("sft_train", "--launcher slurm --name refused", cell)
+    assert "SLURM refused the job" in str(err.value) and said.lower() in str(err.value).lower()
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs" / "refused").exists()
