@@ -250,7 +250,9 @@ class TrainMagics(MagicsBase):
         from ..core.train.plan import plan
         from ..display._views import TableView
 
-        p = plan(spec, namespace=self.shell.user_ns, dry_run=True)
+        nodes = int(spec.slurm.get("nodes", 1)) if args.launcher == "slurm" else 1
+        world = nodes * args.nproc if args.launcher != "none" else 1  # the steps depend on it
+        p = plan(spec, namespace=self.shell.user_ns, dry_run=True, world=world)
         trainable, total, fit = fit_check(p)
         shown = redact(p.config())  # secrets: the key is shown as read, its value never
         rows = [[k, v] for k, v in shown.items()]
@@ -426,9 +428,8 @@ def _slurm_preview(spec, args) -> list[str]:
     """``--dry-run --launcher slurm``: the job script that would be submitted, the command each node
     runs, and what sbatch would take from the environment."""
     import os
-    import shlex
 
-    from ..core.cluster import environment_defaults, slurm_options
+    from ..core.cluster import environment_defaults, shell_word, slurm_options
     from ..core.train.slurm import job_script, node_command
 
     options = slurm_options(spec.slurm)
@@ -436,7 +437,7 @@ def _slurm_preview(spec, args) -> list[str]:
     defaults = {k: v for k, v in environment_defaults(os.environ).items() if k not in options.given()}
     return [
         f"SLURM: {options.nodes} node(s) × {args.nproc} process(es); each node runs: "
-        + shlex.join(node_command(spec.run_dir, options, **launch)),
+        + " ".join(shell_word(a) for a in node_command(spec.run_dir, options, **launch)),
         *(f"SLURM default from the environment: {k} = {v}" for k, v in defaults.items()),
         "job script (job.sbatch):\n" + job_script(spec.run_dir, options, **launch),
     ]

@@ -56,7 +56,7 @@ class SlurmOptions:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.given().items()}
 
 
-def slurm_options(value: Any, where: str = "key 'slurm'") -> SlurmOptions:
+def slurm_options(value: Any, where: str = "slurm") -> SlurmOptions:
     """The ``slurm:`` mapping, checked key by key; one line naming the key on any problem."""
     if value is None or value is True:
         return SlurmOptions()
@@ -72,7 +72,7 @@ def slurm_options(value: Any, where: str = "key 'slurm'") -> SlurmOptions:
         )
     out: dict[str, Any] = {}
     for key, v in value.items():
-        out[key] = _check(key, v, f"{where}.{key}")
+        out[key] = _check(key, v, f"key '{where}.{key}'")
     return SlurmOptions(**out)
 
 

@@ -121,9 +121,9 @@ def follow(
             sink(Event(kind, data, when))
             if until_final and kind in FINAL_STATES:
                 return
+        job.poll(sink)  # a SLURM run's job as SLURM sees it now, in a replay too
         if not until_final:
             return
-        job.poll(sink)
         state = read_status(run_dir)[0].get("state")
         if state in FINAL_STATES and not chunk:
             return  # final status without a final event (should not happen): stop following

@@ -65,10 +65,14 @@ def test_a_run_trains_as_a_slurm_job_and_the_dashboard_follows_it(slurm, shell, 
 
 
 def test_stop_ends_the_job_stopped_with_a_resumable_checkpoint(slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys):
-    cell = _cell(tiny_model, qa_jsonl, max_steps=100000, logging_steps=5, save_steps=100000)
+    secret = "hf_SLURMSECRETSLURMSECRET42"
+    cell = _cell(tiny_model, qa_jsonl, max_steps=100000, logging_steps=5, save_steps=100000, hub_token=secret)
     shell.run_cell_magic("sft_train", "--launcher slurm --name stopme -o job", cell)
     run = shell.user_ns["job"]
     _wait(lambda: read_json(run.path / "status.json").get("step", 0) >= 5, 120, "training")
+    # The token reached the job's worker through its environment ...
+    worker = read_json(run.path / "status.json")["pid"]
+    assert secret in Path(f"/proc/{worker}/environ").read_bytes().decode(errors="replace")
     shell.run_line_magic("sft_stop", "stopme")
     assert "run 'stopme': stopped at step" in capsys.readouterr().out
     status = read_json(run.path / "status.json")
@@ -78,6 +82,10 @@ def test_stop_ends_the_job_stopped_with_a_resumable_checkpoint(slurm, shell, tin
     checkpoint, _ = RunFolder(run.path.parent, "stopme").resumable_checkpoint()
     assert checkpoint is not None and checkpoint.name == f"checkpoint-{status['step']}"
     _wait(lambda: job_field(run.job_id, "JobState") == "COMPLETED", 60, "the job to end")
+    # ... and never its script, its log, or any other file of the run.
+    for path in run.path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
 
 
 def test_a_pending_job_is_shown_with_its_reason_and_stop_cancels_it(slurm, shell, tiny_model, qa_jsonl, capsys):
@@ -172,3 +180,40 @@ def test_a_submission_slurm_refuses_is_one_line_and_leaves_no_folder(
     assert "SLURM refused the job" in str(err.value) and said.lower() in str(err.value).lower()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs" / "refused").exists()
+
+
+def _notebook(cells: list[str]):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    return nb
+
+
+def _stdout(cell) -> str:
+    return "".join(
+        o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
+
+
+def test_a_kernel_restart_mid_job_then_attach_and_wait(slurm, tiny_model, qa_jsonl, tmp_path):
+    runs = tmp_path / "runs"
+    setup = f"%load_ext sft_magics\n%config SftMagics.output_dir = {str(runs)!r}\n%config SftMagics.display = 'plain'"
+    cell = _cell(tiny_model, qa_jsonl, max_steps=300, logging_steps=50, save_steps=100)
+    first = _notebook([setup, f"%%sft_train --launcher slurm --name restart -o job\n{cell}", "print(job.status)"])
+    assert "submitted to SLURM as job" in _stdout(first.cells[1])
+    assert _stdout(first.cells[2]).split()[-1] in ("starting", "loading", "training")
+    # That kernel is gone; the job goes on. A new kernel lists it, attaches and waits.
+    second = _notebook(
+        [
+            setup,
+            "runs = %sft_runs -o r\nprint([(x['name'], x['job']['job_id'] is not None) for x in r])",
+            "%sft_attach restart",
+            "%sft_wait restart -o result\nprint(result.status, result.global_step, result.model is not None)",
+        ]
+    )
+    assert "('restart', True)" in _stdout(second.cells[1])
+    assert "SLURM job" in _stdout(second.cells[2])
+    assert _stdout(second.cells[3]).strip().splitlines()[-1] == "finished 300 True", second.cells[3].outputs
