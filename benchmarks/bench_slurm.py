@@ -60,7 +60,25 @@ def one_run(side: str, model: str, steps: int, out: Path, n: int) -> tuple[float
     record = run.wait(timeout=1800)
     if record["status"] != "finished":
         raise SystemExit(f"{side} run {spec.name} ended {record['status']}: {record.get('error')}")
+    settle(run)
     return first_step_and_pace(run.path, t0)
+
+
+def settle(run, timeout: float = 120.0) -> None:
+    """Wait until the run's processes (or its job) are gone, so the next run starts on a quiet machine
+    and a free node: the status is final a moment before the worker has exited."""
+    from sft_magics.core.cluster import job_info
+    from sft_magics.core.run.lock import pid_alive
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if run.job_id:
+            info = job_info(run.job_id)
+            if info is None or not info.live:
+                return
+        elif not pid_alive(run.pid):
+            return
+        time.sleep(0.2)
 
 
 def main() -> int:

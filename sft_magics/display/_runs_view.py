@@ -39,10 +39,13 @@ def _label(name: str) -> str:
 
 
 def _status(r: Mapping[str, Any]) -> str:
-    """The state, with the live process id and the world size when there are any."""
+    """The state, with the live process id (or a live SLURM job's state) and the world size when there are any."""
     text = str(r.get("status") or "–")
     if r.get("pid"):
         text += f" (pid {r['pid']})"
+    job = r.get("job") or {}
+    if job.get("job_id") and r.get("status") not in ("finished", "stopped", "failed"):
+        text += f" (SLURM job {job['job_id']}: {job.get('text') or '?'})"
     if (r.get("world_size") or 1) > 1:
         text += f" ×{r['world_size']} processes"
     if r.get("status") in ("failed", "stale"):  # the cause, not only the word

@@ -76,7 +76,9 @@ def job_script(
     node = node_command(run_dir, options, nproc=nproc, accelerate_config=accelerate_config, resume_anyway=resume_anyway)
     command = [
         [sys.executable, "-m", "sft_magics", "slurm-job", str(run_dir), "--"],
-        ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"],
+        # srun does not take the job's --cpus-per-task by itself since SLURM 22.05: say it again.
+        ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
+        + ([f"--cpus-per-task={options.cpus_per_task}"] if options.cpus_per_task else []),
         node,
     ]
     return batch_script(

@@ -66,7 +66,7 @@ def test_a_run_trains_as_a_slurm_job_and_the_dashboard_follows_it(slurm, shell, 
 
 def test_stop_ends_the_job_stopped_with_a_resumable_checkpoint(slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys):
     secret = "hf_SLURMSECRETSLURMSECRET42"
-    cell = _cell(tiny_model, qa_jsonl, max_steps=100000, logging_steps=5, save_steps=100000, hub_token=secret)
+    cell = _cell(tiny_model, qa_jsonl, max_steps=400, logging_steps=5, save_steps=100000, hub_token=secret)
     shell.run_cell_magic("sft_train", "--launcher slurm --name stopme -o job", cell)
     run = shell.user_ns["job"]
     _wait(lambda: read_json(run.path / "status.json").get("step", 0) >= 5, 120, "training")
@@ -82,6 +82,12 @@ def test_stop_ends_the_job_stopped_with_a_resumable_checkpoint(slurm, shell, tin
     checkpoint, _ = RunFolder(run.path.parent, "stopme").resumable_checkpoint()
     assert checkpoint is not None and checkpoint.name == f"checkpoint-{status['step']}"
     _wait(lambda: job_field(run.job_id, "JobState") == "COMPLETED", 60, "the job to end")
+    # It resumes as a new job from that checkpoint, with its saved config (the cell may be empty).
+    shell.run_line_magic("sft_train", "--resume stopme --launcher slurm -o again")
+    again = shell.user_ns["again"]
+    assert again.job_id != run.job_id and f.wait_for(again.path, timeout=180)["status"] == "finished"
+    started = [e for e in read_events(run.path / "metrics.jsonl") if e["kind"] == "started"]
+    assert started[-1]["resumed_from"].endswith(f"checkpoint-{status['step']}") and _losses(run.path).keys() >= {400}
     # ... and never its script, its log, or any other file of the run.
     for path in run.path.rglob("*"):
         if path.is_file():
@@ -96,6 +102,7 @@ def test_a_pending_job_is_shown_with_its_reason_and_stop_cancels_it(slurm, shell
     records = shell.run_line_magic("sft_runs", "-o runs") or shell.user_ns["runs"]
     row = next(r for r in records if r["name"] == "held")
     assert row["status"] == "starting" and row["job"]["state"] == "PENDING" and row["job"]["reason"] == "JobHeldUser"
+    assert "PENDING (JobHeldUser))" in capsys.readouterr().out  # %sft_runs shows the job and why it waits
     shell.run_line_magic("sft_stop", "held")
     assert read_json(run.path / "status.json")["state"] == "stopped"
     _wait(lambda: job_field(run.job_id, "JobState") == "CANCELLED", 30, "SLURM to cancel the job")
@@ -217,3 +224,22 @@ def test_a_kernel_restart_mid_job_then_attach_and_wait(slurm, tiny_model, qa_jso
     assert "('restart', True)" in _stdout(second.cells[1])
     assert "SLURM job" in _stdout(second.cells[2])
     assert _stdout(second.cells[3]).strip().splitlines()[-1] == "finished 300 True", second.cells[3].outputs
+
+
+def test_a_node_failure_is_failed_with_slurms_state(slurm, shell, tiny_model, qa_jsonl):
+    import socket
+    import subprocess
+
+    cell = _cell(tiny_model, qa_jsonl, max_steps=1000000, logging_steps=20, save_steps=1000000)
+    cell += "slurm:\n  requeue: false\n"
+    shell.run_cell_magic("sft_train", "--launcher slurm --name nodefail -o job", cell)
+    run = shell.user_ns["job"]
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "training", 120, "training")
+    node = socket.gethostname().split(".")[0]
+    try:  # the node goes down under the job, as a failed machine would (the admin's view of it)
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=test-node-failure"], check=True)
+        record = f.wait_for(run.path, timeout=120)
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+    assert record["status"] == "failed" and f"SLURM ended job {run.job_id} as NODE_FAIL" in record["error"]
+    assert read_json(run.path / "status.json")["state"] == "failed"
