@@ -33,6 +33,11 @@ def request_stop(run_dir: Path) -> None:
     folder = _folder(run_dir)
     (folder.path / STOP_FILE).write_text(str(time.time()))
     job, info, _ = folder.job()
+    if job and info is not None and info.state == "RUNNING":
+        try:  # also a signal to the job's batch step, which writes STOP on its own node at once (a shared
+            cancel(job, signal="USR2", batch=True)  # filesystem may show this node's STOP there later)
+        except SlurmError:
+            pass  # STOP alone still reaches it
     if job and info is not None and info.state == "PENDING" and folder.status().get("state") not in FINAL_STATES:
         try:
             cancel(job)

@@ -8,7 +8,8 @@ and that task is the worker itself, or ``torchrun`` with c10d rendezvous on the 
 processes per node, several nodes), or ``accelerate launch`` when an accelerate config is given.
 
 Inside the job, ``python -m sft_magics slurm-job RUN_DIR -- COMMAND`` (:func:`job_main`) runs that
-command and answers SLURM's signals. ``--signal=B:USR1@N`` (a time limit near, or a preemption)
+command and answers signals. USR2 is ``%sft_stop`` (it also writes ``STOP``, which every worker sees
+at its next step). ``--signal=B:USR1@N`` (a time limit near, or a preemption)
 asks the workers to checkpoint (``INTERRUPT``); the run is ``interrupted``, then ``requeued`` with
 ``scontrol requeue``; SLURM starts the same script again, and the worker resumes from the last whole
 checkpoint by itself (``--resume-if-any``). SIGTERM (SLURM ending the job: a cancel, a time limit
@@ -29,7 +30,16 @@ from pathlib import Path
 from ..cluster import SlurmError, SlurmOptions, batch_script, requeue, slurm_options, submission_environment, submit
 from ..events import FINAL_STATES
 from ..files import read_json, write_json
-from ..run.folder import INTERRUPT_FILE, JOB_FILE, JOB_LOG_PATTERN, JOB_SCRIPT_FILE, SPEC_FILE, RunFolder, now
+from ..run.folder import (
+    INTERRUPT_FILE,
+    JOB_FILE,
+    JOB_LOG_PATTERN,
+    JOB_SCRIPT_FILE,
+    SPEC_FILE,
+    STOP_FILE,
+    RunFolder,
+    now,
+)
 from .worker import BackgroundRun, prepare_run, record_exit, worker_command
 
 
@@ -157,6 +167,9 @@ def job_main(run_dir: Path, command: list[str]) -> int:
     asked: dict[str, str] = {}
 
     def on_signal(signum, _frame):
+        if signum == signal.SIGUSR2:  # %sft_stop: the user's stop, seen on this node at once
+            (run_dir / STOP_FILE).write_text(str(now()))
+            return
         asked.setdefault("signal", signal.Signals(signum).name)
         (run_dir / INTERRUPT_FILE).write_text(signal.Signals(signum).name)  # every worker checkpoints at its next step
 
@@ -164,8 +177,8 @@ def job_main(run_dir: Path, command: list[str]) -> int:
         folder.lock.path.unlink(missing_ok=True)
     (run_dir / INTERRUPT_FILE).unlink(missing_ok=True)
     folder.update_status(job_id=job, nodes=os.environ.get("SLURM_JOB_NODELIST"), restarts=restarts)
-    signal.signal(signal.SIGUSR1, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     print(f"[sft_magics] job {job} (start {restarts + 1}) runs: {shlex.join(command)}", flush=True)
     code = subprocess.Popen(command, stdin=subprocess.DEVNULL).wait()  # its output: SLURM's log of this start
     (run_dir / INTERRUPT_FILE).unlink(missing_ok=True)

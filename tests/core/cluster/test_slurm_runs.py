@@ -243,3 +243,17 @@ def test_a_node_failure_is_failed_with_slurms_state(slurm, shell, tiny_model, qa
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
     assert record["status"] == "failed" and f"SLURM ended job {run.job_id} as NODE_FAIL" in record["error"]
     assert read_json(run.path / "status.json")["state"] == "failed"
+
+
+def test_the_stop_signal_alone_stops_the_job(slurm, shell, tiny_model, qa_jsonl):
+    """%sft_stop writes STOP and signals the batch step (USR2): either alone ends the run ``stopped``
+    (on a shared filesystem the STOP file may reach the job's nodes late; the signal does not)."""
+    import subprocess
+
+    cell = _cell(tiny_model, qa_jsonl, max_steps=1000000, logging_steps=20, save_steps=1000000)
+    shell.run_cell_magic("sft_train", "--launcher slurm --name usr2 -o job", cell)
+    run = shell.user_ns["job"]
+    _wait(lambda: read_json(run.path / "status.json").get("state") == "training", 120, "training")
+    subprocess.run(["scancel", "--signal=USR2", "--batch", run.job_id], check=True)
+    record = f.wait_for(run.path, timeout=120)
+    assert record["status"] == "stopped" and (run.path / f"checkpoint-{record['steps']}").is_dir()
