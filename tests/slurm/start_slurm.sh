@@ -45,9 +45,14 @@ NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF="$STATE/slurm.conf"
+# Steps of an earlier SLURM on this machine (one stopped mid-kill) would confuse the new slurmd.
+pkill -x slurmstepd 2>/dev/null || true
 /usr/sbin/slurmctld -f "$SLURM_CONF"
 /usr/sbin/slurmd -f "$SLURM_CONF"
 for _ in $(seq 1 60); do
+    if sinfo -h -o %t 2>/dev/null | grep -qE '^(drain|drng)'; then
+        scontrol update NodeName="$HOST" State=RESUME 2>/dev/null || true  # a kill that failed before we came
+    fi
     if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
         echo "$SLURM_CONF"
         exit 0

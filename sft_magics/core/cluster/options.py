@@ -31,6 +31,31 @@ _TIME = re.compile(
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 _WORD = re.compile(r"^[A-Za-z0-9_.,:@%+=-]+$")  # names SLURM accepts; nothing a shell or a new line could use
 _EXTRA = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:@%+=/-]+)?$")
+# What the job's own lines decide (where its log goes, that it is one task per node and is signalled and
+# requeued, that the notebook's environment reaches it): not to be undone by an extra line.
+_OURS = {
+    "--output": "the log is the run folder's slurm-<job>.out",
+    "-o": "the log is the run folder's slurm-<job>.out",
+    "--error": "the log is the run folder's slurm-<job>.out",
+    "-e": "the log is the run folder's slurm-<job>.out",
+    "--chdir": "the job runs where the notebook does",
+    "-D": "the job runs where the notebook does",
+    "--export": "secret keys reach the job in its environment",
+    "--nodes": "use slurm.nodes",
+    "-N": "use slurm.nodes",
+    "--ntasks": "one task per node: the launcher starts the processes (--nproc)",
+    "-n": "one task per node: the launcher starts the processes (--nproc)",
+    "--ntasks-per-node": "one task per node: the launcher starts the processes (--nproc)",
+    "--signal": "use slurm.signal_seconds",
+    "--requeue": "use slurm.requeue",
+    "--no-requeue": "use slurm.requeue",
+    "--open-mode": "the log is appended to across requeues",
+    "--array": "a run is one job",
+    "-a": "a run is one job",
+    "--wrap": "the script is the job",
+    "--job-name": "the job is named after the run",
+    "-J": "the job is named after the run",
+}
 
 
 @dataclass(frozen=True)
@@ -43,9 +68,9 @@ class SlurmOptions:
     time: str | None = None
     account: str | None = None
     qos: str | None = None
-    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, then requeue
+    signal_seconds: int = 300  # USR1 this long before the time limit: checkpoint, then requeue
     requeue: bool = True
-    port: int = 29500  # the c10d rendezvous port on the first node
+    port: int | None = None  # the c10d rendezvous port on the first node (default: one of the job's own)
     extra: tuple[str, ...] = field(default_factory=tuple)
 
     def given(self) -> dict[str, Any]:
@@ -73,7 +98,30 @@ def slurm_options(value: Any, where: str = "slurm") -> SlurmOptions:
     out: dict[str, Any] = {}
     for key, v in value.items():
         out[key] = _check(key, v, f"key '{where}.{key}'")
-    return SlurmOptions(**out)
+    options = SlurmOptions(**out)
+    limit = minutes(options.time) if options.time else None
+    if limit is not None and limit * 60 <= options.signal_seconds:
+        raise ConfigError(
+            f"key '{where}.signal_seconds' ({options.signal_seconds} s) is not shorter than key '{where}.time' "
+            f"({options.time}): the job would be signalled to checkpoint and requeue as soon as it starts"
+        )
+    return options
+
+
+def minutes(time: str) -> float | None:
+    """A SLURM time limit in minutes (None: unlimited)."""
+    if time in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = time.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        h, m, s = (parts + [0, 0])[:3]
+        return int(days) * 1440 + h * 60 + m + s / 60
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:  # MM:SS
+        return parts[0] + parts[1] / 60
+    return parts[0] * 60 + parts[1] + parts[2] / 60
 
 
 def _check(key: str, v: Any, where: str) -> Any:
@@ -93,12 +141,20 @@ def _check(key: str, v: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list of sbatch options such as '--constraint=a100', not {v!r}")
         for line in lines:
             text = line.strip().removeprefix("#SBATCH").strip()
+            flag = text.split("=", 1)[0]
+            if flag in _OURS:
+                raise ConfigError(f"{where}: {flag} is set by the job script itself ({_OURS[flag]})")
             if not _EXTRA.match(text):
                 raise ConfigError(
                     f"{where}: {line!r} is not one sbatch option such as '--constraint=a100' "
                     "(one option per entry; no spaces, quotes or shell characters)"
                 )
         return tuple(line.strip().removeprefix("#SBATCH").strip() for line in lines)
+    if key == "time" and not isinstance(v, str):
+        raise ConfigError(
+            f"{where} must be text in quotes ('90', '30:00', '2:00:00', '1-12:00:00'), not {v!r}: "
+            "unquoted, YAML reads 30:00 as the number 1800"
+        )
     text = str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{where} must be text, not {v!r}")
@@ -117,8 +173,22 @@ def _check(key: str, v: Any, where: str) -> Any:
 def submission_environment(options: SlurmOptions, environ: Mapping[str, str]) -> dict[str, str]:
     """sbatch's environment: the caller's, less the ``SBATCH_*`` defaults the cell overrides (sbatch
     lets its environment override the script's own lines; the cell is the user's latest word)."""
-    drop = {ENVIRONMENT[k] for k in options.given() if k in ENVIRONMENT}
-    return {k: v for k, v in environ.items() if k not in drop}
+    drop = {ENVIRONMENT[k] for k in options.given() if k in ENVIRONMENT} | _STRUCTURAL_ENV
+    # A notebook that itself runs inside an allocation (Open OnDemand) has that job's SLURM_* variables:
+    # they are not this job's, and sbatch would take some of them as options.
+    return {k: v for k, v in environ.items() if k not in drop and not (k.startswith("SLURM_") and k != "SLURM_CONF")}
+
+
+# sbatch input variables that would undo the job script's own lines (signal, requeue, export, log).
+_STRUCTURAL_ENV = {
+    "SBATCH_SIGNAL",
+    "SBATCH_REQUEUE",
+    "SBATCH_NO_REQUEUE",
+    "SBATCH_EXPORT",
+    "SBATCH_OPEN_MODE",
+    "SBATCH_ARRAY_INX",
+    "SBATCH_EXPORT_FILE",
+}
 
 
 def environment_defaults(environ: Mapping[str, str]) -> dict[str, str]:

@@ -39,8 +39,9 @@ class SlurmError(SftError, RuntimeError):
 class JobInfo:
     job_id: str
     state: str  # SLURM's JobState: PENDING, RUNNING, TIMEOUT, ...
-    reason: str | None  # Reason=..., None when SLURM says None
-    nodes: str | None  # NodeList while it runs
+    name: str | None = None  # JobName (a reused job id names another job)
+    reason: str | None = None  # Reason=..., None when SLURM says None
+    nodes: str | None = None  # NodeList while it runs
     exit_code: str | None = None
     restarts: int = 0
     time_limit: str | None = None
@@ -67,7 +68,7 @@ class JobInfo:
         }
 
 
-def _run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 30.0):
+def _run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 10.0):
     try:
         return subprocess.run(
             list(cmd), capture_output=True, text=True, env=None if env is None else dict(env), timeout=timeout
@@ -90,7 +91,7 @@ def _said(proc) -> str:
 def submit(script: Path, *, env: Mapping[str, str] | None = None) -> str:
     """``sbatch --parsable SCRIPT``; the job id. A refusal (unknown partition, too many GPUs, a
     limit) is a :class:`SlurmError` with SLURM's own words."""
-    proc = _run(["sbatch", "--parsable", str(script)], env=env)
+    proc = _run(["sbatch", "--parsable", str(script)], env=env, timeout=120.0)
     if proc.returncode != 0:
         raise SlurmError(f"SLURM refused the job: {_said(proc)}")
     job = proc.stdout.strip().split(";")[0]
@@ -99,7 +100,7 @@ def submit(script: Path, *, env: Mapping[str, str] | None = None) -> str:
     return job
 
 
-_FIELD = re.compile(r"(?:^|\s)(JobId|JobState|Reason|NodeList|ExitCode|Restarts|TimeLimit)=(\S*)")
+_FIELD = re.compile(r"(?:^|\s)(JobId|JobName|JobState|Reason|NodeList|ExitCode|Restarts|TimeLimit)=(\S*)")
 
 
 def job_info(job_id: str, *, env: Mapping[str, str] | None = None) -> JobInfo | None:
@@ -122,6 +123,7 @@ def job_info(job_id: str, *, env: Mapping[str, str] | None = None) -> JobInfo | 
     return JobInfo(
         job_id=str(job_id),
         state=found["JobState"],
+        name=value("JobName"),
         reason=value("Reason"),
         nodes=value("NodeList"),
         exit_code=value("ExitCode"),

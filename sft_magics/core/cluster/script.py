@@ -3,14 +3,18 @@ It is written into the run folder so a user can read it and submit it again by h
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 from .options import SlurmOptions
 
-# Set at the top of every script: the first node, where torchrun's c10d rendezvous listens.
+# Set at the top of every script: the first node, where torchrun's c10d rendezvous listens, and a
+# rendezvous port of this job's own (two jobs on one node must not share one).
 HEAD = 'export HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+# The job's own variables our arguments may use: nothing else is expanded (a `$` in a path stays a `$`).
+_JOB_VARIABLES = re.compile(r"\$(HEAD|SFT_RDZV_PORT|SLURM_NNODES|SLURM_JOB_ID)\b")
 
 
 def directives(options: SlurmOptions, *, job_name: str, output: Path, chdir: Path) -> list[str]:
@@ -44,9 +48,10 @@ def directives(options: SlurmOptions, *, job_name: str, output: Path, chdir: Pat
 
 
 def shell_word(arg: str) -> str:
-    """One argument for bash: quoted as is, or, where it uses the job's variables ($HEAD,
-    $SLURM_NNODES), in double quotes so bash expands them (only our own arguments use them)."""
-    if "$" in arg and not any(ch in arg for ch in '"`\\\n'):
+    """One argument for bash: quoted as is, or, where it uses only the job's own variables ($HEAD,
+    $SFT_RDZV_PORT, $SLURM_NNODES, $SLURM_JOB_ID), in double quotes so bash expands them. Any other ``$``
+    (in a path, in a command for another shell) stays as written."""
+    if "$" in arg and "$" not in _JOB_VARIABLES.sub("", arg) and not any(ch in arg for ch in '"`\\\n'):
         return f'"{arg}"'
     return shlex.quote(arg)
 
@@ -70,8 +75,13 @@ def batch_script(
             *(f"# {line}" for line in comment),
             *directives(options, job_name=job_name, output=output, chdir=chdir),
             "set -euo pipefail",
+            # Until the batch step's handlers are in place, a stop or time-limit signal must not kill it.
+            "trap '' USR1 USR2",
             *environment,
             HEAD,
+            f"export SFT_RDZV_PORT={options.port}"
+            if options.port
+            else "export SFT_RDZV_PORT=$((20000 + SLURM_JOB_ID % 20000))",
             f"exec {body}",
             "",
         ]

@@ -230,35 +230,47 @@ class RunFolder:
 
     def job(self):
         """``(job_id, JobInfo or None, problem)``: the run's SLURM job as SLURM sees it now (None:
-        SLURM no longer knows it; ``problem``: SLURM could not be asked)."""
+        SLURM no longer knows it, or the id now names another job; ``problem``: SLURM could not be
+        asked). A run with a final status does not ask: its job's state no longer matters."""
         from ..cluster import SlurmError, job_info
 
         job = self.job_id()
-        if not job:
-            return None, None, None
+        if not job or self.status().get("state") in FINAL_STATES:
+            return job, None, None
         try:
-            return job, job_info(job), None
+            info = job_info(job)
         except SlurmError as err:
             return job, None, str(err)
+        if info is not None and info.name and info.name != f"sft-{self.name}":
+            info = None  # SLURM reused the id (its state was reset): not this run's job
+        return job, info, None
 
-    def live_owner(self) -> str | None:
+    def live_owner(self, job=None) -> str | None:
         """What trains into this folder now, in words (``process 123``, ``SLURM job 45 (PENDING
         (Resources))``), or None. A SLURM run lives while its job does; when SLURM cannot be asked,
-        it is not called dead."""
-        job, info, problem = self.job()
-        if job:
+        it is not called dead. ``job``: :meth:`job`'s answer, when the caller has it."""
+        if self.job_id():
+            if self.status().get("state") in FINAL_STATES:
+                return None
+            job, info, problem = job or self.job()
             if problem:
                 return f"SLURM job {job} (its state is unknown: {problem})"
-            if info is not None and info.live and self.status().get("state") not in FINAL_STATES:
-                return f"SLURM job {job} ({info.describe()})"
-            return None
+            return f"SLURM job {job} ({info.describe()})" if info is not None and info.live else None
         pid = self.live_pid()
         return f"process {pid}" if pid else None
 
-    def job_end_cause(self) -> str | None:
+    def refuse_live_job(self) -> None:
+        """A run whose SLURM job is still alive (pending, running, requeued) is not started again."""
+        owner = self.live_owner() if self.job_id() else None
+        if owner:
+            raise RunBusy(
+                f"run '{self.name}' is still in {owner}: wait for it, or stop it (%sft_stop {self.name}) first"
+            )
+
+    def job_end_cause(self, job=None) -> str | None:
         """For a SLURM run that SLURM ended (or forgot) while its status is still live: the cause,
-        naming SLURM's state and reason; else None."""
-        job, info, problem = self.job()
+        naming SLURM's state and reason; else None. ``job``: :meth:`job`'s answer, when the caller has it."""
+        job, info, problem = job or self.job()
         if not job or problem or self.status().get("state") in FINAL_STATES or (info is not None and info.live):
             return None
         if info is None:
@@ -267,10 +279,10 @@ class RunFolder:
             f", exit code {info.exit_code}" if info.exit_code else ""
         )
 
-    def settle_job(self) -> bool:
+    def settle_job(self, job=None) -> bool:
         """Record a SLURM run that SLURM ended without a final status as ``failed``, with SLURM's
         reason (it forgets ended jobs after MinJobAge: the folder must keep the cause). True if it did."""
-        cause = self.job_end_cause()
+        cause = self.job_end_cause(job)
         if cause is None:
             return False
         step = self.status().get("step")

@@ -79,10 +79,11 @@ def _run_record(run_dir: Path) -> dict:
     except RunError:
         folder = None
     pid = folder.live_pid() if folder else None
-    job, info, _ = folder.job() if folder else (None, None, None)
-    owner = folder.live_owner() if folder else None
+    asked = folder.job() if folder and state in LIVE_STATES else (None, None, None)  # one scontrol call
+    job, info, _ = asked
+    owner = folder.live_owner(asked if job else None) if folder else None
     if state in LIVE_STATES and not owner:
-        if job and folder.settle_job():  # SLURM ended its job: recorded now, since SLURM forgets it
+        if job and folder.settle_job(asked):  # SLURM ended its job: recorded now, since SLURM forgets it
             status = read_status(run_dir)[0]
             state, error = status.get("state", "failed"), status.get("error")
         else:
@@ -101,7 +102,7 @@ def _run_record(run_dir: Path) -> dict:
         "eval_history": eval_history,
         "updated": status.get("ended") or status.get("started"),
         "pid": pid if state not in FINAL_STATES else None,
-        "job": None if not job else {"job_id": job, **(info.as_event() if info else {"text": "unknown to SLURM now"})},
+        "job": _job_field(folder.job_id() if folder else None, info, state),
         "world_size": status.get("world_size", 1),
         "error": error,
         "hint": status.get("hint"),
@@ -110,6 +111,15 @@ def _run_record(run_dir: Path) -> dict:
         "early_stop": status.get("early_stop"),
         "damaged": "; ".join(problems) or None,  # what is wrong in its files; the state is still its own
     }
+
+
+def _job_field(job: str | None, info, state: str) -> dict | None:
+    """A SLURM run's job for the record: its id, and SLURM's view of it while the run lives."""
+    if not job:
+        return None
+    if info is not None:
+        return {"job_id": job, **info.as_event()}
+    return {"job_id": job, "text": "ended" if state in FINAL_STATES else "unknown to SLURM now"}
 
 
 def run_path(target: str, value: Any, output_dir: str | Path) -> Path | None:

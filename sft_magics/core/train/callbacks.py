@@ -35,6 +35,13 @@ class StopFlag:
         """Stopped by an interrupt alone (the run goes on elsewhere)."""
         return self.is_set() and not self._event.is_set()
 
+    def outcome(self, done: bool) -> str:
+        """How a fit that returned ended: ``stopped`` (the user), ``interrupted`` (a signal before the
+        last step; after it, the run is simply ``finished``), or ``finished``."""
+        if self.is_set() and not self.interrupted:
+            return "stopped"
+        return "interrupted" if self.interrupted and not done else "finished"
+
     def is_set(self) -> bool:
         if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
             self._event.set()

@@ -17,7 +17,7 @@ from ..run.folder import EVENTS_FILE, STOP_FILE, SUPERVISOR_FILE, RunFolder, now
 from ..run.lookup import run_record
 from ..run.status import read_status
 
-JOB_POLL_SECONDS = 2.0  # how often a follower asks SLURM about a run's job
+JOB_POLL_SECONDS = 5.0  # how often a follower asks SLURM about a run's job (scontrol is the controller's time)
 
 
 def _folder(run_dir: Path) -> RunFolder:
@@ -52,21 +52,31 @@ def request_stop(run_dir: Path) -> None:
 
 def wait_for(run_dir: Path, *, timeout: float | None = None, poll: float = 0.5) -> dict:
     """Block until the run has a final status (or its processes, or its SLURM job, are gone); return
-    its record. A SLURM job that ended without a final status is recorded ``failed`` with SLURM's reason."""
+    its record. A SLURM job that ended without a final status is recorded ``failed`` with SLURM's
+    reason; SLURM is asked at most every JOB_POLL_SECONDS (the status file, every ``poll``)."""
     deadline = None if timeout is None else time.time() + timeout
     folder = _folder(run_dir)
-    supervisor = None if folder.job_id() else read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
+    job = folder.job_id()
+    supervisor = None if job else read_json(Path(run_dir) / SUPERVISOR_FILE).get("pid")
+    asked = 0.0
     while True:
-        record = run_record(run_dir)
-        if record["status"] == "failed" and record.get("job") and folder.settle_job():
+        if job:
+            if read_status(run_dir)[0].get("state") in FINAL_STATES:
+                return run_record(run_dir)
+            if time.monotonic() - asked >= JOB_POLL_SECONDS:
+                asked = time.monotonic()
+                if folder.settle_job():
+                    return run_record(run_dir)
+        else:
             record = run_record(run_dir)
-        if record["status"] in FINAL_STATES + ("stale",):
-            return record
-        if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
-            time.sleep(poll)  # the supervisor writes the final status just before it exits
-            return run_record(run_dir)
+            if record["status"] in FINAL_STATES + ("stale",):
+                return record
+            if supervisor and not pid_alive(int(supervisor)) and record["status"] not in FINAL_STATES:
+                time.sleep(poll)  # the supervisor writes the final status just before it exits
+                return run_record(run_dir)
         if deadline is not None and time.time() > deadline:
-            raise TimeoutError(f"run {Path(run_dir).name} still {record['status']} after {timeout} s")
+            state = read_status(run_dir)[0].get("state", "unknown")
+            raise TimeoutError(f"run {Path(run_dir).name} still {state} after {timeout} s")
         time.sleep(poll)
 
 

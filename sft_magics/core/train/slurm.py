@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..cluster import SlurmError, SlurmOptions, batch_script, requeue, slurm_options, submission_environment, submit
+from ..errors import ConfigError
 from ..events import FINAL_STATES
 from ..files import read_json, write_json
 from ..run.folder import (
@@ -40,23 +41,27 @@ from ..run.folder import (
     RunFolder,
     now,
 )
-from .worker import BackgroundRun, prepare_run, record_exit, worker_command
+from .worker import IN_SLURM_JOB, BackgroundRun, prepare_run, record_exit, worker_command
 
 
 def node_command(
     run_dir: Path, options: SlurmOptions, *, nproc: int = 1, accelerate_config: str | None = None, resume_anyway=False
 ) -> list[str]:
     """What ``srun`` starts once on each node: the worker, or the launcher that starts ``nproc`` of
-    them. ``$HEAD`` (the first node), ``$SLURM_NNODES`` and ``$SLURM_JOB_ID`` are the job's own."""
+    them. One node: torchrun ``--standalone``. Several: c10d rendezvous on ``$HEAD`` (the first node)
+    at ``$SFT_RDZV_PORT``; ``$HEAD``, ``$SFT_RDZV_PORT``, ``$SLURM_NNODES`` and ``$SLURM_JOB_ID`` are the
+    same on every node, so the batch step expands them; accelerate's machine rank is the node's own, so
+    that command is left for each node's shell (``bash -c '...'``)."""
+    from ..cluster import shell_word
+
     extra = ("--resume-if-any",) + (("--resume-anyway",) if resume_anyway else ())
-    many = nproc > 1 or options.nodes > 1
-    launcher = "accelerate" if accelerate_config else "torchrun" if many else "none"
+    launcher = "accelerate" if accelerate_config else "torchrun" if (nproc > 1 or options.nodes > 1) else "none"
     nodes = {
         "nnodes": "$SLURM_NNODES",
-        "endpoint": f"$HEAD:{options.port}",
+        "endpoint": "$HEAD:$SFT_RDZV_PORT",
         "rdzv_id": "$SLURM_JOB_ID",
         "head": "$HEAD",
-        "port": str(options.port),
+        "port": "$SFT_RDZV_PORT",
         "node_rank": "$SLURM_NODEID",
     }
     cmd = worker_command(
@@ -64,17 +69,12 @@ def node_command(
         launcher=launcher,
         nproc=nproc,
         accelerate_config=str(Path(accelerate_config).resolve()) if accelerate_config else None,
-        nodes=nodes if launcher != "none" else None,
+        nodes=nodes if options.nodes > 1 else None,
         extra=extra,
     )
-    if launcher == "accelerate" and options.nodes > 1:  # the node's rank is known only inside its task
-        from ..cluster import shell_word
-
-        return [
-            "bash",
-            "-c",
-            "exec " + " ".join(shell_word(a).replace('"', "") if "$" in a else shell_word(a) for a in cmd),
-        ]
+    if launcher == "accelerate" and options.nodes > 1:  # inside: the node's own variables, expanded there
+        node_word = lambda a: f'"{a}"' if "$SLURM_NODEID" in a or "$((" in a else shell_word(a)
+        return ["bash", "-c", "exec " + " ".join(node_word(a) for a in cmd)]
     return cmd
 
 
@@ -83,6 +83,12 @@ def job_script(
 ) -> str:
     """The batch script of a run's job: what ``%%sft_train --launcher slurm`` writes to job.sbatch."""
     run_dir = Path(run_dir).resolve()
+    for what, path in (("the run folder", run_dir), ("the working folder", Path.cwd())):
+        if any(ch.isspace() or ch in "%\"'\\$`" for ch in str(path)):
+            raise ConfigError(
+                f"{what} {str(path)!r} has a space, quote, '%', '$' or '\\', which an #SBATCH line cannot hold: "
+                "choose an output_dir (and a working folder) without them for --launcher slurm"
+            )
     node = node_command(run_dir, options, nproc=nproc, accelerate_config=accelerate_config, resume_anyway=resume_anyway)
     command = [
         [sys.executable, "-m", "sft_magics", "slurm-job", str(run_dir), "--"],
@@ -175,12 +181,20 @@ def job_main(run_dir: Path, command: list[str]) -> int:
 
     if restarts:  # this job's earlier start, which SLURM has ended, may have left its lock behind
         folder.lock.path.unlink(missing_ok=True)
+    elif folder.job_id() not in (None, job):  # job.sbatch submitted again by hand: this job is the run's now
+        if folder.live_owner():
+            print(f"[sft_magics] run {folder.name} is still in {folder.live_owner()}: job {job} ends", flush=True)
+            return 1
+        write_json(run_dir / JOB_FILE, {"job_id": job, "submitted": now(), "options": options.as_dict()})
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # the earlier job's stop, not this one's
+        folder.update_status(state="starting", started=now())
     (run_dir / INTERRUPT_FILE).unlink(missing_ok=True)
     folder.update_status(job_id=job, nodes=os.environ.get("SLURM_JOB_NODELIST"), restarts=restarts)
     for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
         signal.signal(sig, on_signal)
     print(f"[sft_magics] job {job} (start {restarts + 1}) runs: {shlex.join(command)}", flush=True)
-    code = subprocess.Popen(command, stdin=subprocess.DEVNULL).wait()  # its output: SLURM's log of this start
+    env = {**os.environ, IN_SLURM_JOB: job}  # the workers' SIGTERM is SLURM ending the job, not a stop
+    code = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env).wait()  # output: SLURM's log of this start
     (run_dir / INTERRUPT_FILE).unlink(missing_ok=True)
     state = folder.status().get("state")
     log = run_dir / JOB_LOG_PATTERN.replace("%j", job)

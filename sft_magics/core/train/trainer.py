@@ -118,6 +118,8 @@ def train(
             live = folder.live_pid()
             if not claimed and live and live != os.getpid():  # e.g. a background run still starting
                 raise RunBusy(f"run '{spec.name}' is in use by process {live}: wait for it or stop it first")
+            if not claimed:
+                folder.refuse_live_job()  # its SLURM job is alive: its processes are elsewhere
             folder.lock.acquire(wait=30.0 if claimed else 0.0)  # a launcher hands its lock over within seconds
         else:
             folder = RunFolder.create(spec.output_dir, spec.name, overwrite=overwrite)
@@ -242,7 +244,7 @@ def _train(
     try:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            state = "interrupted" if stop.interrupted else "stopped" if stop.is_set() else "finished"
+            state = stop.outcome(done=trainer.state.global_step >= trainer.state.max_steps)
             interrupted = False
         except KeyboardInterrupt:  # Ctrl-C when training runs on the caller's thread
             state, interrupted = "stopped", True

@@ -46,6 +46,7 @@ from .follow import follow, request_stop, wait_for  # noqa: F401 - also reached 
 LOG_FILE = "worker.log"
 LAUNCHERS = ("none", "torchrun", "accelerate")
 SECRETS_ENV = "SFT_MAGICS_SECRETS"  # secret keys reach the worker in its environment, never on disk
+IN_SLURM_JOB = "SFT_MAGICS_SLURM_JOB"  # set by a run's job (core/train/slurm.py) for its workers: SIGTERM is SLURM's
 
 
 # -- the spec on disk -------------------------------------------------------------------------------
@@ -233,6 +234,7 @@ def prepare_run(
     _check_metrics_reach_the_worker(p)
     if resume:
         folder = RunFolder.existing(spec.output_dir, spec.name)
+        folder.refuse_live_job()
         folder.lock.acquire()
         try:
             _resume_point(p, folder, resume_anyway)  # refused here, in the notebook, not in a worker
@@ -246,7 +248,8 @@ def prepare_run(
         env = save_spec(spec, launch)
         for name, text in (files or {}).items():
             folder.write_text(name, scrub_text(text))
-        (folder.path / STOP_FILE).unlink(missing_ok=True)
+        for leftover in (STOP_FILE, INTERRUPT_FILE):  # a request to an earlier start is not one to this one
+            (folder.path / leftover).unlink(missing_ok=True)
         folder.update_status(state="starting", started=round(time.time(), 3), **({} if resume else {"step": 0}))
     except BaseException:
         if resume:
@@ -422,7 +425,7 @@ def worker_main(
     stop = StopFlag(stop_file=run_dir / STOP_FILE, interrupt_file=run_dir / INTERRUPT_FILE)
     # SIGTERM: a polite stop; in a SLURM job it is SLURM ending the job (a time limit, a cancel): an
     # interrupt, so the job's supervisor records SLURM's reason rather than "stopped".
-    signal.signal(signal.SIGTERM, lambda *_: stop.interrupt() if os.environ.get("SLURM_JOB_ID") else stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.interrupt() if os.environ.get(IN_SLURM_JOB) else stop.set())
     try:
         result = train(spec, stop=stop, resume=resume, resume_anyway=resume_anyway, claimed=True)
     except BaseException as err:

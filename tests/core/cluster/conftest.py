@@ -42,10 +42,20 @@ def slurm(tmp_path_factory):
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf
     yield conf
-    subprocess.run(["scancel", "--user=root"], check=False, capture_output=True)
-    time.sleep(1)
-    subprocess.run(["bash", str(HERE / "stop_slurm.sh"), str(state)], check=False)
+    subprocess.run(["bash", str(HERE / "stop_slurm.sh"), str(state)], check=False)  # cancels, waits, stops
     if old is None:
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request):
+    """A test that fails midway must not leave a job holding the node for the next one."""
+    yield
+    if "slurm" in request.fixturenames and os.environ.get("SLURM_CONF"):
+        subprocess.run(["scancel", "--user=root"], check=False, capture_output=True)
+        for _ in range(60):
+            if not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+                break
+            time.sleep(0.5)

@@ -23,3 +23,9 @@ def release(job: str) -> None:
 
     time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, capture_output=True)
+
+
+def node_state() -> str:
+    """The one node's state as sinfo prints it (idle, alloc, down, ...)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.split()
+    return out[0].rstrip("*~#") if out else "?"

@@ -41,7 +41,8 @@ def test_two_nodes_of_torchrun_agents_train_as_one_process_with_the_same_global_
     assert single.status == "finished"
 
     spec = TrainSpec.from_mapping("nodes", {**base, "per_device_train_batch_size": 2}, str(tmp_path / "runs"))
-    options = SlurmOptions(nodes=2, port=_free_port())
+    port = _free_port()
+    options = SlurmOptions(nodes=2, port=port)
     launch = {"launcher": "slurm", "nproc": 1, "slurm": {"nodes": 2}}
     kw = {"namespace": None, "resume": False, "overwrite": False, "resume_anyway": False, "files": None}
     folder, env = prepare_run(spec, world=2, launch=launch, **kw)
@@ -52,7 +53,14 @@ def test_two_nodes_of_torchrun_agents_train_as_one_process_with_the_same_global_
         and '"--rdzv_endpoint=$HEAD:' in command
         and "--nnodes=$SLURM_NNODES" in command
     )
-    task_env = {**os.environ, **env, "HEAD": "127.0.0.1", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242"}
+    task_env = {
+        **os.environ,
+        **env,
+        "HEAD": "127.0.0.1",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "4242",
+        "SFT_RDZV_PORT": str(port),
+    }
     nodes = [
         subprocess.Popen(
             ["bash", "-c", command], env=task_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from slurm_helpers import job_field, release
+from slurm_helpers import job_field, node_state, release
 
 from sft_magics.core.events import Event
 from sft_magics.core.files import read_events, read_json
@@ -37,7 +37,9 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_a_run_trains_as_a_slurm_job_and_the_dashboard_follows_it(slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys):
-    cell = _cell(tiny_model, qa_jsonl, save_steps=3) + "slurm:\n  cpus_per_task: 1\n  time: '10'\n"
+    cell = (
+        _cell(tiny_model, qa_jsonl, save_steps=3) + "slurm:\n  cpus_per_task: 1\n  time: '10'\n  signal_seconds: 120\n"
+    )
     shell.run_cell_magic("sft_train", "--launcher slurm --name onslurm -o job", cell)
     run = shell.user_ns["job"]
     out = capsys.readouterr().out
@@ -239,8 +241,9 @@ def test_a_node_failure_is_failed_with_slurms_state(slurm, shell, tiny_model, qa
     try:  # the node goes down under the job, as a failed machine would (the admin's view of it)
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=test-node-failure"], check=True)
         record = f.wait_for(run.path, timeout=120)
-    finally:
+    finally:  # the node back, before the next test needs it
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+        _wait(lambda: node_state() == "idle", 120, "the node to come back")
     assert record["status"] == "failed" and f"SLURM ended job {run.job_id} as NODE_FAIL" in record["error"]
     assert read_json(run.path / "status.json")["state"] == "failed"
 
@@ -250,10 +253,18 @@ def test_the_stop_signal_alone_stops_the_job(slurm, shell, tiny_model, qa_jsonl)
     (on a shared filesystem the STOP file may reach the job's nodes late; the signal does not)."""
     import subprocess
 
-    cell = _cell(tiny_model, qa_jsonl, max_steps=1000000, logging_steps=20, save_steps=1000000)
+    cell = _cell(tiny_model, qa_jsonl, max_steps=300, logging_steps=20, save_steps=1000000)
     shell.run_cell_magic("sft_train", "--launcher slurm --name usr2 -o job", cell)
     run = shell.user_ns["job"]
     _wait(lambda: read_json(run.path / "status.json").get("state") == "training", 120, "training")
     subprocess.run(["scancel", "--signal=USR2", "--batch", run.job_id], check=True)
     record = f.wait_for(run.path, timeout=120)
     assert record["status"] == "stopped" and (run.path / f"checkpoint-{record['steps']}").is_dir()
+    # The script in the run folder, submitted again by hand, as its header says: it resumes, and the
+    # run follows the new job.
+    again = subprocess.run(["sbatch", "--parsable", str(run.path / "job.sbatch")], capture_output=True, text=True)
+    new_job = again.stdout.strip()
+    assert again.returncode == 0 and new_job != run.job_id
+    _wait(lambda: read_json(run.path / "job.json").get("job_id") == new_job, 60, "the new job to take the run")
+    record = f.wait_for(run.path, timeout=180)
+    assert record["status"] == "finished" and record["steps"] == 300 and record["job"]["job_id"] == new_job
