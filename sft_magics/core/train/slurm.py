@@ -195,6 +195,8 @@ def job_main(run_dir: Path, command: list[str]) -> int:
     print(f"[sft_magics] job {job} (start {restarts + 1}) runs: {shlex.join(command)}", flush=True)
     env = {**os.environ, IN_SLURM_JOB: job}  # the workers' SIGTERM is SLURM ending the job, not a stop
     code = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env).wait()  # output: SLURM's log of this start
+    if folder.job_id() not in (None, job):
+        return code  # the run is another job's now (job.sbatch submitted again by hand): not ours to record
     (run_dir / INTERRUPT_FILE).unlink(missing_ok=True)
     state = folder.status().get("state")
     log = run_dir / JOB_LOG_PATTERN.replace("%j", job)
