@@ -142,7 +142,7 @@ class TrainMagics(MagicsBase):
 
         stop = StopFlag()
         reporter = make_reporter(self.mode, title=spec.name, on_stop=stop.set)
-        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        options = _run_options(args)
         thread = TrainingThread(
             lambda: train(spec, sink=reporter, stop=stop, namespace=self.shell.user_ns, files=files, **options),
             stop.set,
@@ -174,7 +174,7 @@ class TrainMagics(MagicsBase):
                 "the run starts in fresh processes."
             )
         launch = {"launcher": args.launcher, "nproc": args.nproc, "accelerate_config": args.accelerate_config}
-        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        options = _run_options(args)
         run = w.launch(spec, namespace=self.shell.user_ns, files=files, **launch, **options)
         if args.background:
             print(
@@ -189,12 +189,12 @@ class TrainMagics(MagicsBase):
     def _submit_to_slurm(self, spec, args, files):
         """``--launcher slurm``: the run is a SLURM job (core/train/slurm.py); followed as a background run."""
         from ..core.run.folder import JOB_SCRIPT_FILE, RunFolder
-        from ..core.train.slurm import job_state_line, submit_run
+        from ..core.train.slurm import job_state_text, submit_run
 
-        options = {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
+        options = _run_options(args)
         launch = {"nproc": args.nproc, "accelerate_config": args.accelerate_config}
         run = submit_run(spec, namespace=self.shell.user_ns, files=files, **launch, **options)
-        state = job_state_line(RunFolder(run.path.parent, run.name)).split(": ", 1)[-1]
+        state = job_state_text(RunFolder(run.path.parent, run.name))
         print(
             f"run '{run.name}' submitted to SLURM as job {run.job_id} ({state}); its script is {run.path / JOB_SCRIPT_FILE}: "
             f"%sft_attach {run.name} to watch, %sft_wait {run.name} to block, %sft_stop {run.name} to stop"
@@ -407,6 +407,11 @@ def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
         w.follow(run_dir, reporter, until_final=False)  # replay what is there, here and now
         reporter.close()
     return reporter
+
+
+def _run_options(args) -> dict:
+    """How the line asks a run to start: fresh, resumed (anyway), or over an old one."""
+    return {"resume": bool(args.resume), "overwrite": args.overwrite, "resume_anyway": args.resume_anyway}
 
 
 def _run_name(args, cell: str) -> str | None:

@@ -91,13 +91,14 @@ class _JobWatch:
         if not self.folder.job_id() or time.monotonic() - self.asked < JOB_POLL_SECONDS:
             return
         self.asked = time.monotonic()
-        job, info, problem = self.folder.job()
+        asked = self.folder.job()
+        job, info, problem = asked
         data = info.as_event() if info else {"job_id": job, "text": problem or "no longer known to SLURM"}
         if data.get("text") != self.last:
             self.last = data.get("text")
             sink(Event("job", data, time.time()))
         if info is None or not info.live:
-            self.folder.settle_job()  # ended without a final status: recorded, and read as the next event
+            self.folder.settle_job(asked)  # ended without a final status: recorded, and read as the next event
 
 
 def follow(

@@ -182,8 +182,8 @@ def job_main(run_dir: Path, command: list[str]) -> int:
     if restarts:  # this job's earlier start, which SLURM has ended, may have left its lock behind
         folder.lock.path.unlink(missing_ok=True)
     elif folder.job_id() not in (None, job):  # job.sbatch submitted again by hand: this job is the run's now
-        if folder.live_owner():
-            print(f"[sft_magics] run {folder.name} is still in {folder.live_owner()}: job {job} ends", flush=True)
+        if owner := folder.live_owner():
+            print(f"[sft_magics] run {folder.name} is still in {owner}: job {job} ends", flush=True)
             return 1
         write_json(run_dir / JOB_FILE, {"job_id": job, "submitted": now(), "options": options.as_dict()})
         (run_dir / STOP_FILE).unlink(missing_ok=True)  # the earlier job's stop, not this one's
@@ -222,9 +222,7 @@ def job_main(run_dir: Path, command: list[str]) -> int:
     return code
 
 
-def job_state_line(folder: RunFolder) -> str | None:
-    """``SLURM job 12: PENDING (Resources)`` for a run's job, as SLURM sees it now."""
-    job, info, problem = folder.job()
-    if not job:
-        return None
-    return f"SLURM job {job}: " + (info.describe() if info else problem or "no longer known to SLURM")
+def job_state_text(folder: RunFolder) -> str:
+    """``PENDING (Resources)``: a run's job as SLURM sees it now (or why that is not known)."""
+    _, info, problem = folder.job()
+    return info.describe() if info else problem or "no longer known to SLURM"
