@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: python -m sft_magics demo [--steps N] [--output-dir DIR]\n"
             "       python -m sft_magics worker|supervise RUN_DIR ...   (background runs; see core/train/worker.py)\n"
-            "       python -m sft_magics slurm-job RUN_DIR -- COMMAND   (a SLURM job's batch step; core/train/slurm.py)"
+            "       python -m sft_magics slurm-job RUN_DIR -- COMMAND   (a SLURM job's batch step; core/train/slurm.py)\n"
+            "       python -m sft_magics sweep SWEEP_DIR   (a sweep's driver; core/sweep/driver.py)"
         )
         return 0 if argv else 2
     if argv[0] == "demo":
@@ -27,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         from .core.train.slurm import job_main
 
         return job_main(argv[1], argv[3:])
+    if argv[0] == "sweep":  # a sweep's driver (core/sweep/driver.py)
+        if len(argv) != 2:
+            print("usage: python -m sft_magics sweep SWEEP_DIR", file=sys.stderr)
+            return 2
+        from .core.sweep.driver import drive
+
+        return drive(argv[1])
     print(f"unknown command '{argv[0]}' (try: demo)", file=sys.stderr)
     return 2
 

@@ -92,6 +92,12 @@ class MagicsBase:
 
         return load_data(source, namespace=self.shell.user_ns, **mapping)
 
+    def _resolve_target(self, target):
+        """``SWEEP:best``: the sweep's best trial (magics/sweep.py); any other target is itself."""
+        from .sweep import resolve_best
+
+        return resolve_best(self, target)
+
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""
 

@@ -86,6 +86,7 @@ class EvalMagics(MagicsBase):
             scores.summary["json_match"], scores.examples.sort_values("tuned_json_match").head()
         """
         args = _parse(self.sft_eval, line)
+        args.target = self._resolve_target(args.target)
         gen = {
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
@@ -168,6 +169,7 @@ class EvalMagics(MagicsBase):
         from ..display._chat_view import ChatWidget, ReplyView, chat_loop
 
         args = _parse(self.sft_chat, line)
+        args.target = self._resolve_target(args.target)
         if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
             raise UsageError("need --max-new-tokens ≥ 1, --temperature ≥ 0 and 0 < --top-p ≤ 1")
         mode = self.mode

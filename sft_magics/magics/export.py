@@ -65,6 +65,7 @@ class ExportMagics(MagicsBase):
         from ..display._views import TableView
 
         args = _parse(self.sft_export, line)
+        args.run = self._resolve_target(args.run)
         result = self._export(args)
         show(
             TableView(f"%sft_export {args.run} → {result.path}", ["", ""], result.summary_rows(), result.notes),

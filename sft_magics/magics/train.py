@@ -112,16 +112,25 @@ class TrainMagics(MagicsBase):
 
     def _start_training(self, line, cell):
         """Parse, validate, start the training thread; returns (thread, finish) or a dry-run summary."""
+        from ..core.train.config import TrainSpec
+
         args = _parse(self.sft_train, line)
         cell = cell or ""
-        spec = self._train_spec(_run_name(args, cell), cell, resume=bool(args.resume))
+        config = self._cell_config(_run_name(args, cell), cell, resume=bool(args.resume))
+        if "sweep" in config:  # many runs: magics/sweep.py
+            from . import sweep
+
+            return sweep.start_from_cell(self, args, config, f"%%sft_train {line}\n{cell}")
+        spec = TrainSpec.from_mapping(_run_name(args, cell), config, output_dir=self.output_dir)
         name = spec.name
         if spec.slurm and args.launcher != "slurm":
             raise UsageError("key 'slurm' holds SLURM options: add --launcher slurm to the line to submit the run")
         if args.nproc < 1:
             raise UsageError(f"--nproc must be at least 1, not {args.nproc}")
         if args.dry_run:
-            return self._dry_run(spec, args.output, args)
+            from ._dry_run import dry_run
+
+            return dry_run(self, spec, args.output, args)
         files = {CELL_FILE: f"%%sft_train {line}\n{cell}"} if cell.strip() else {}
         if args.overwrite and spec.run_dir.exists():
             print(f"--overwrite: the existing run '{name}' in {self.output_dir} is removed first")
@@ -224,11 +233,7 @@ class TrainMagics(MagicsBase):
 
         return watcher, finish
 
-    def _train_spec(self, name: str, cell: str, *, resume: bool):
-        from pathlib import Path
-
-        from ..core.train.config import TrainSpec
-
+    def _cell_config(self, name: str, cell: str, *, resume: bool) -> dict:
         if not cell.strip() and resume:
             saved = Path(self.output_dir) / name / CONFIG_FILE  # name already validated: one folder
             if not saved.is_file():
@@ -242,58 +247,14 @@ class TrainMagics(MagicsBase):
             config["model"] = self.default_model
         if self.trust_remote_code:
             config.setdefault("trust_remote_code", True)
-        return TrainSpec.from_mapping(name, config, output_dir=self.output_dir)
-
-    def _dry_run(self, spec, output, args):
-        from ..core.secrets import redact
-        from ..core.train.memory import fit_check
-        from ..core.train.plan import plan
-        from ..display._views import TableView
-
-        nodes = int(spec.slurm.get("nodes", 1)) if args.launcher == "slurm" else 1
-        world = nodes * args.nproc if args.launcher != "none" else 1  # the steps depend on it
-        p = plan(spec, namespace=self.shell.user_ns, dry_run=True, world=world)
-        trainable, total, fit = fit_check(p)
-        shown = redact(p.config())  # secrets: the key is shown as read, its value never
-        rows = [[k, v] for k, v in shown.items()]
-        notes = [
-            f"data: {p.train_data.source} · {len(p.train_data)} rows ({p.train_data.source_format} → {p.train_data.format})"
-            + (f" · eval {len(p.eval_data)} rows" if p.eval_data is not None else ""),
-            f"device {p.device} · dtype {str(p.dtype).replace('torch.', '')}",
-            f"precision: {p.precision}",
-            f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.2%})",
-            f"planned optimizer steps: {p.steps}",
-            fit.summary(),
-            *(f"to fit: {a}" for a in fit.advice),
-            *(
-                f"chat template: {p.template[0]} {p.template[1] if p.template[0] != 'jinja' else '(a Jinja template)'}"
-                for _ in [0]
-                if p.template
-            ),
-            *(f"read: {n}" for n in p.notes),
-            "dry run: nothing was trained",
-        ]
-        if args.launcher == "slurm":
-            notes += _slurm_preview(spec, args)
-        show(TableView(f"%%sft_train --dry-run · {spec.name}", ["key", "value"], rows, notes), self.mode)
-        summary = {
-            "config": shown,
-            "device": p.device,
-            "dtype": str(p.dtype),
-            "precision": p.precision,
-            "fit": fit.as_dict(),
-            "trainable_params": trainable,
-            "total_params": total,
-            "steps": p.steps,
-            "train_rows": len(p.train_data),
-            "notes": list(p.notes),
-            "run_dir": str(spec.run_dir),
-        }
-        return self._bind(output, summary) if output else None
+        return config
 
     # -- %sft_runs ---------------------------------------------------------------------------
     @magic_arguments()
-    @argument("-o", "--output", metavar="NAME", help="Bind the list of run records to NAME.")
+    @argument("sweep", nargs="?", default=None, help="A sweep's name: its trials only.")
+    @argument(
+        "-o", "--output", metavar="NAME", help="Bind the list of run records (for a sweep: its trials' DataFrame) to NAME."
+    )
     @line_magic
     @_user_errors
     def sft_runs(self, line):
@@ -306,11 +267,14 @@ class TrainMagics(MagicsBase):
             %sft_runs
         """
         from ..core.run.lookup import list_runs
-        from ..display._runs_view import RunsView
+        from . import sweep
 
         args = _parse(self.sft_runs, line)
-        records = list_runs(self.output_dir)
-        show(RunsView(records), self.mode)
+        if args.sweep:
+            if not sweep.is_sweep(self, args.sweep):
+                raise UsageError(f"no sweep named '{args.sweep}' in {self.output_dir}")
+            return sweep.show_one(self, args.sweep, args.output)
+        records = sweep.show_runs(self, list_runs(self.output_dir))
         return self._bind(args.output, records) if args.output else None
 
     # -- runs in other processes: %sft_attach, %sft_wait, %sft_stop ------------------------------
@@ -338,8 +302,11 @@ class TrainMagics(MagicsBase):
 
             %sft_attach json-lora
         """
+        from . import sweep
 
         args = _parse(self.sft_attach, line)
+        if sweep.is_sweep(self, args.name):
+            return sweep.attach(self, args.name)
         attach_dashboard(self._run_dir(args.name), self.mode, follow_live=True)
 
     @magic_arguments()
@@ -357,8 +324,11 @@ class TrainMagics(MagicsBase):
         """
         from ..core.train.worker import result_from_disk, wait_for
         from ..display._runs_view import RunsView
+        from . import sweep
 
         args = _parse(self.sft_wait, line)
+        if sweep.is_sweep(self, args.name):
+            return sweep.wait(self, args.name, args.timeout, args.output)
         run_dir = self._run_dir(args.name)
         try:
             record = wait_for(run_dir, timeout=args.timeout)
@@ -382,8 +352,11 @@ class TrainMagics(MagicsBase):
             %sft_stop json-lora
         """
         from ..core.train.worker import request_stop, wait_for
+        from . import sweep
 
         args = _parse(self.sft_stop, line)
+        if sweep.is_sweep(self, args.name):
+            return sweep.stop(self, args.name, args.no_wait)
         run_dir = self._run_dir(args.name)
         request_stop(run_dir)
         if not args.no_wait:
@@ -427,22 +400,3 @@ def _run_name(args, cell: str) -> str | None:
         raise UsageError("--resume-anyway goes with --resume NAME")
     given = args.resume if args.resume is not None else args.name  # an explicit "" is a mistake, not "no name"
     return None if given is None else validate_name(given)
-
-
-def _slurm_preview(spec, args) -> list[str]:
-    """``--dry-run --launcher slurm``: the job script that would be submitted, the command each node
-    runs, and what sbatch would take from the environment."""
-    import os
-
-    from ..core.cluster import environment_defaults, shell_word, slurm_options
-    from ..core.train.slurm import job_script, node_command
-
-    options = slurm_options(spec.slurm)
-    launch = {"nproc": args.nproc, "accelerate_config": args.accelerate_config, "resume_anyway": args.resume_anyway}
-    defaults = {k: v for k, v in environment_defaults(os.environ).items() if k not in options.given()}
-    return [
-        f"SLURM: {options.nodes} node(s) × {args.nproc} process(es); each node runs: "
-        + " ".join(shell_word(a) for a in node_command(spec.run_dir, options, **launch)),
-        *(f"SLURM default from the environment: {k} = {v}" for k, v in defaults.items()),
-        "job script (job.sbatch):\n" + job_script(spec.run_dir, options, **launch),
-    ]

@@ -74,6 +74,8 @@ class RunBusy(SftError, RuntimeError):
 
 
 def pid_alive(pid: int) -> bool:
+    """A process that runs. A zombie (ended, not yet reaped: a detached process whose parent is gone,
+    on a machine whose init does not reap) is not alive, though signal 0 still reaches it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,4 +84,8 @@ def pid_alive(pid: int) -> bool:
         return True
     except (OverflowError, ValueError):
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 is the answer

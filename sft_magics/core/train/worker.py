@@ -199,7 +199,7 @@ class BackgroundRun:
         return f"<BackgroundRun {self.name}: {self.status}, {where}, {self.path}>"
 
 
-def _check_metrics_reach_the_worker(p) -> None:
+def check_metrics_reach_the_worker(p) -> None:
     from ..errors import ConfigError
     from ..evaluate.metrics import BUILTIN_METRICS
 
@@ -231,7 +231,7 @@ def prepare_run(
     from .trainer import _resume_point
 
     p = plan(spec, namespace=namespace, world=world)
-    _check_metrics_reach_the_worker(p)
+    check_metrics_reach_the_worker(p)
     if resume:
         folder = RunFolder.existing(spec.output_dir, spec.name)
         folder.refuse_live_job()
@@ -271,15 +271,17 @@ def launch(
     overwrite: bool = False,
     resume_anyway: bool = False,
     files: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BackgroundRun:
     """Start a run in a detached supervisor process and return at once. The data and config are
     checked here first, and the folder is claimed (or, to resume, locked) by this process and
-    handed to the worker: a second start under the same name is refused at once."""
+    handed to the worker: a second start under the same name is refused at once. ``env``: more
+    environment for the run's processes (a sweep's tracker settings, a GPU)."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher '{launcher}' (expected one of {', '.join(LAUNCHERS)})")
     world = nproc if launcher != "none" else 1  # steps depend on it: the resume checks must agree with the worker's
     launch_info = {"launcher": launcher, "nproc": nproc, "accelerate_config": accelerate_config}
-    folder, env = prepare_run(
+    folder, secrets_env = prepare_run(
         spec,
         namespace=namespace,
         world=world,
@@ -315,7 +317,7 @@ def launch(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=os.getcwd(),
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {}), **secrets_env},
     )
     write_json(run_dir / SUPERVISOR_FILE, {"pid": proc.pid, "command": cmd})
     folder.lock.release()  # handed over: the worker takes the lock (it waits for this)

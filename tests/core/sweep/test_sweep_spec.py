@@ -1,0 +1,225 @@
+"""The sweep: key, checked before anything starts (no model trained here), its trials' names and
+configs, and the comparison view's forms (escaped HTML, the leader marked, no clipped point)."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from sft_magics.core.sweep.spec import (
+    SweepError,
+    apply_params,
+    corner_trials,
+    planned_trials,
+    read_sweep,
+    trial_name,
+)
+
+
+def _cell(tiny_model, data, sweep: str, extra: str = "") -> str:
+    return (
+        f"model: {tiny_model}\ndataset: {data}\neval_split: 0.25\nmax_steps: 2\n"
+        f"per_device_train_batch_size: 4\n{extra}sweep:\n{sweep}"
+    )
+
+
+def test_a_grid_is_every_combination_in_order_and_named_by_its_values():
+    spec = read_sweep({"parameters": {"learning_rate": [1e-3, 2e-3], "lora.r": [8, 16]}})
+    assert spec.method == "grid" and spec.trials == 4
+    trials = planned_trials(spec)
+    assert trials == [
+        {"learning_rate": 1e-3, "lora.r": 8},
+        {"learning_rate": 1e-3, "lora.r": 16},
+        {"learning_rate": 2e-3, "lora.r": 8},
+        {"learning_rate": 2e-3, "lora.r": 16},
+    ]
+    assert trial_name("lr", 3, trials[2]) == "lr.03-learning_rate_0.002-r_8"
+    assert len(trial_name("s" * 90, 1, {"chat_template": "x" * 50})) == 100
+
+
+def test_a_random_sample_is_seeded_distinct_and_draws_ranges():
+    values = {"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3], "lora.r": [4, 8, 16]}
+    a = planned_trials(read_sweep({"method": "random", "trials": 5, "seed": 7, "parameters": values}))
+    b = planned_trials(read_sweep({"method": "random", "trials": 5, "seed": 7, "parameters": values}))
+    c = planned_trials(read_sweep({"method": "random", "trials": 5, "seed": 8, "parameters": values}))
+    assert a == b and a != c
+    assert len({repr(sorted(t.items())) for t in a}) == 5  # distinct combinations
+    ranged = planned_trials(
+        read_sweep({"method": "random", "trials": 20, "parameters": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "lora.r": {"low": 2, "high": 64}}})
+    )
+    assert all(1e-5 <= t["learning_rate"] <= 1e-2 for t in ranged)
+    assert all(isinstance(t["lora.r"], int) and 2 <= t["lora.r"] <= 64 for t in ranged)
+
+
+def test_a_search_is_checked_at_the_ends_of_what_it_may_propose():
+    spec = read_sweep(
+        {"method": "search", "trials": 6, "parameters": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "lora.r": [4, 8]}}
+    )
+    assert spec.prune == {}  # MedianPruner with Optuna's defaults
+    assert planned_trials(spec) == []  # Optuna proposes them as it goes
+    corners = corner_trials(spec)
+    assert {"learning_rate": 1e-2, "lora.r": 4} in corners and {"learning_rate": 1e-4, "lora.r": 8} in corners
+
+
+def test_apply_sets_dotted_keys_and_trl_names_and_never_changes_the_cell():
+    base = {"model": "m", "lora": {"r": 16, "lora_alpha": 32}, "learning_rate": 1e-3, "sweep": {}}
+    config = apply_params(base, {"lora.r": 8, "learning_rate": 2e-3, "model_kwargs.attn_implementation": "eager"})
+    assert config == {
+        "model": "m",
+        "lora": {"r": 8, "lora_alpha": 32},
+        "learning_rate": 2e-3,
+        "model_kwargs": {"attn_implementation": "eager"},
+    }
+    assert base["lora"]["r"] == 16 and "sweep" in base
+    with pytest.raises(SweepError, match=r"sweep.parameters.learning_rate.x': learning_rate in the cell is not a mapping"):
+        apply_params(base, {"learning_rate.x": 1})
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ("[1, 2]", "key 'sweep' must be a mapping"),
+        ("{method: grid}", "key 'sweep.parameters' must map each swept key"),
+        ("{method: bayes, parameters: {learning_rate: [1]}}", "key 'sweep.method' must be one of grid, random, search"),
+        ("{parameters: {learning_rate: []}}", "key 'sweep.parameters.learning_rate' is an empty list"),
+        ("{parameters: {learning_rate: [1, 1]}}", "lists a value twice"),
+        ("{parameters: {learning_rate: {low: 1, high: 2}}}", "a grid needs a list of values, not a range"),
+        ("{method: random, parameters: {learning_rate: [1]}}", "key 'sweep.trials' is required"),
+        ("{method: random, trials: 0, parameters: {learning_rate: [1]}}", "key 'sweep.trials' must be a whole number from 1"),
+        ("{method: search, trials: 3, parameters: {learning_rate: {low: 0, high: 1, log: true}}}", "a log range needs low > 0"),
+        ("{method: search, trials: 3, parameters: {learning_rate: {low: 2, high: 1}}}", "low (2) must be below high (1)"),
+        ("{parameters: {output_dir: [a, b]}}", "output_dir cannot vary by trial"),
+        ("{parameters: {'../x': [1]}}", "is not a key of the cell"),
+        ("{parameters: {learning_rate: [1]}, pruner: x}", "key 'sweep.pruner' is not a sweep key"),
+        ("{parameters: {learning_rate: [1]}, prune: true}", "pruning stops trials early against the others, with method: search"),
+        ("{parameters: {learning_rate: [1]}, direction: up}", "key 'sweep.direction' must be minimize or maximize"),
+        ("{parameters: {learning_rate: [1]}, parallel: 0}", "key 'sweep.parallel' must be a whole number from 1 to 64"),
+        ("{parameters: {a: [1,2,3,4,5,6,7,8,9,10], b: [1,2,3,4,5,6,7,8,9,10], c: [1,2,3,4,5,6,7,8,9,10,11]}}", "the grid has 1100 combinations, over 1000"),
+    ],
+)
+def test_a_bad_sweep_key_is_one_line_naming_it(sweep, message):
+    import yaml
+
+    with pytest.raises(SweepError) as err:
+        read_sweep(yaml.safe_load(sweep))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        # a value the run's own checks refuse: which trial, which key
+        (
+            "  parameters:\n    learning_rate: [1.0e-3, -1]\n",
+            "sweep trial 2 (learning_rate=-1): key 'learning_rate'",
+        ),
+        ("  parameters:\n    lora.r: [8, 0]\n", "sweep trial 2 (lora.r=0)"),
+        ("  parameters:\n    lora.rank: [8]\n", "sweep trial 1 (lora.rank=8)"),
+        ("  parameters:\n    learnin_rate: [1.0e-3]\n", "did you mean 'learning_rate'"),
+        ("  parameters:\n    dataset: [no-such-file.jsonl]\n", "sweep trial 1 (dataset='no-such-file.jsonl')"),
+        ("  metric: json_match\n  parameters:\n    learning_rate: [1.0e-3]\n", None),
+    ],
+)
+def test_a_bad_value_is_one_line_before_any_trial_starts(shell, tiny_model, qa_jsonl, tmp_path, sweep, message):
+    cell = _cell(tiny_model, qa_jsonl, sweep)
+    if message is None:  # a metric the trials will not produce is fine to name: json_match needs eval_generate
+        shell.run_cell_magic("sft_train", "--name ok --dry-run", cell)
+        return
+    with pytest.raises(UsageError) as err:
+        shell.run_cell_magic("sft_train", "--name bad", cell)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing was made
+
+
+def test_flags_that_name_one_run_are_refused_with_a_sweep(shell, tiny_model, qa_jsonl, tmp_path):
+    cell = _cell(tiny_model, qa_jsonl, "  parameters:\n    learning_rate: [1.0e-3]\n")
+    for line, message in [
+        ("--overwrite", "--overwrite removes one run"),
+        ("--launcher torchrun --nproc 2", "--launcher / --nproc"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            shell.run_cell_magic("sft_train", f"--name s {line}", cell)
+    with pytest.raises(UsageError, match="key 'output_dir' cannot go with a sweep"):
+        shell.run_cell_magic("sft_train", "", cell.replace("sweep:", f"output_dir: {tmp_path}/x\nsweep:"))
+    with pytest.raises(UsageError, match="sweep.metric': the trials have no evaluation"):
+        shell.run_cell_magic("sft_train", "--name s", cell.replace("eval_split: 0.25\n", ""))
+
+
+def test_dry_run_lists_the_trials_checked_and_starts_nothing(shell, tiny_model, qa_jsonl, tmp_path, capsys):
+    cell = _cell(tiny_model, qa_jsonl, "  parameters:\n    learning_rate: [1.0e-3, 2.0e-3]\n    lora.r: [4, 8]\n")
+    summary = shell.run_cell_magic("sft_train", "--name lr --dry-run -o plan", cell)
+    out = capsys.readouterr().out
+    assert "lr.04-learning_rate_0.002-r_8" in out and "compared by eval_loss (minimize)" in out
+    assert [t["name"] for t in summary["trials"]][0] == "lr.01-learning_rate_0.001-r_4"
+    assert not (tmp_path / "runs" / "lr").exists()
+
+
+def test_a_taken_name_is_refused_and_the_existing_folder_kept(shell, tiny_model, qa_jsonl, tmp_path):
+    cell = _cell(tiny_model, qa_jsonl, "  parameters:\n    learning_rate: [1.0e-3]\n")
+    mine = tmp_path / "runs" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="a folder named 'mine' already exists"):
+        shell.run_cell_magic("sft_train", "--name mine", cell)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "runs" / "x.01-learning_rate_0.001").mkdir()
+    with pytest.raises(UsageError, match="trial x.01-learning_rate_0.001: a folder of that name already exists"):
+        shell.run_cell_magic("sft_train", "--name x", cell)
+
+
+def _record(trials, metric="eval_loss", direction="minimize", leader=None):
+    base = {"params": {}, "state": "finished", "error": None, "steps": 4, "max_steps": 4, "train_loss": 1.0}
+    rows = []
+    for i, (params, history, metric_history, value) in enumerate(trials, 1):
+        rows.append(
+            {
+                **base,
+                "index": i,
+                "name": f"s.{i:02d}",
+                "params": params,
+                "history": history,
+                "metric_history": metric_history,
+                "value": value,
+                "value_step": metric_history[-1][0] if metric_history else None,
+                "leader": leader == i,
+            }
+        )
+    return {
+        "name": "s",
+        "method": "grid",
+        "parameters": list(trials[0][0]),
+        "metric": metric,
+        "direction": direction,
+        "planned": len(trials),
+        "state": "finished",
+        "error": None,
+        "trials": rows,
+        "leader": f"s.{leader:02d}" if leader else None,
+    }
+
+
+def test_the_view_escapes_values_and_marks_the_leader_in_every_form():
+    from sft_magics.display._sweep_view import SweepView
+
+    record = _record(
+        [
+            ({"chat_template": "<script>alert(1)</script>"}, [(1, 2.0), (2, 1.5)], [(2, 1.4)], 1.4),
+            ({"chat_template": "chatml"}, [(1, 2.0), (2, 1.2)], [(2, 1.1)], 1.1),
+        ],
+        leader=2,
+    )
+    view = SweepView(record)
+    page = view.to_html()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    text = view.to_text()
+    assert "★  s.02" in text and "leader s.02" in text and "best trial: s.02" in text
+    import io
+
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(view.chart_png())).size[0] > 800  # two panels: loss and the metric
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(view)
+    assert "<script>alert(1)</script>" in console.export_text()  # plain text in rich, not markup
