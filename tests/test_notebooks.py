@@ -40,6 +40,7 @@ CI_PARAMETERS = {
     "04_evaluation_and_chat.ipynb": {"STEPS": 24, "FEW_SHOT": 2, "EVAL_LIMIT": 16},
     "05_background_runs.ipynb": {"STEPS": 3, "DDP_STEPS": 2},
     "06_base_to_chat.ipynb": {"STEPS": 3},
+    "07_sweeps.ipynb": {"STEPS": 2, "EVAL_EVERY": 2, "WATCH": 2, "RANKS": [16], "EVAL_LIMIT": 4},
 }
 CELL_TIMEOUT = 1200  # seconds; a shared 2-core machine can be slow, the notebooks are short
 
@@ -293,6 +294,22 @@ def test_05_background_runs(tmp_path):
     status = json.loads((runs / "json-ddp" / "status.json").read_text())
     assert status["state"] == "finished" and status["world_size"] == 2
     assert (runs / "json-ddp" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_07_sweeps(tmp_path):
+    nb, runs, _ = run_notebook("07_sweeps.ipynb", tmp_path)
+
+    assert "sweep 'lr-rank' started: 2 trials queued" in out(nb, "%%sft_train --name lr-rank")
+    queue = json.loads((runs / "lr-rank" / "trials.json").read_text())
+    assert queue["state"] == "finished" and [t["state"] for t in queue["trials"]] == ["finished", "finished"]
+    names = [t["name"] for t in queue["trials"]]
+    assert names == ["lr-rank.01-learning_rate_0.001-r_16", "lr-rank.02-learning_rate_0.003-r_16"]
+    table = out(nb, "table = sweep.table()")
+    assert all(n in table for n in names) and "json_match" in table
+    best = out(nb, "best = sweep.best")
+    assert re.search(r"best trial: lr-rank\.0[12]-", best) and "the Quick start's setting: lr-rank.01-" in best
+    assert re.search(r"json_match on 4 validation rows: best trial \d+\.\d%, the Quick start's setting \d+\.\d%",
+                     out(nb, "default_scores"))
 
 
 def test_06_base_to_chat(tmp_path):

@@ -94,9 +94,11 @@ class MagicsBase:
 
     def _resolve_target(self, target):
         """``SWEEP:best``: the sweep's best trial (magics/sweep.py); any other target is itself."""
-        from .sweep import resolve_best
+        from ..core.sweep import best_trial
 
-        return resolve_best(self, target)
+        if isinstance(target, str) and target.endswith(":best") and target.count(":") == 1:
+            return best_trial(self.output_dir, target[: -len(":best")])
+        return target
 
     def _target_model(self, target: str):
         """A run result variable, a run name under output_dir, or anything load_model takes."""
@@ -152,7 +154,7 @@ _VARIABLE = re.compile(r"(?<![{\\])\{([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\}(?!})")
 def expand_variables(text: str, namespace: dict) -> str:
     """``{name}`` in a cell body becomes the notebook variable's value, as IPython does for line
     magics: plain words and paths as they are (so ``{DATA}/train.jsonl`` works), other text, numbers,
-    booleans and None as YAML scalars (quoted, so any text is safe);
+    booleans and None as YAML scalars (quoted, so any text is safe), a list of those as a YAML list;
     other objects (a DataFrame, a function) by their name, which the keys that take data or
     functions resolve in the notebook. ``{{name}}`` is a literal ``{name}``. Lines holding Jinja
     (``{%``) are left as they are."""
@@ -173,8 +175,11 @@ def expand_variables(text: str, namespace: dict) -> str:
             obj = getattr(obj, attr)
         if isinstance(obj, str) and _PLAIN.match(obj):
             return obj  # a plain word or path: written as is, so "{DATA}/train.jsonl" works
-        if obj is None or isinstance(obj, (str, int, float, bool)):
+        scalar = (str, int, float, bool, type(None))
+        if isinstance(obj, scalar):
             return json.dumps(obj)  # anything else as a quoted YAML scalar: any text is safe
+        if isinstance(obj, (list, tuple)) and all(isinstance(v, scalar) for v in obj):
+            return json.dumps(list(obj))  # a list of scalars as a YAML flow list (a sweep's values)
         if attrs:
             raise UsageError(
                 f"{{{path}}} is a {type(obj).__name__}: only text and numbers can be written into the cell"
@@ -209,3 +214,24 @@ def data_mapping(columns: str | None, system: str | None, convert: str | None, n
             raise UsageError(f"--convert: no notebook function named '{convert}'")
         out["convert"] = namespace[convert]
     return out
+
+
+def attach_dashboard(run_dir, mode: str, *, follow_live: bool):
+    """Show a dashboard fed from ``metrics.jsonl``: the whole history, then (``follow_live``) new
+    events as they arrive, on a background thread that only updates widget values."""
+    import threading
+    from pathlib import Path
+
+    from ..core.train import worker as w
+    from ..display import make_reporter
+
+    run_dir = Path(run_dir)
+    reporter = make_reporter(mode, title=run_dir.name, on_stop=lambda: w.request_stop(run_dir))
+    if follow_live and mode == "widget":
+        threading.Thread(
+            target=w.follow, args=(run_dir, reporter), name=f"sft-follow-{run_dir.name}", daemon=True
+        ).start()
+    else:
+        w.follow(run_dir, reporter, until_final=False)  # replay what is there, here and now
+        reporter.close()
+    return reporter

@@ -35,13 +35,17 @@ def start_from_cell(magics, args, config: dict, cell: str):
     for flag, why in RUN_ONLY_FLAGS.items():
         if getattr(args, flag):
             raise UsageError(why)
-    if args.launcher != "none" or args.nproc != 1:
+    if args.launcher not in ("none", "slurm") or (args.nproc != 1 and args.launcher != "slurm"):
         raise UsageError(
-            "--launcher / --nproc: a sweep's trials each train in one process (parallel: N trials at once)"
+            "--launcher / --nproc: a sweep's trials each train in one process here (parallel: N trials at once), "
+            "or as SLURM jobs with --launcher slurm"
         )
+    if "slurm" in config and args.launcher != "slurm":
+        raise UsageError("key 'slurm' holds SLURM options: add --launcher slurm to the line to submit the trials")
+    how = {"namespace": magics.shell.user_ns, "launcher": args.launcher, "nproc": args.nproc}
     if args.dry_run:
-        return _dry_run(magics, check_sweep(config, args.name, magics.output_dir, namespace=magics.shell.user_ns), args)
-    handle = start_sweep(config, args.name, magics.output_dir, namespace=magics.shell.user_ns, cell=cell)
+        return _dry_run(magics, check_sweep(config, args.name, magics.output_dir, **how), args)
+    handle = start_sweep(config, args.name, magics.output_dir, cell=cell, **how)
     print(
         f"sweep '{handle.name}' started: {len(handle.record()['trials']) or 'its'} trials queued in {handle.path}: "
         f"%sft_attach {handle.name} to watch, %sft_wait {handle.name} to block, %sft_stop {handle.name} to stop all"
@@ -79,8 +83,8 @@ def watch(magics, path: Path, *, block: bool, output: str | None = None, handle=
     changes. ``block``: until it ends (then the final table; ``-o`` binds ``handle``)."""
     from ..core.sweep import SWEEP_ENDS, stop_sweep, sweep_record
     from ..display._sweep_view import SweepView, SweepWatch
+    from ._common import attach_dashboard
     from ._runner import TrainingThread
-    from .train import attach_dashboard
 
     def attach(trial: str) -> None:
         attach_dashboard(Path(magics.output_dir) / trial, magics.mode, follow_live=True)
@@ -165,12 +169,3 @@ def show_runs(magics, records: list[dict]) -> list[dict]:
     for s in sweeps:
         show(SweepView(s), magics.mode)
     return records
-
-
-def resolve_best(magics, target):
-    """``SWEEP:best`` is the sweep's best trial so far (by its metric); anything else is itself."""
-    from ..core.sweep import best_trial
-
-    if isinstance(target, str) and target.endswith(":best") and target.count(":") == 1:
-        return best_trial(magics.output_dir, target[: -len(":best")])
-    return target

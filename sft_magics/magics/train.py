@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -11,7 +10,16 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..core.run.folder import CELL_FILE, CONFIG_FILE, STATUS_FILE
 from ..display import show
-from ._common import MagicsBase, _failure_line, _parse, _usage_error, _user_errors, _yaml_body, expand_variables
+from ._common import (
+    MagicsBase,
+    _failure_line,
+    _parse,
+    _usage_error,
+    _user_errors,
+    _yaml_body,
+    attach_dashboard,
+    expand_variables,
+)
 
 
 class TrainMagics(MagicsBase):
@@ -253,7 +261,10 @@ class TrainMagics(MagicsBase):
     @magic_arguments()
     @argument("sweep", nargs="?", default=None, help="A sweep's name: its trials only.")
     @argument(
-        "-o", "--output", metavar="NAME", help="Bind the list of run records (for a sweep: its trials' DataFrame) to NAME."
+        "-o",
+        "--output",
+        metavar="NAME",
+        help="Bind the list of run records (for a sweep: its trials' DataFrame) to NAME.",
     )
     @line_magic
     @_user_errors
@@ -362,24 +373,6 @@ class TrainMagics(MagicsBase):
         if not args.no_wait:
             record = wait_for(run_dir)
             print(f"run '{args.name}': {record['status']} at step {record['steps']}")
-
-
-def attach_dashboard(run_dir: Path, mode: str, *, follow_live: bool):
-    """Show a dashboard fed from ``metrics.jsonl``: the whole history, then (``follow_live``) new
-    events as they arrive, on a background thread that only updates widget values."""
-    from ..core.train import worker as w
-    from ..display import make_reporter
-
-    run_dir = Path(run_dir)
-    reporter = make_reporter(mode, title=run_dir.name, on_stop=lambda: w.request_stop(run_dir))
-    if follow_live and mode == "widget":
-        threading.Thread(
-            target=w.follow, args=(run_dir, reporter), name=f"sft-follow-{run_dir.name}", daemon=True
-        ).start()
-    else:
-        w.follow(run_dir, reporter, until_final=False)  # replay what is there, here and now
-        reporter.close()
-    return reporter
 
 
 def _run_options(args) -> dict:

@@ -19,18 +19,33 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import one_line
 from ..events import FINAL_STATES
+from ..files import write_json
 from ..run.layout import CELL_FILE
 from ..run.lookup import run_record
-from .folder import JOURNAL_FILE, SWEEP_ENDS, TENSORBOARD_FOLDER, SweepFolder, metric_points, score
+from .folder import (
+    DRIVER_FILE,
+    DRIVER_LOG,
+    JOURNAL_FILE,
+    SWEEP_ENDS,
+    TENSORBOARD_FOLDER,
+    SweepFolder,
+    metric_points,
+    score,
+)
 from .spec import SweepSpec, apply_params, trial_name
 
-POLL_S = 1.0
+POLL_S = 0.5  # how soon a trial's end is seen and the next one started
+JOB_POLL_S = 5.0  # how often a trial's SLURM job is asked after (the job follower's pace)
 
 
 class _Search:
@@ -119,26 +134,42 @@ def _launch(folder: SweepFolder, info: dict, trial: dict, slot: int) -> None:
     config = merge_secrets(clean, _secrets())
     spec = TrainSpec.from_mapping(trial["name"], config, output_dir=info["output_dir"])
     cell = f"# trial {trial['index']} of sweep {folder.name}: {json.dumps(trial['params'])}\n" + yaml.safe_dump(clean)
-    run = launch(spec, files={CELL_FILE: cell}, env=env)
-    trial.update(state="running", slot=slot, started=round(time.time(), 3), pid=run.pid)
+    how = info.get("launch") or {}
+    if how.get("launcher") == "slurm":  # each trial its own job (core/train/slurm.py)
+        from ..train.slurm import submit_run
+
+        run = submit_run(spec, files={CELL_FILE: cell}, env=env, nproc=int(how.get("nproc") or 1))
+    else:
+        run = launch(spec, files={CELL_FILE: cell}, env=env)
+    trial.update(state="running", slot=slot, started=round(time.time(), 3), pid=run.pid, job=run.job_id)
 
 
 def _settle(folder: SweepFolder, info: dict, trial: dict, search: _Search | None, stopping: bool) -> None:
-    """A running trial: report its evaluations (pruning), and record its end when it has ended."""
+    """A running trial: report its evaluations (pruning), and record its end when it has ended.
+    Cheap while it trains (its status and its supervisor's pid); its whole record once at the end."""
+    from ..run.lock import pid_alive
+    from ..run.status import read_status
     from ..train.follow import request_stop
 
     run_dir = folder.trial_dir(trial)
     if not run_dir.is_dir():  # the driver died between "running" and the launch: start it again
         trial["state"] = "queued"
         return
-    points = metric_points(run_dir, info["metric"])
-    if search is not None and not stopping and not trial.get("pruning") and search.report(trial, points):
+    pruning = search is not None and search.spec.prune is not None and not stopping and not trial.get("pruning")
+    if pruning and search.report(trial, metric_points(run_dir, info["metric"])):
         trial["pruning"] = True
         request_stop(run_dir)
+    if read_status(run_dir)[0].get("state") not in FINAL_STATES:
+        if trial.get("job"):  # a SLURM job: asked whether it lives (scontrol) every few seconds only
+            if time.time() - trial.get("asked", 0) < JOB_POLL_S:
+                return
+            trial["asked"] = round(time.time(), 3)
+        elif pid_alive(int(trial.get("pid") or 0)):
+            return
     record = run_record(run_dir)
     if record["status"] not in (*FINAL_STATES, "stale"):
         return
-    best = score(points, info["metric"], info["direction"])
+    best = score(metric_points(run_dir, info["metric"]), info["metric"], info["direction"])
     state = record["status"] if record["status"] in FINAL_STATES else "failed"
     if state == "stopped" and trial.get("pruning"):
         state = "pruned"
@@ -251,8 +282,6 @@ def stop_sweep(sweep_dir: str | Path) -> None:
         if t.get("state") == "running" and folder.trial_dir(t).is_dir():
             request_stop(folder.trial_dir(t))
     if folder.driver_pid() is None and folder.queue().get("state") not in SWEEP_ENDS:
-        from .start import start_driver
-
         start_driver(folder)  # nobody to settle the queue: a driver that sees STOP at once
 
 
@@ -281,8 +310,6 @@ def wait_sweep(sweep_dir: str | Path, timeout: float | None = None, poll: float 
 def restart_if_needed(sweep_dir: str | Path) -> str | None:
     """``%sft_attach SWEEP``: a sweep that has not ended and has no driver gets a new one, which
     continues the queue; what was done, or None."""
-    from .start import start_driver
-
     sweep_dir = Path(sweep_dir)
     folder = SweepFolder.existing(sweep_dir.parent, sweep_dir.name)
     if folder.state() != "stale":
@@ -290,3 +317,21 @@ def restart_if_needed(sweep_dir: str | Path) -> str | None:
     pid = start_driver(folder)
     left = sum(1 for t in folder.queue()["trials"] if t.get("state") in ("queued", "running"))
     return f"sweep '{folder.name}' had no driver: started one again (pid {pid}), continuing the queue ({left} trial(s) left)"
+
+
+def start_driver(folder: SweepFolder, env: Mapping[str, str] | None = None) -> int:
+    """The sweep's driver, ``python -m sft_magics sweep DIR``, detached: it outlives the kernel."""
+    cmd = [sys.executable, "-m", "sft_magics", "sweep", str(folder.path.resolve())]
+    with (folder / DRIVER_LOG).open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=os.getcwd(),
+            env={**os.environ, **(env or {})},
+        )
+    write_json(folder / DRIVER_FILE, {"pid": proc.pid, "command": cmd, "started": round(time.time(), 3)})
+    threading.Thread(target=proc.wait, name=f"sft-reap-{folder.name}", daemon=True).start()
+    return proc.pid

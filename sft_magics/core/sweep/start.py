@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SftError, one_line
-from ..files import write_json
 from ..run.layout import CELL_FILE
-from .folder import DRIVER_FILE, DRIVER_LOG, SweepFolder, check_sweep_name
+from .folder import SweepFolder, check_sweep_name
 from .record import sweep_frame, sweep_record
 from .spec import SweepError, SweepSpec, apply_params, corner_trials, planned_trials, read_sweep, trial_name
 
@@ -117,20 +112,28 @@ class CheckedSweep:
     parallel: int
     gpus: int
     first: Any  # the first trial's TrainSpec
+    launch: dict  # how each trial starts: {"launcher": "none" | "slurm", "nproc": N}
 
 
-def check_sweep(config: Mapping[str, Any], name: str | None, output_dir: str, *, namespace: Mapping | None = None):
+def check_sweep(
+    config: Mapping[str, Any],
+    name: str | None,
+    output_dir: str,
+    *,
+    namespace: Mapping | None = None,
+    launcher: str = "none",
+    nproc: int = 1,
+):
     """Every trial through the same checks as a run's, before anything is made: one bad value is one
-    line naming the trial and the key."""
+    line naming the trial and the key. ``launcher``: ``none`` (trials as background runs here) or
+    ``slurm`` (each trial a SLURM job, ``nproc`` processes per node)."""
     sweep = read_sweep(config.get("sweep"))
     name = check_sweep_name(name or time.strftime("sweep-%Y%m%d-%H%M%S"))
     base = {k: v for k, v in config.items() if k != "sweep"}
-    for key, why in (
-        ("output_dir", "the sweep names its trials' folders (use --name for the sweep)"),
-        ("slurm", "a sweep runs its trials on this machine (SLURM job arrays are not built yet)"),
-    ):
-        if key in base:
-            raise SweepError(f"key '{key}' cannot go with a sweep: {why}")
+    if "output_dir" in base:
+        raise SweepError("key 'output_dir' cannot go with a sweep: the sweep names its trials' folders (use --name)")
+    if launcher == "slurm":
+        base.setdefault("slurm", {})
     planned = planned_trials(sweep)
     checks = planned if planned else corner_trials(sweep)
     for p in sweep.parameters:
@@ -148,8 +151,14 @@ def check_sweep(config: Mapping[str, Any], name: str | None, output_dir: str, *,
         checked = _checked(n, apply_params(base, params), output_dir, namespace, i + 1, params)
         first = first or checked
     metric, direction = _metric(sweep, first[1])
-    parallel, gpus = _parallel(sweep)
-    return CheckedSweep(name, sweep, base, list(zip(names, checks)), metric, direction, parallel, gpus, first[0])
+    if launcher == "slurm":  # SLURM schedules the jobs: all of them queued unless the sweep says
+        parallel, gpus = sweep.parallel or sweep.trials, 0
+    else:
+        parallel, gpus = _parallel(sweep)
+    launch = {"launcher": launcher, "nproc": nproc}
+    return CheckedSweep(
+        name, sweep, base, list(zip(names, checks)), metric, direction, parallel, gpus, first[0], launch
+    )
 
 
 def start_sweep(
@@ -159,12 +168,14 @@ def start_sweep(
     *,
     namespace: Mapping | None = None,
     cell: str | None = None,
+    launcher: str = "none",
+    nproc: int = 1,
 ) -> SweepHandle:
     """Check every trial, claim ``output_dir/NAME``, write the queue, start the driver; return at once."""
     from ..secrets import scrub_text, split_secrets
     from ..train.worker import SECRETS_ENV, materialize_data
 
-    c = check_sweep(config, name, output_dir, namespace=namespace)
+    c = check_sweep(config, name, output_dir, namespace=namespace, launcher=launcher, nproc=nproc)
     folder = SweepFolder.create(output_dir, c.name)
     try:
         data = materialize_data(dataclasses.replace(c.first, name=c.name), namespace)  # into the sweep folder
@@ -187,6 +198,7 @@ def start_sweep(
                 "direction": c.direction,
                 "parallel": c.parallel,
                 "gpus": c.gpus,
+                "launch": c.launch,
                 "output_dir": str(Path(output_dir).resolve()),
             }
         )
@@ -194,26 +206,10 @@ def start_sweep(
         trials = [{"index": i + 1, "name": n, "params": p, "state": "queued"} for i, (n, p) in enumerate(planned)]
         folder.write_queue({"state": "queued", "trials": trials})
         env = {SECRETS_ENV: json.dumps([[list(k), v] for k, v in secrets.items()])} if secrets else {}
+        from .driver import start_driver
+
         start_driver(folder, env)
     except BaseException:
         folder.remove()
         raise
     return SweepHandle(c.name, folder.path)
-
-
-def start_driver(folder: SweepFolder, env: Mapping[str, str] | None = None) -> int:
-    """The sweep's driver, ``python -m sft_magics sweep DIR``, detached: it outlives the kernel."""
-    cmd = [sys.executable, "-m", "sft_magics", "sweep", str(folder.path.resolve())]
-    with (folder / DRIVER_LOG).open("ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=os.getcwd(),
-            env={**os.environ, **(env or {})},
-        )
-    write_json(folder / DRIVER_FILE, {"pid": proc.pid, "command": cmd, "started": round(time.time(), 3)})
-    threading.Thread(target=proc.wait, name=f"sft-reap-{folder.name}", daemon=True).start()
-    return proc.pid

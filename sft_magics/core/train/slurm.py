@@ -123,13 +123,15 @@ def submit_run(
     overwrite: bool = False,
     resume_anyway: bool = False,
     files: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BackgroundRun:
     """Check, write and submit a run as a SLURM job; return at once. A submission SLURM refuses
-    (an unknown partition, too many GPUs) is one line, and leaves no new folder behind."""
+    (an unknown partition, too many GPUs) is one line, and leaves no new folder behind. ``env``: more
+    environment for the job (a sweep's tracker settings)."""
     options = slurm_options(spec.slurm)
     before = RunFolder.existing(spec.output_dir, spec.name).status() if resume else {}
     launch = {"launcher": "slurm", "nproc": nproc, "accelerate_config": accelerate_config, "slurm": options.as_dict()}
-    folder, env = prepare_run(
+    folder, secrets_env = prepare_run(
         spec,
         namespace=namespace,
         world=options.nodes * nproc,
@@ -146,7 +148,10 @@ def submit_run(
         folder.write_text(JOB_SCRIPT_FILE, script)
         (folder.path / JOB_FILE).unlink(missing_ok=True)  # a resumed run's earlier job is not this one
         folder.lock.release()  # handed over before the job can start: its worker takes the lock
-        job = submit(folder.path / JOB_SCRIPT_FILE, env=submission_environment(options, {**os.environ, **env}))
+        job = submit(
+            folder.path / JOB_SCRIPT_FILE,
+            env=submission_environment(options, {**os.environ, **(env or {}), **secrets_env}),
+        )
     except BaseException:
         if resume:
             folder.lock.release()

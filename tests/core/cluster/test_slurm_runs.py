@@ -279,3 +279,35 @@ def test_the_stop_signal_alone_stops_the_job(slurm, shell, tiny_model, qa_jsonl)
     _wait(lambda: read_json(run.path / "job.json").get("job_id") == new_job, 60, "the new job to take the run")
     record = f.wait_for(run.path, timeout=180)
     assert record["status"] == "finished" and record["steps"] == 300 and record["job"]["job_id"] == new_job
+
+
+def test_a_sweep_runs_each_trial_as_a_slurm_job_and_stop_reaches_them(
+    slurm, shell, tiny_model, qa_jsonl, tmp_path, capsys
+):
+    """A sweep with --launcher slurm: each trial an ordinary SLURM run (its job.sbatch, job.json), the
+    driver queueing them all (SLURM schedules: here one node, two CPUs); then a second sweep stopped."""
+    runs = tmp_path / "runs"
+    base = _cell(tiny_model, qa_jsonl, eval_split=0.25, max_steps=3) + "slurm:\n  cpus_per_task: 1\n"
+    shell.run_cell_magic(
+        "sft_train", "--launcher slurm --name jobs", base + "sweep:\n  parameters:\n    learning_rate: [1.0e-3, 1.0e-2]\n"
+    )
+    queue = read_json(runs / "jobs" / "trials.json")
+    assert queue["state"] == "finished" and [t["state"] for t in queue["trials"]] == ["finished", "finished"]
+    for t in queue["trials"]:
+        run = runs / t["name"]
+        assert (run / "job.sbatch").is_file() and read_json(run / "job.json")["job_id"] == t["job"]
+        assert read_json(run / "status.json")["state"] == "finished" and (run / "final").is_dir()
+    assert "leader jobs.0" in capsys.readouterr().out
+
+    long = base.replace("max_steps: 3", "max_steps: 100000") + "save_steps: 3\n"
+    sweep = "sweep:\n  parallel: 1\n  parameters:\n    learning_rate: [1.0e-3, 2.0e-3]\n"
+    shell.run_cell_magic("sft_train", "--launcher slurm --name stopjobs --background", long + sweep)
+    first = runs / "stopjobs.01-learning_rate_0.001"
+    _wait(lambda: read_json(first / "status.json").get("step", 0) >= 4, timeout=180, what="the first trial's job training")
+    shell.run_line_magic("sft_stop", "stopjobs")
+    trials = read_json(runs / "stopjobs" / "trials.json")["trials"]
+    assert [t["state"] for t in trials] == ["stopped", "cancelled"]
+    assert read_json(first / "status.json")["state"] == "stopped"
+    assert any(p.name.startswith("checkpoint-") for p in first.iterdir())
+    with pytest.raises(UsageError, match="key 'slurm' holds SLURM options: add --launcher slurm"):
+        shell.run_cell_magic("sft_train", "--name noflag", long + sweep)

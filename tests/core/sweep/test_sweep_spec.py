@@ -45,7 +45,16 @@ def test_a_random_sample_is_seeded_distinct_and_draws_ranges():
     assert a == b and a != c
     assert len({repr(sorted(t.items())) for t in a}) == 5  # distinct combinations
     ranged = planned_trials(
-        read_sweep({"method": "random", "trials": 20, "parameters": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "lora.r": {"low": 2, "high": 64}}})
+        read_sweep(
+            {
+                "method": "random",
+                "trials": 20,
+                "parameters": {
+                    "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
+                    "lora.r": {"low": 2, "high": 64},
+                },
+            }
+        )
     )
     assert all(1e-5 <= t["learning_rate"] <= 1e-2 for t in ranged)
     assert all(isinstance(t["lora.r"], int) and 2 <= t["lora.r"] <= 64 for t in ranged)
@@ -53,7 +62,11 @@ def test_a_random_sample_is_seeded_distinct_and_draws_ranges():
 
 def test_a_search_is_checked_at_the_ends_of_what_it_may_propose():
     spec = read_sweep(
-        {"method": "search", "trials": 6, "parameters": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "lora.r": [4, 8]}}
+        {
+            "method": "search",
+            "trials": 6,
+            "parameters": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "lora.r": [4, 8]},
+        }
     )
     assert spec.prune == {}  # MedianPruner with Optuna's defaults
     assert planned_trials(spec) == []  # Optuna proposes them as it goes
@@ -71,7 +84,9 @@ def test_apply_sets_dotted_keys_and_trl_names_and_never_changes_the_cell():
         "model_kwargs": {"attn_implementation": "eager"},
     }
     assert base["lora"]["r"] == 16 and "sweep" in base
-    with pytest.raises(SweepError, match=r"sweep.parameters.learning_rate.x': learning_rate in the cell is not a mapping"):
+    with pytest.raises(
+        SweepError, match=r"sweep.parameters.learning_rate.x': learning_rate in the cell is not a mapping"
+    ):
         apply_params(base, {"learning_rate.x": 1})
 
 
@@ -85,16 +100,31 @@ def test_apply_sets_dotted_keys_and_trl_names_and_never_changes_the_cell():
         ("{parameters: {learning_rate: [1, 1]}}", "lists a value twice"),
         ("{parameters: {learning_rate: {low: 1, high: 2}}}", "a grid needs a list of values, not a range"),
         ("{method: random, parameters: {learning_rate: [1]}}", "key 'sweep.trials' is required"),
-        ("{method: random, trials: 0, parameters: {learning_rate: [1]}}", "key 'sweep.trials' must be a whole number from 1"),
-        ("{method: search, trials: 3, parameters: {learning_rate: {low: 0, high: 1, log: true}}}", "a log range needs low > 0"),
-        ("{method: search, trials: 3, parameters: {learning_rate: {low: 2, high: 1}}}", "low (2) must be below high (1)"),
+        (
+            "{method: random, trials: 0, parameters: {learning_rate: [1]}}",
+            "key 'sweep.trials' must be a whole number from 1",
+        ),
+        (
+            "{method: search, trials: 3, parameters: {learning_rate: {low: 0, high: 1, log: true}}}",
+            "a log range needs low > 0",
+        ),
+        (
+            "{method: search, trials: 3, parameters: {learning_rate: {low: 2, high: 1}}}",
+            "low (2) must be below high (1)",
+        ),
         ("{parameters: {output_dir: [a, b]}}", "output_dir cannot vary by trial"),
         ("{parameters: {'../x': [1]}}", "is not a key of the cell"),
         ("{parameters: {learning_rate: [1]}, pruner: x}", "key 'sweep.pruner' is not a sweep key"),
-        ("{parameters: {learning_rate: [1]}, prune: true}", "pruning stops trials early against the others, with method: search"),
+        (
+            "{parameters: {learning_rate: [1]}, prune: true}",
+            "pruning stops trials early against the others, with method: search",
+        ),
         ("{parameters: {learning_rate: [1]}, direction: up}", "key 'sweep.direction' must be minimize or maximize"),
         ("{parameters: {learning_rate: [1]}, parallel: 0}", "key 'sweep.parallel' must be a whole number from 1 to 64"),
-        ("{parameters: {a: [1,2,3,4,5,6,7,8,9,10], b: [1,2,3,4,5,6,7,8,9,10], c: [1,2,3,4,5,6,7,8,9,10,11]}}", "the grid has 1100 combinations, over 1000"),
+        (
+            "{parameters: {a: [1,2,3,4,5,6,7,8,9,10], b: [1,2,3,4,5,6,7,8,9,10], c: [1,2,3,4,5,6,7,8,9,10,11]}}",
+            "the grid has 1100 combinations, over 1000",
+        ),
     ],
 )
 def test_a_bad_sweep_key_is_one_line_naming_it(sweep, message):
@@ -223,3 +253,27 @@ def test_the_view_escapes_values_and_marks_the_leader_in_every_form():
     console = Console(record=True, width=160)
     console.print(view)
     assert "<script>alert(1)</script>" in console.export_text()  # plain text in rich, not markup
+
+
+def test_the_live_widget_redraws_the_table_and_offers_each_trial(tmp_path):
+    from sft_magics.display._sweep_view import SweepWatch
+
+    stopped, attached = [], []
+    watch = SweepWatch(tmp_path / "s", "widget", on_stop=lambda: stopped.append(1), attach=attached.append)
+    record = _record([({"lr": "<b>x</b>"}, [(1, 2.0)], [(1, 1.9)], 1.9), ({"lr": "y"}, [(1, 2.1)], [], None)], leader=1)
+    watch.update(record)
+    assert "&lt;b&gt;x&lt;/b&gt;" in watch.html.value and "<b>x</b>" not in watch.html.value
+    assert list(watch.trial.options) == ["s.01", "s.02"]
+    watch.stop_all.click()
+    assert stopped == [1] and watch.stop_all.disabled and watch.stop_all.description == "stopping…"
+    watch.trial.value = "s.02"
+    watch.attach_one.click()
+    assert attached == ["s.02"]
+
+
+def test_a_list_variable_is_written_into_the_cell_as_a_yaml_list(shell, tiny_model, qa_jsonl, capsys):
+    shell.user_ns.update(RATES=[1.0e-3, 3.0e-3], RANKS=(4,))
+    cell = _cell(tiny_model, qa_jsonl, "  parameters:\n    learning_rate: {RATES}\n    lora.r: {RANKS}\n")
+    summary = shell.run_cell_magic("sft_train", "--name vars --dry-run -o plan", cell)
+    assert [t["learning_rate"] for t in summary["trials"]] == [1.0e-3, 3.0e-3]
+    assert [t["lora.r"] for t in summary["trials"]] == [4, 4]

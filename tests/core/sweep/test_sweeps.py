@@ -108,7 +108,7 @@ def test_stop_ends_every_trial_with_its_checkpoint_and_cancels_the_queue(shell, 
         extra="save_steps: 3\nlogging_steps: 1\n",
     )
     shell.run_cell_magic("sft_train", "--name stopme --background", cell)
-    trials = lambda: _queue(runs / "stopme")["trials"]  # noqa: E731
+    trials = lambda: _queue(runs / "stopme")["trials"]
 
     def two_training_past_step_4():
         running = [t for t in trials() if t["state"] == "running"]
@@ -149,7 +149,9 @@ def test_a_kernel_restart_and_a_dead_driver_lose_nothing_attach_continues_the_qu
     _wait(lambda: any(t["state"] == "running" for t in _queue(runs / "restart")["trials"]), what="a running trial")
     driver = read_json(runs / "restart" / "driver.json")["pid"]
     os.kill(driver, signal.SIGKILL)
-    _wait(lambda: not Path(f"/proc/{driver}").exists() or "zombie" in Path(f"/proc/{driver}/status").read_text().lower())
+    _wait(
+        lambda: not Path(f"/proc/{driver}").exists() or "zombie" in Path(f"/proc/{driver}/status").read_text().lower()
+    )
     second = _run_notebook(
         [
             setup,
@@ -164,7 +166,9 @@ def test_a_kernel_restart_and_a_dead_driver_lose_nothing_attach_continues_the_qu
     queue = _queue(runs / "restart")
     assert queue["state"] == "finished"
     for t in queue["trials"]:  # every trial trained once, all its steps, in one folder
-        steps = [e["step"] for e in read_events(runs / t["name"] / "metrics.jsonl") if e["kind"] == "log" and "loss" in e]
+        steps = [
+            e["step"] for e in read_events(runs / t["name"] / "metrics.jsonl") if e["kind"] == "log" and "loss" in e
+        ]
         assert steps == list(range(1, 31)), t["name"]
 
 
@@ -242,7 +246,8 @@ def test_trackers_receive_every_trial_grouped_by_the_sweep(shell, tiny_model, qa
     runs = tmp_path / "runs"
     names = [t["name"] for t in _queue(runs / "tracked")["trials"]]
     losses = {
-        n: [e["loss"] for e in read_events(runs / n / "metrics.jsonl") if e["kind"] == "log" and "loss" in e] for n in names
+        n: [e["loss"] for e in read_events(runs / n / "metrics.jsonl") if e["kind"] == "log" and "loss" in e]
+        for n in names
     }
     # TensorBoard: one log folder per trial under the sweep's folder (tensorboard --logdir runs/tracked/tensorboard)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
