@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core.sweep.folder import TRIAL_ENDS
 from ._dashboard_html import STATUS_COLORS, figure_png, png_img
 from ._views import _View
 
@@ -71,7 +72,7 @@ class SweepView(_View):
 
     def title(self) -> str:
         r = self.record
-        done = sum(1 for t in r["trials"] if t["state"] in ("finished", "stopped", "failed", "pruned", "cancelled"))
+        done = sum(1 for t in r["trials"] if t["state"] in TRIAL_ENDS)
         planned = r.get("planned") or len(r["trials"])
         goal = "highest" if r["direction"] == "maximize" else "lowest"
         leader = f"; leader {r['leader']}" if r["leader"] else ""
@@ -84,11 +85,13 @@ class SweepView(_View):
         r = self.record
         out = []
         if r.get("error"):
-            out.append(f"the sweep's driver failed: {r['error']}")
+            out.append(f"the sweep's driver stopped on an error: {r['error']}")
         if r["state"] == "stale":
             out.append(f"no driver is running this sweep: %sft_attach {r['name']} starts it again")
-        if r["leader"] and r["state"] in ("finished", "stopped"):
-            out.append(f"best trial: {r['leader']} (use {r['name']}:best in %sft_eval, %sft_chat, %sft_export)")
+        if r.get("best"):
+            out.append(
+                f"best trial with a model: {r['best']} (use {r['name']}:best in %sft_eval, %sft_chat, %sft_export)"
+            )
         return out
 
     def to_text(self) -> str:

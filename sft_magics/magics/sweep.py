@@ -80,7 +80,8 @@ def _dry_run(magics, checked, args):
 
 def watch(magics, path: Path, *, block: bool, output: str | None = None, handle=None):
     """Follow a sweep: a live view in a notebook; in plain and rich modes a line per trial as it
-    changes. ``block``: until it ends (then the final table; ``-o`` binds ``handle``)."""
+    changes. ``block``: (thread, finish) for the cell to wait on until it ends (then the final table;
+    ``-o`` binds ``handle``), as a run's training thread."""
     from ..core.sweep import SWEEP_ENDS, stop_sweep, sweep_record
     from ..display._sweep_view import SweepView, SweepWatch
     from ._common import attach_dashboard
@@ -96,12 +97,16 @@ def watch(magics, path: Path, *, block: bool, output: str | None = None, handle=
         watcher.follow_in_background(read, ended)
         return None
     thread = TrainingThread(lambda: watcher.follow(read, ended), lambda: stop_sweep(path))
-    record = thread.wait()
-    if magics.mode != "widget":
-        show(SweepView(record), magics.mode)
-    if record["state"] == "stale":
-        raise UsageError(f"sweep '{record['name']}' lost its driver: %sft_attach {record['name']} starts it again")
-    return magics._bind(output, handle) if output else None
+
+    def finish(wait):  # as a run's: the sync cell joins, an async cell awaits (Stop clicks handled)
+        record = wait()
+        if magics.mode != "widget":
+            show(SweepView(record), magics.mode)
+        if record["state"] == "stale":
+            raise UsageError(f"sweep '{record['name']}' lost its driver: %sft_attach {record['name']} starts it again")
+        return magics._bind(output, handle) if output else None
+
+    return thread, finish
 
 
 def attach(magics, name: str) -> None:

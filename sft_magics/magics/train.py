@@ -124,10 +124,14 @@ class TrainMagics(MagicsBase):
 
         args = _parse(self.sft_train, line)
         cell = cell or ""
-        config = self._cell_config(_run_name(args, cell), cell, resume=bool(args.resume))
-        if "sweep" in config:  # many runs: magics/sweep.py
-            from . import sweep
+        from . import sweep
 
+        config = self._cell_config(_run_name(args, cell), cell, resume=bool(args.resume))
+        if args.overwrite and sweep.is_sweep(self, args.name):
+            raise UsageError(
+                f"'{args.name}' is a sweep: --overwrite removes one run, never a sweep (choose another --name)"
+            )
+        if "sweep" in config:  # many runs: magics/sweep.py
             return sweep.start_from_cell(self, args, config, f"%%sft_train {line}\n{cell}")
         spec = TrainSpec.from_mapping(_run_name(args, cell), config, output_dir=self.output_dir)
         name = spec.name

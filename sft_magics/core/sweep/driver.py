@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -29,7 +27,7 @@ from pathlib import Path
 
 from ..errors import one_line
 from ..events import FINAL_STATES
-from ..files import write_json
+from ..files import read_json, write_json
 from ..run.layout import CELL_FILE
 from ..run.lookup import run_record
 from .folder import (
@@ -45,7 +43,12 @@ from .folder import (
 from .spec import SweepSpec, apply_params, trial_name
 
 POLL_S = 0.5  # how soon a trial's end is seen and the next one started
+MAX_FAILED_STARTS = 3  # trials in a row that could not start: the machine, not the trials
 JOB_POLL_S = 5.0  # how often a trial's SLURM job is asked after (the job follower's pace)
+
+
+def _has_study(storage) -> bool:
+    return bool(storage.get_all_studies())
 
 
 class _Search:
@@ -60,10 +63,13 @@ class _Search:
         self.optuna, self.spec = optuna, spec
         storage = JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
         pruner = optuna.pruners.MedianPruner(**spec.prune) if spec.prune is not None else optuna.pruners.NopPruner()
+        # A driver started again goes on from the study's trials, with the seed moved on by their
+        # count: TPE's own random stream starts afresh, and would repeat the first proposals.
+        told = len(optuna.load_study(study_name=folder.name, storage=storage).trials) if _has_study(storage) else 0
         self.study = optuna.create_study(
             study_name=folder.name,
             storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+            sampler=optuna.samplers.TPESampler(seed=spec.seed + told),
             pruner=pruner,
             direction=info["direction"],
             load_if_exists=True,
@@ -83,6 +89,8 @@ class _Search:
 
     def report(self, t: dict, points: list) -> bool:
         """Report the trial's new evaluations; True when the pruner says stop it."""
+        if self.study.trials[t["optuna"]["number"]].state != self.optuna.trial.TrialState.RUNNING:
+            return False  # told already, by a driver that died before it wrote the queue
         trial = self.optuna.trial.Trial(self.study, t["optuna"]["id"])
         reported = t.get("reported", -1)
         for step, value in points:
@@ -104,16 +112,11 @@ class _Search:
             self.study.tell(number, state=states.FAIL)
 
 
-def _secrets() -> dict:
-    from ..train.worker import SECRETS_ENV
-
-    return {tuple(k): v for k, v in json.loads(os.environ.get(SECRETS_ENV) or "[]")}
-
-
 def _launch(folder: SweepFolder, info: dict, trial: dict, slot: int) -> None:
     """Start one trial as an ordinary background run; its tracker settings grouped by the sweep."""
     import yaml
 
+    from ..processes import secrets_from_environment
     from ..secrets import merge_secrets
     from ..train.config import TrainSpec
     from ..train.worker import launch
@@ -129,9 +132,11 @@ def _launch(folder: SweepFolder, info: dict, trial: dict, slot: int) -> None:
         env["TENSORBOARD_LOGGING_DIR"] = str(folder / TENSORBOARD_FOLDER / trial["name"])
     if "mlflow" in report:
         env["MLFLOW_EXPERIMENT_NAME"] = os.environ.get("MLFLOW_EXPERIMENT_NAME") or folder.name
-    if info.get("gpus", 0) > 1 and info.get("parallel", 1) > 1:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % info["gpus"])
-    config = merge_secrets(clean, _secrets())
+    if info.get("gpus", 0) > 1 and info.get("parallel", 1) > 1:  # one GPU each, of those this process may use
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        visible = visible or [str(i) for i in range(info["gpus"])]
+        env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+    config = merge_secrets(clean, secrets_from_environment())
     spec = TrainSpec.from_mapping(trial["name"], config, output_dir=info["output_dir"])
     cell = f"# trial {trial['index']} of sweep {folder.name}: {json.dumps(trial['params'])}\n" + yaml.safe_dump(clean)
     how = info.get("launch") or {}
@@ -152,8 +157,10 @@ def _settle(folder: SweepFolder, info: dict, trial: dict, search: _Search | None
     from ..train.follow import request_stop
 
     run_dir = folder.trial_dir(trial)
-    if not run_dir.is_dir():  # the driver died between "running" and the launch: start it again
-        trial["state"] = "queued"
+    if not run_dir.is_dir():
+        trial.update(state="failed", error=f"its run folder {run_dir} is gone")
+        if search is not None:
+            search.tell(trial)
         return
     pruning = search is not None and search.spec.prune is not None and not stopping and not trial.get("pruning")
     if pruning and search.report(trial, metric_points(run_dir, info["metric"])):
@@ -216,25 +223,50 @@ def _step(folder: SweepFolder, info: dict, queue: dict, spec: SweepSpec, search:
             queue["state"] = "stopped"
         return not running
     busy = {t.get("slot") for t in running}
-    while len(running) < info.get("parallel", 1):
+    while len(running) < info.get("parallel", 1) and not queue.get("halt") and not folder.stop_requested():
         trial = _next_trial(folder, info, queue, spec, search)
         if trial is None:
             break
         slot = min(s for s in range(info.get("parallel", 1) + 1) if s not in busy)
+        trial["state"] = "starting"  # on disk before the run exists: a driver that dies now is not fooled
+        folder.write_queue(queue)
         try:
             _launch(folder, info, trial, slot)
         except Exception as err:  # one bad trial is recorded, and the sweep goes on
             trial.update(state="failed", error=one_line(err, 400), ended=round(time.time(), 3))
             if search is not None:
                 search.tell(trial)
+            queue["failed_starts"] = queue.get("failed_starts", 0) + 1
+            if queue["failed_starts"] >= MAX_FAILED_STARTS:  # the machine, not a trial: stop starting
+                queue["halt"] = f"{MAX_FAILED_STARTS} trials in a row could not start; the last: {trial['error']}"
             continue
+        queue["failed_starts"] = 0
         busy.add(slot)
         running.append(trial)
+    if not running and queue.get("halt"):
+        for t in queue["trials"]:
+            if t["state"] == "queued":
+                t["state"] = "cancelled"
+        queue.update(state="failed", error=queue["halt"])
+        return True
     if not running:
         queue["state"] = "finished"
         return True
     queue["state"] = "running"
     return False
+
+
+def _adopt(folder: SweepFolder, trial: dict) -> None:
+    """A trial a dead driver was starting: running if its run was made (its supervisor or its job
+    from the run folder), else queued again."""
+    from ..run.layout import JOB_FILE, SUPERVISOR_FILE
+
+    run_dir = folder.trial_dir(trial)
+    if not run_dir.is_dir():
+        trial["state"] = "queued"
+        return
+    job = read_json(run_dir / JOB_FILE).get("job_id")
+    trial.update(state="running", pid=read_json(run_dir / SUPERVISOR_FILE).get("pid") or 0, job=job)
 
 
 def drive(sweep_dir: str | Path, poll: float = POLL_S) -> int:
@@ -249,6 +281,10 @@ def drive(sweep_dir: str | Path, poll: float = POLL_S) -> int:
         queue = folder.queue()
         if queue.get("state") in SWEEP_ENDS:
             return 0
+        queue.pop("error", None)
+        for t in queue["trials"]:
+            if t["state"] == "starting":
+                _adopt(folder, t)
         print(f"driver {os.getpid()}: sweep {folder.name}, {len(queue['trials'])} trial(s) on record", flush=True)
         while True:
             ended = _step(folder, info, queue, spec, search)
@@ -257,10 +293,10 @@ def drive(sweep_dir: str | Path, poll: float = POLL_S) -> int:
                 print(f"sweep {folder.name}: {queue['state']}", flush=True)
                 return 0
             time.sleep(poll)
-    except Exception as err:
+    except Exception as err:  # the sweep is not over: %sft_attach starts a driver again
         traceback.print_exc()
         queue = folder.queue()
-        queue.update(state="failed", error=one_line(err, 400, named=True))
+        queue["error"] = one_line(err, 400, named=True)
         folder.write_queue(queue)
         return 1
     finally:
@@ -298,9 +334,11 @@ def wait_sweep(sweep_dir: str | Path, timeout: float | None = None, poll: float 
         if state in SWEEP_ENDS:
             return sweep_record(sweep_dir)
         if state == "stale":
+            error = folder.queue().get("error")
             raise SweepError(
-                f"sweep '{folder.name}' has no driver (its process ended before the sweep did): "
-                f"%sft_attach {folder.name} starts it again and continues the queue"
+                f"sweep '{folder.name}' has no driver (its process ended before the sweep did"
+                + (f", on {error}" if error else "")
+                + f"): %sft_attach {folder.name} starts it again and continues the queue"
             )
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"sweep '{folder.name}' still {state} after {timeout} s")
@@ -315,23 +353,19 @@ def restart_if_needed(sweep_dir: str | Path) -> str | None:
     if folder.state() != "stale":
         return None
     pid = start_driver(folder)
-    left = sum(1 for t in folder.queue()["trials"] if t.get("state") in ("queued", "running"))
-    return f"sweep '{folder.name}' had no driver: started one again (pid {pid}), continuing the queue ({left} trial(s) left)"
+    left = sum(1 for t in folder.queue()["trials"] if t.get("state") in ("queued", "starting", "running"))
+    said = f"sweep '{folder.name}' had no driver: started one again (pid {pid}), continuing the queue ({left} trial(s) left)"
+    secret = folder.info().get("secret_keys")
+    if secret:  # never written to disk, so only the first driver had them
+        said += f"; the cell's secret keys ({', '.join(secret)}) reached the first driver only: trials it starts now run without them"
+    return said
 
 
 def start_driver(folder: SweepFolder, env: Mapping[str, str] | None = None) -> int:
     """The sweep's driver, ``python -m sft_magics sweep DIR``, detached: it outlives the kernel."""
+    from ..processes import start_detached
+
     cmd = [sys.executable, "-m", "sft_magics", "sweep", str(folder.path.resolve())]
-    with (folder / DRIVER_LOG).open("ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=os.getcwd(),
-            env={**os.environ, **(env or {})},
-        )
+    proc = start_detached(cmd, env=env, log=folder / DRIVER_LOG)
     write_json(folder / DRIVER_FILE, {"pid": proc.pid, "command": cmd, "started": round(time.time(), 3)})
-    threading.Thread(target=proc.wait, name=f"sft-reap-{folder.name}", daemon=True).start()
     return proc.pid

@@ -131,8 +131,12 @@ class SweepFolder:
     # -- the driver ----------------------------------------------------------------------------------
     def driver_pid(self) -> int | None:
         """The live driver's pid (None when no driver drives the sweep now)."""
-        pid = self.lock.owner() or read_json(self.path / DRIVER_FILE).get("pid")  # started, not yet locked
-        return pid if isinstance(pid, int) and pid > 0 and pid_alive(pid) else None
+        # The lock's holder, or one just started that has not taken the lock yet (a dead driver's
+        # lock file may still name it: whichever of the two lives).
+        for pid in (self.lock.owner(), read_json(self.path / DRIVER_FILE).get("pid")):
+            if isinstance(pid, int) and pid > 0 and pid_alive(pid):
+                return pid
+        return None
 
     def request_stop(self) -> None:
         (self.path / STOP_FILE).write_text(f"requested at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -149,8 +153,14 @@ class SweepFolder:
         return "running" if self.driver_pid() else "stale"
 
 
+MAX_SWEEP_NAME = 90  # its trials are named SWEEP.NN-values, within a run name's 100 characters
+
+
 def check_sweep_name(name: str) -> str:
     try:
-        return validate_name(name)
+        validate_name(name)
     except RunError:
         raise SweepError(f"sweep name {name!r} is not allowed: use {NAME_RULE_TEXT}") from None
+    if len(name) > MAX_SWEEP_NAME:
+        raise SweepError(f"sweep name {name[:20]!r}... has {len(name)} characters: at most {MAX_SWEEP_NAME}")
+    return name

@@ -48,6 +48,17 @@ def trial_record(folder: SweepFolder, trial: dict, metric: str, direction: str) 
     return row
 
 
+def leading(trials: list[dict], direction: str, *, with_model: bool = False) -> dict | None:
+    """The trial with the best score (the first of equals); ``with_model``: among those with a final model."""
+    found = None
+    for t in trials:
+        if t["value"] is None or (with_model and not (Path(t["path"]) / "final").is_dir()):
+            continue
+        if found is None or better(t["value"], found["value"], direction):
+            found = t
+    return found
+
+
 def sweep_record(path: Path) -> dict:
     """The sweep and its trials, as the views show them; ``leader``: the trial with the best score."""
     path = Path(path)
@@ -55,10 +66,7 @@ def sweep_record(path: Path) -> dict:
     info, queue = folder.info(), folder.queue()
     metric, direction = info.get("metric", "eval_loss"), info.get("direction", "minimize")
     trials = [trial_record(folder, t, metric, direction) for t in queue["trials"]]
-    leader = None
-    for t in trials:
-        if t["value"] is not None and (leader is None or better(t["value"], leader["value"], direction)):
-            leader = t
+    leader, best = leading(trials, direction), leading(trials, direction, with_model=True)
     for t in trials:
         t["leader"] = t is leader
     return {
@@ -74,7 +82,8 @@ def sweep_record(path: Path) -> dict:
         "driver": folder.driver_pid(),
         "error": queue.get("error"),
         "trials": trials,
-        "leader": leader["name"] if leader else None,
+        "leader": leader["name"] if leader else None,  # the best score so far, live
+        "best": best["name"] if best else None,  # the best with a final model: NAME:best
         "kind": "sweep",
         "created": info.get("created"),
     }
@@ -114,21 +123,15 @@ def list_sweeps(output_dir) -> list[dict]:
 
 
 def best_trial(output_dir, name: str) -> str:
-    """``SWEEP:best``: the name of the sweep's best trial by its metric, so far. A trial that has no
-    model yet is not the best one to load: only trials with a final model are candidates."""
-    from .folder import SweepFolder, better
+    """``SWEEP:best``: the name of the sweep's best trial by its metric, so far, among the trials with
+    a final model (a trial still training, or failed, has no model to load)."""
     from .spec import SweepError
 
     folder = SweepFolder.existing(output_dir, name)
     record = sweep_record(folder.path)
-    done = [t for t in record["trials"] if t["value"] is not None and (Path(t["path"]) / "final").is_dir()]
-    if not done:
+    if record["best"] is None:
         raise SweepError(
             f"sweep '{name}' has no best trial yet: no trial with a final model has a {record['metric']} "
             f"({record['state']}, {len(record['trials'])} trial(s)); %sft_wait {name}, or name a trial"
         )
-    best = done[0]
-    for t in done[1:]:
-        if better(t["value"], best["value"], record["direction"]):
-            best = t
-    return best["name"]
+    return record["best"]

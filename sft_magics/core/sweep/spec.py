@@ -111,12 +111,26 @@ def _parameter(key: Any, value: Any, method: str) -> Parameter:
         raise SweepError(f"key 'sweep.parameters': {key!r} is not a key of the cell (a name, or a dotted lora.r)")
     if key.split(".")[0] in NOT_SWEPT:
         raise SweepError(f"key '{where}': {key.split('.')[0]} cannot vary by trial (the sweep sets it for each trial)")
+    from ..secrets import is_secret_key
+
+    if any(is_secret_key(part) for part in key.split(".")):
+        raise SweepError(
+            f"key '{where}' names a secret, and a secret cannot be swept (its values would be written in the sweep's files)"
+        )
     if isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
         if not values:
             raise SweepError(f"key '{where}' is an empty list: give at least one value")
-        if len(set(map(repr, values))) != len(values):
+        if len({(type(v).__name__, repr(v)) for v in values}) != len(values) or len(set(map(_same, values))) != len(
+            values
+        ):
             raise SweepError(f"key '{where}' lists a value twice: {list(values)}")
+        if method == "search" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            raise SweepError(
+                f"key '{where}': a search chooses among plain values (numbers, text, true/false), not {values}"
+            )
+        if method == "search" and len(set(values)) != len(values):  # Optuna finds a choice by ==: 1 is true
+            raise SweepError(f"key '{where}': a search needs values that differ as values, not {list(values)}")
         return Parameter(key, values=values)
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - {"low", "high", "log"})
@@ -135,6 +149,11 @@ def _parameter(key: Any, value: Any, method: str) -> Parameter:
         integer = isinstance(value["low"], int) and isinstance(value["high"], int)
         return Parameter(key, low=low, high=high, log=log, integer=integer)
     raise SweepError(f"key '{where}' must be a list of values or a range {{low, high}}, not {value!r}")
+
+
+def _same(v: Any) -> str:
+    """What makes two listed values the same choice (1 and 1.0 and true are three, not one)."""
+    return f"{type(v).__name__}:{v!r}"
 
 
 def read_sweep(value: Any) -> SweepSpec:
@@ -267,5 +286,6 @@ def trial_name(sweep: str, index: int, params: Mapping[str, Any]) -> str:
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
         parts.append(f"{key.split('.')[-1]}_{text}")
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("_")
-    name = f"{sweep}.{index:02d}" + (f"-{tail}" if tail else "")
-    return name[:100].rstrip("._-")
+    head = f"{sweep}.{index:02d}"  # whole: the index keeps names apart when the values are cut short
+    room = 100 - len(head) - 1
+    return head + (f"-{tail[:room].rstrip('._-')}" if tail and room > 0 else "")

@@ -4,7 +4,6 @@ one line and nothing is made), the sweep folder claimed and written, the driver 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ class SweepHandle:
 
     @property
     def best(self) -> str | None:
-        return self.record()["leader"]
+        """The best trial with a final model (``NAME:best``); the live leader is ``record()["leader"]``."""
+        return self.record()["best"]
 
     @property
     def state(self) -> str:
@@ -73,22 +73,34 @@ def _checked(name: str, config: dict, output_dir: str, namespace, index: int, pa
 
 
 def _metric(sweep: SweepSpec, p) -> tuple[str, str]:
-    """The metric the trials are compared by and its direction: the sweep's, else the watched one."""
-    metric = sweep.metric
+    """The metric the trials are compared by and its direction: the sweep's, else the watched one,
+    else the eval loss. Only a metric the trials measure: a typo would leave every trial unscored."""
+    from ..evaluate.metrics import METRICS
+
+    answers = p.answers.describe() if p.answers is not None else None
+    watched = answers["metric"] if answers else None
+    measured = ["loss"] + (["eval_loss"] if p.eval_data is not None else []) + (answers["metrics"] if answers else [])
+    metric = sweep.metric or watched or ("eval_loss" if p.eval_data is not None else None)
     if metric is None:
-        if p.answers is not None:
-            described = p.answers.describe()
-            return described["metric"], "maximize" if described["greater_is_better"] else "minimize"
-        if p.eval_data is None:
-            raise SweepError(
-                "key 'sweep.metric': the trials have no evaluation to compare them by: give eval_dataset or "
-                "eval_split, or metric: loss to compare their last training loss"
-            )
-        metric = "eval_loss"
-    if metric != "loss" and p.eval_data is None:
-        raise SweepError(f"key 'sweep.metric': {metric} comes from evaluations, and the cell has no eval_dataset")
-    direction = sweep.direction or ("minimize" if metric.endswith("loss") else "maximize")
-    return metric, direction
+        raise SweepError(
+            "key 'sweep.metric': the trials have no evaluation to compare them by: give eval_dataset or "
+            "eval_split, or metric: loss to compare their last training loss"
+        )
+    name = metric[5:] if metric.startswith("eval_") and metric != "eval_loss" else metric
+    if name not in measured:
+        raise SweepError(
+            f"key 'sweep.metric': the trials do not measure {metric} (they measure {', '.join(measured)}; "
+            "metrics of the answers need eval_generate and eval_metrics)"
+        )
+    if sweep.direction:
+        direction = sweep.direction
+    elif name == watched:
+        direction = "maximize" if answers["greater_is_better"] else "minimize"
+    elif name in METRICS:
+        direction = "maximize" if METRICS[name].higher_is_better else "minimize"
+    else:
+        direction = "minimize" if name.endswith("loss") else "maximize"
+    return name, direction
 
 
 def _parallel(sweep: SweepSpec) -> tuple[int, int]:
@@ -151,8 +163,8 @@ def check_sweep(
         checked = _checked(n, apply_params(base, params), output_dir, namespace, i + 1, params)
         first = first or checked
     metric, direction = _metric(sweep, first[1])
-    if launcher == "slurm":  # SLURM schedules the jobs: all of them queued unless the sweep says
-        parallel, gpus = sweep.parallel or sweep.trials, 0
+    if launcher == "slurm":  # SLURM schedules the jobs: all queued unless the sweep says (a search: one, as
+        parallel, gpus = sweep.parallel or (1 if sweep.method == "search" else sweep.trials), 0  # it learns)
     else:
         parallel, gpus = _parallel(sweep)
     launch = {"launcher": launcher, "nproc": nproc}
@@ -172,8 +184,9 @@ def start_sweep(
     nproc: int = 1,
 ) -> SweepHandle:
     """Check every trial, claim ``output_dir/NAME``, write the queue, start the driver; return at once."""
+    from ..processes import secrets_environment
     from ..secrets import scrub_text, split_secrets
-    from ..train.worker import SECRETS_ENV, materialize_data
+    from ..train.worker import materialize_data
 
     c = check_sweep(config, name, output_dir, namespace=namespace, launcher=launcher, nproc=nproc)
     folder = SweepFolder.create(output_dir, c.name)
@@ -199,16 +212,16 @@ def start_sweep(
                 "parallel": c.parallel,
                 "gpus": c.gpus,
                 "launch": c.launch,
+                "secret_keys": [".".join(map(str, k)) for k in secrets],  # names only: the values travel in env
                 "output_dir": str(Path(output_dir).resolve()),
             }
         )
         planned = c.trials if c.sweep.method != "search" else []
         trials = [{"index": i + 1, "name": n, "params": p, "state": "queued"} for i, (n, p) in enumerate(planned)]
         folder.write_queue({"state": "queued", "trials": trials})
-        env = {SECRETS_ENV: json.dumps([[list(k), v] for k, v in secrets.items()])} if secrets else {}
         from .driver import start_driver
 
-        start_driver(folder, env)
+        start_driver(folder, secrets_environment(secrets))
     except BaseException:
         folder.remove()
         raise

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from typing import Any
 from ..errors import one_line
 from ..events import FINAL_STATES
 from ..files import read_events, write_json
+from ..processes import secrets_environment, secrets_from_environment, start_detached
 from ..run.folder import (
     EVENTS_FILE,
     INTERRUPT_FILE,
@@ -45,7 +45,6 @@ from .follow import follow, request_stop, wait_for  # noqa: F401 - also reached 
 
 LOG_FILE = "worker.log"
 LAUNCHERS = ("none", "torchrun", "accelerate")
-SECRETS_ENV = "SFT_MAGICS_SECRETS"  # secret keys reach the worker in its environment, never on disk
 IN_SLURM_JOB = "SFT_MAGICS_SLURM_JOB"  # set by a run's job (core/train/slurm.py) for its workers: SIGTERM is SLURM's
 
 
@@ -61,7 +60,7 @@ def save_spec(spec, launch: dict) -> dict[str, str]:
     data["sft"] = dict(spec.sft)
     clean, secrets = split_secrets(data)
     write_json(spec.run_dir / SPEC_FILE, clean)
-    return {SECRETS_ENV: json.dumps([[list(k), v] for k, v in secrets.items()])} if secrets else {}
+    return secrets_environment(secrets)
 
 
 def load_spec(run_dir: Path):
@@ -69,8 +68,7 @@ def load_spec(run_dir: Path):
     from .config import TrainSpec
 
     data = json.loads((Path(run_dir) / SPEC_FILE).read_text())
-    secrets = {tuple(k): v for k, v in json.loads(os.environ.get(SECRETS_ENV) or "[]")}
-    data = merge_secrets(data, secrets)
+    data = merge_secrets(data, secrets_from_environment())
     data.pop("launch", None)
     return TrainSpec(**data)
 
@@ -309,20 +307,9 @@ def launch(
         cmd.append("--resume")
     if resume_anyway:
         cmd.append("--resume-anyway")
-    # Detached: its own session, so it outlives the kernel (and a kernel restart).
-    proc = subprocess.Popen(
-        cmd,
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=os.getcwd(),
-        env={**os.environ, **(env or {}), **secrets_env},
-    )
+    proc = start_detached(cmd, env={**(env or {}), **secrets_env})
     write_json(run_dir / SUPERVISOR_FILE, {"pid": proc.pid, "command": cmd})
     folder.lock.release()  # handed over: the worker takes the lock (it waits for this)
-    # Reap it when it ends, so a finished supervisor does not linger as a zombie that looks alive.
-    threading.Thread(target=proc.wait, name=f"sft-reap-{spec.name}", daemon=True).start()
     return BackgroundRun(spec.name, run_dir, proc.pid)
 
 

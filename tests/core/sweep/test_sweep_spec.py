@@ -34,7 +34,12 @@ def test_a_grid_is_every_combination_in_order_and_named_by_its_values():
         {"learning_rate": 2e-3, "lora.r": 16},
     ]
     assert trial_name("lr", 3, trials[2]) == "lr.03-learning_rate_0.002-r_8"
-    assert len(trial_name("s" * 90, 1, {"chat_template": "x" * 50})) == 100
+    long = [trial_name("s" * 90, i, {"chat_template": "x" * 50}) for i in range(1, 13)]
+    assert all(len(n) <= 100 for n in long) and len(set(long)) == 12  # the index survives the cut
+    from sft_magics.core.sweep.folder import check_sweep_name
+
+    with pytest.raises(SweepError, match="has 91 characters: at most 90"):
+        check_sweep_name("s" * 91)
 
 
 def test_a_random_sample_is_seeded_distinct_and_draws_ranges():
@@ -125,6 +130,9 @@ def test_apply_sets_dotted_keys_and_trl_names_and_never_changes_the_cell():
             "{parameters: {a: [1,2,3,4,5,6,7,8,9,10], b: [1,2,3,4,5,6,7,8,9,10], c: [1,2,3,4,5,6,7,8,9,10,11]}}",
             "the grid has 1100 combinations, over 1000",
         ),
+        ("{parameters: {lora.api_key: [a]}}", "a secret cannot be swept"),
+        ("{method: search, trials: 2, parameters: {lora: [{r: 8}, {r: 16}]}}", "a search chooses among plain values"),
+        ("{method: search, trials: 2, parameters: {x: [1, true]}}", "a search needs values that differ"),
     ],
 )
 def test_a_bad_sweep_key_is_one_line_naming_it(sweep, message):
@@ -147,14 +155,16 @@ def test_a_bad_sweep_key_is_one_line_naming_it(sweep, message):
         ("  parameters:\n    lora.rank: [8]\n", "sweep trial 1 (lora.rank=8)"),
         ("  parameters:\n    learnin_rate: [1.0e-3]\n", "did you mean 'learning_rate'"),
         ("  parameters:\n    dataset: [no-such-file.jsonl]\n", "sweep trial 1 (dataset='no-such-file.jsonl')"),
-        ("  metric: json_match\n  parameters:\n    learning_rate: [1.0e-3]\n", None),
+        # a metric the trials will not measure would leave every trial unscored
+        (
+            "  metric: json_match\n  parameters:\n    learning_rate: [1.0e-3]\n",
+            "key 'sweep.metric': the trials do not measure json_match (they measure loss, eval_loss;",
+        ),
+        ("  parameters:\n    hub_token: [a, b]\n", "a secret cannot be swept"),
     ],
 )
 def test_a_bad_value_is_one_line_before_any_trial_starts(shell, tiny_model, qa_jsonl, tmp_path, sweep, message):
     cell = _cell(tiny_model, qa_jsonl, sweep)
-    if message is None:  # a metric the trials will not produce is fine to name: json_match needs eval_generate
-        shell.run_cell_magic("sft_train", "--name ok --dry-run", cell)
-        return
     with pytest.raises(UsageError) as err:
         shell.run_cell_magic("sft_train", "--name bad", cell)
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -225,6 +235,7 @@ def _record(trials, metric="eval_loss", direction="minimize", leader=None):
         "error": None,
         "trials": rows,
         "leader": f"s.{leader:02d}" if leader else None,
+        "best": f"s.{leader:02d}" if leader else None,
     }
 
 
@@ -242,7 +253,7 @@ def test_the_view_escapes_values_and_marks_the_leader_in_every_form():
     page = view.to_html()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     text = view.to_text()
-    assert "★  s.02" in text and "leader s.02" in text and "best trial: s.02" in text
+    assert "★  s.02" in text and "leader s.02" in text and "best trial with a model: s.02" in text
     import io
 
     from PIL import Image
@@ -277,3 +288,67 @@ def test_a_list_variable_is_written_into_the_cell_as_a_yaml_list(shell, tiny_mod
     summary = shell.run_cell_magic("sft_train", "--name vars --dry-run -o plan", cell)
     assert [t["learning_rate"] for t in summary["trials"]] == [1.0e-3, 3.0e-3]
     assert [t["lora.r"] for t in summary["trials"]] == [4, 4]
+
+
+def _folder_with_queue(tmp_path, base: dict, trials: list[dict]):
+    """A sweep folder written as start_sweep writes it, for the driver to run in this process."""
+    from sft_magics.core.sweep.folder import SweepFolder
+
+    spec = read_sweep({"parameters": {"learning_rate": [t["params"]["learning_rate"] for t in trials]}})
+    folder = SweepFolder.create(tmp_path / "runs", "s")
+    folder.write_info(
+        {
+            "name": "s",
+            "method": "grid",
+            "spec": spec.as_dict(),
+            "base": base,
+            "metric": "loss",
+            "direction": "minimize",
+            "parallel": 1,
+            "gpus": 0,
+            "output_dir": str(tmp_path / "runs"),
+            "launch": {"launcher": "none", "nproc": 1},
+        }
+    )
+    folder.write_queue({"state": "running", "trials": trials})
+    return folder
+
+
+def test_three_trials_in_a_row_that_cannot_start_end_the_sweep_with_the_cause(tiny_model, tmp_path):
+    from sft_magics.core.files import read_json
+    from sft_magics.core.sweep.driver import drive
+
+    base = {"model": tiny_model, "dataset": str(tmp_path / "gone.jsonl"), "max_steps": 1}
+    trials = [{"index": i, "name": f"s.0{i}", "params": {"learning_rate": i * 1e-3}, "state": "queued"} for i in range(1, 6)]
+    folder = _folder_with_queue(tmp_path, base, trials)
+    assert drive(folder.path, poll=0.05) == 0
+    queue = read_json(folder.path / "trials.json")
+    assert [t["state"] for t in queue["trials"]] == ["failed", "failed", "failed", "cancelled", "cancelled"]
+    assert queue["state"] == "failed" and queue["error"].startswith("3 trials in a row could not start; the last:")
+    assert "gone.jsonl" in queue["trials"][0]["error"]
+
+
+def test_a_trial_a_dead_driver_was_starting_is_adopted_not_started_twice(tiny_model, qa_jsonl, tmp_path):
+    """The driver writes 'starting' before a trial's run exists; a driver started after it died adopts
+    the run it finds (and settles it), or starts the trial when no run was made."""
+    import json as _json
+
+    from sft_magics.core.files import read_json
+    from sft_magics.core.sweep.driver import drive
+
+    base = {"model": tiny_model, "dataset": qa_jsonl, "max_steps": 1, "per_device_train_batch_size": 4}
+    trials = [
+        {"index": 1, "name": "s.01", "params": {"learning_rate": 1e-3}, "state": "starting"},
+        {"index": 2, "name": "s.02", "params": {"learning_rate": 2e-3}, "state": "starting"},
+    ]
+    folder = _folder_with_queue(tmp_path, base, trials)
+    made = tmp_path / "runs" / "s.01"  # a run the dead driver had made: it finished meanwhile
+    made.mkdir()
+    (made / "status.json").write_text(_json.dumps({"state": "finished", "step": 1}))
+    (made / "metrics.jsonl").write_text(_json.dumps({"kind": "log", "step": 1, "loss": 2.5, "time": 1}) + "\n")
+    (made / "supervisor.json").write_text(_json.dumps({"pid": 999999999}))
+    assert drive(folder.path, poll=0.2) == 0
+    queue = read_json(folder.path / "trials.json")
+    assert [t["state"] for t in queue["trials"]] == ["finished", "finished"]
+    assert queue["trials"][0]["value"] == 2.5 and queue["trials"][0]["pid"] == 999999999  # adopted, not retrained
+    assert read_json(tmp_path / "runs" / "s.02" / "status.json")["state"] == "finished"  # started afresh
