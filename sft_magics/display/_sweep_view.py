@@ -136,7 +136,7 @@ class SweepView(_View):
             ax.set_title(label, fontsize=11)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            if i == len(panels) - 1:
+            if i == len(panels) - 1 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small", title="trial", title_fontsize="small", loc="best")
         return figure_png(fig)
 

@@ -42,7 +42,7 @@ from .folder import (
 )
 from .spec import SweepSpec, apply_params, trial_name
 
-POLL_S = 0.5  # how soon a trial's end is seen and the next one started
+POLL_S = 0.25  # how soon a trial's end is seen and the next one started (a status read)
 MAX_FAILED_STARTS = 3  # trials in a row that could not start: the machine, not the trials
 JOB_POLL_S = 5.0  # how often a trial's SLURM job is asked after (the job follower's pace)
 
@@ -256,6 +256,22 @@ def _step(folder: SweepFolder, info: dict, queue: dict, spec: SweepSpec, search:
     return False
 
 
+def _warm_up() -> None:
+    """Load the libraries a trial's start needs (its config is checked against TRL's fields, its plan
+    made) now, while the first trials train, not when the next one is due."""
+    from ..train.config import sft_config_fields
+    from ..train.plan import plan  # noqa: F401
+
+    sft_config_fields()
+
+
+def first_trials(folder: SweepFolder, queue: dict, spec: SweepSpec) -> None:
+    """Start the first ``parallel`` trials of a planned sweep in the calling process (the notebook),
+    as the driver would; the driver goes on from there."""
+    _step(folder, folder.info(), queue, spec, None)
+    folder.write_queue(queue)
+
+
 def _adopt(folder: SweepFolder, trial: dict) -> None:
     """A trial a dead driver was starting: running if its run was made (its supervisor or its job
     from the run folder), else queued again."""
@@ -285,6 +301,7 @@ def drive(sweep_dir: str | Path, poll: float = POLL_S) -> int:
         for t in queue["trials"]:
             if t["state"] == "starting":
                 _adopt(folder, t)
+        _warm_up()
         print(f"driver {os.getpid()}: sweep {folder.name}, {len(queue['trials'])} trial(s) on record", flush=True)
         while True:
             ended = _step(folder, info, queue, spec, search)

@@ -218,11 +218,16 @@ def start_sweep(
         )
         planned = c.trials if c.sweep.method != "search" else []
         trials = [{"index": i + 1, "name": n, "params": p, "state": "queued"} for i, (n, p) in enumerate(planned)]
-        folder.write_queue({"state": "queued", "trials": trials})
-        from .driver import start_driver
-
-        start_driver(folder, secrets_environment(secrets))
+        queue = {"state": "queued", "trials": trials}
+        folder.write_queue(queue)
     except BaseException:
         folder.remove()
         raise
+    from .driver import first_trials, start_driver
+
+    if c.sweep.method != "search":
+        # The first trials start from here, where the libraries are loaded already: the driver's own
+        # start (a new Python loading them) then overlaps with their training instead of delaying it.
+        first_trials(folder, queue, c.sweep)
+    start_driver(folder, secrets_environment(secrets))
     return SweepHandle(c.name, folder.path)
