@@ -308,8 +308,10 @@ def test_07_sweeps(tmp_path):
     assert all(n in table for n in names) and "json_match" in table
     best = out(nb, "best = sweep.best")
     assert re.search(r"best trial: lr-rank\.0[12]-", best) and "the Quick start's setting: lr-rank.01-" in best
-    assert re.search(r"json_match on 4 validation rows: best trial \d+\.\d%, the Quick start's setting \d+\.\d%",
-                     out(nb, "default_scores"))
+    assert re.search(
+        r"json_match on 4 validation rows: best trial \d+\.\d%, the Quick start's setting \d+\.\d%",
+        out(nb, "default_scores"),
+    )
 
 
 def test_06_base_to_chat(tmp_path):

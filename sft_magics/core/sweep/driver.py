@@ -171,8 +171,8 @@ def _settle(folder: SweepFolder, info: dict, trial: dict, search: _Search | None
             if time.time() - trial.get("asked", 0) < JOB_POLL_S:
                 return
             trial["asked"] = round(time.time(), 3)
-        elif pid_alive(int(trial.get("pid") or 0)):
-            return
+        elif int(trial.get("pid") or 0) > 0 and pid_alive(int(trial["pid"])):
+            return  # its supervisor lives (no pid, an adopted trial: its record says)
     record = run_record(run_dir)
     if record["status"] not in (*FINAL_STATES, "stale"):
         return

@@ -289,7 +289,9 @@ def test_a_sweep_runs_each_trial_as_a_slurm_job_and_stop_reaches_them(
     runs = tmp_path / "runs"
     base = _cell(tiny_model, qa_jsonl, eval_split=0.25, max_steps=3) + "slurm:\n  cpus_per_task: 1\n"
     shell.run_cell_magic(
-        "sft_train", "--launcher slurm --name jobs", base + "sweep:\n  parameters:\n    learning_rate: [1.0e-3, 1.0e-2]\n"
+        "sft_train",
+        "--launcher slurm --name jobs",
+        base + "sweep:\n  parameters:\n    learning_rate: [1.0e-3, 1.0e-2]\n",
     )
     queue = read_json(runs / "jobs" / "trials.json")
     assert queue["state"] == "finished" and [t["state"] for t in queue["trials"]] == ["finished", "finished"]
@@ -303,7 +305,9 @@ def test_a_sweep_runs_each_trial_as_a_slurm_job_and_stop_reaches_them(
     sweep = "sweep:\n  parallel: 1\n  parameters:\n    learning_rate: [1.0e-3, 2.0e-3]\n"
     shell.run_cell_magic("sft_train", "--launcher slurm --name stopjobs --background", long + sweep)
     first = runs / "stopjobs.01-learning_rate_0.001"
-    _wait(lambda: read_json(first / "status.json").get("step", 0) >= 4, timeout=180, what="the first trial's job training")
+    _wait(
+        lambda: read_json(first / "status.json").get("step", 0) >= 4, timeout=180, what="the first trial's job training"
+    )
     shell.run_line_magic("sft_stop", "stopjobs")
     trials = read_json(runs / "stopjobs" / "trials.json")["trials"]
     assert [t["state"] for t in trials] == ["stopped", "cancelled"]

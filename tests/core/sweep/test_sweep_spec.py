@@ -319,7 +319,9 @@ def test_three_trials_in_a_row_that_cannot_start_end_the_sweep_with_the_cause(ti
     from sft_magics.core.sweep.driver import drive
 
     base = {"model": tiny_model, "dataset": str(tmp_path / "gone.jsonl"), "max_steps": 1}
-    trials = [{"index": i, "name": f"s.0{i}", "params": {"learning_rate": i * 1e-3}, "state": "queued"} for i in range(1, 6)]
+    trials = [
+        {"index": i, "name": f"s.0{i}", "params": {"learning_rate": i * 1e-3}, "state": "queued"} for i in range(1, 6)
+    ]
     folder = _folder_with_queue(tmp_path, base, trials)
     assert drive(folder.path, poll=0.05) == 0
     queue = read_json(folder.path / "trials.json")
