@@ -291,3 +291,75 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
     assert (root / "runs" / "browser" / f"checkpoint-{stopped_at}" / "adapter_model.safetensors").is_file()
     for name in ("template.png", "training.png", "stopped.png"):
         assert (shots / name).stat().st_size > 5000, name
+
+
+def _sweep_notebook() -> dict:
+    cells = [
+        "%load_ext sft_magics",
+        f"%%sft_train --name browser-sweep -o sw\nmodel: smollm2-135m\ndataset: {TRAIN}\neval_dataset: {VAL}\n"
+        f"max_steps: {MAX_STEPS}\nper_device_train_batch_size: 2\nlogging_steps: 1\neval_steps: 2\nsave_steps: 2\n"
+        "sweep:\n  parameters:\n    learning_rate: [1.0e-3, 2.0e-3]\n",
+        'print("sweep:", sw.state, [t["state"] for t in sw.record()["trials"]])',
+    ]
+    nb = _notebook()
+    nb["cells"] = [dict(nb["cells"][0], id=f"s{i}", source=s) for i, s in enumerate(cells)]
+    return nb
+
+
+def test_a_sweep_is_compared_live_and_stop_all_ends_it_in_jupyterlab(lab, chromium, tmp_path):
+    """The sweep's live view in JupyterLab: its table fills in as the first trial trains (escaped
+    HTML, the leader marked once it has a score), the curves appear, and Stop all ends every trial."""
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    (root / "sweep.ipynb").write_text(json.dumps(_sweep_notebook()))
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(url.replace("browser.ipynb", "sweep.ipynb"))
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.content"
+                " && window.jupyterapp.shell.currentWidget.content.widgets.length === 3",
+                timeout=120_000,
+            )
+            page.evaluate("""async () => {
+                const panel = window.jupyterapp.shell.currentWidget;
+                await panel.context.ready;
+                await panel.sessionContext.ready;
+                window.jupyterapp.commands.execute('notebook:run-all-cells');
+            }""")
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            view = cells.nth(1).locator(".jp-OutputArea-output")
+            table = view.locator(".sft-sweep table")
+            table.first.wait_for(timeout=240_000)
+            first = "browser-sweep.01-learning_rate_0.001"
+            _wait(
+                lambda: first in table.first.inner_text() and "training" in table.first.inner_text(),
+                300,
+                "the first trial training in the sweep's table",
+            )
+            # A score after the first evaluation: the leader is marked, the curves are drawn.
+            _wait(lambda: "★" in table.first.inner_text(), 300, "the first evaluation's score")
+            chart = view.locator(".sft-sweep img")
+            _wait(lambda: chart.count() and chart.first.evaluate("img => img.naturalWidth") > 0, 60, "the curves")
+            text = table.first.inner_text()
+            assert "cancelled" not in text and "queued" in text, text
+            cells.nth(1).screenshot(path=str(shots / "sweep.png"))
+            _save(shots / "sweep.png", "sweep.png")
+            stop = view.locator("button", has_text="Stop all")
+            assert stop.is_enabled()
+            stop.click()
+            final = cells.nth(2).locator(".jp-OutputArea-output")
+            final.filter(has_text="sweep:").wait_for(timeout=240_000)
+            assert "sweep: stopped ['stopped', 'cancelled']" in final.inner_text(), final.inner_text()
+        finally:
+            browser.close()
+    run = root / "runs" / "browser-sweep.01-learning_rate_0.001"
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert any(p.name.startswith("checkpoint-") for p in run.iterdir())
+    assert not (root / "runs" / "browser-sweep.02-learning_rate_0.002").exists()
+    assert (shots / "sweep.png").stat().st_size > 5000

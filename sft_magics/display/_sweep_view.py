@@ -205,7 +205,7 @@ class SweepWatch:
         self.stop_one.on_click(lambda _b: self._stop_trial())
         self.attach_one.on_click(lambda _b: self._attach_trial())
         self.widget = w.VBox([self.html, w.HBox([self.stop_all, self.trial, self.stop_one, self.attach_one]), self.out])
-        display(self.widget)
+        self._handle = display(self.widget, display_id=True)  # replaced by the static table at the end
 
     def _stop_all(self) -> None:
         self.stop_all.disabled, self.stop_all.description = True, "stopping…"
@@ -232,6 +232,8 @@ class SweepWatch:
             names = [t["name"] for t in record["trials"]]
             if list(self.trial.options) != names:
                 self.trial.options = names
+            if self.trial.value is None and names:
+                self.trial.value = names[0]
             return
         for t in record["trials"]:
             if self.states.get(t["name"]) != t["state"] and t["state"] != "queued":
@@ -244,8 +246,16 @@ class SweepWatch:
             record = read()
             self.update(record)
             if ended(record):
+                self.close(record)
                 return record
             time.sleep(poll)
+
+    def close(self, record: dict) -> None:
+        """The live widget becomes the sweep's static table in place: what a saved notebook keeps
+        (a widget's state is not saved with it)."""
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.update(SweepView(record))
 
     def follow_in_background(self, read, ended, poll: float = 1.0) -> threading.Thread:
         thread = threading.Thread(target=self.follow, args=(read, ended, poll), name="sft-sweep-watch", daemon=True)

@@ -264,13 +264,27 @@ def test_trackers_receive_every_trial_grouped_by_the_sweep(shell, tiny_model, qa
     assert sorted(found["tags.mlflow.runName"]) == names
     for n in names:
         assert found.loc[found["tags.mlflow.runName"] == n, "metrics.loss"].item() == pytest.approx(losses[n][-1])
-    # Trackio: a project named after the sweep, one run per trial
-    from trackio.sqlite_storage import SQLiteStorage
+    # Trackio: a project named after the sweep, one run per trial. Read with trackio's own API in a
+    # fresh process: trackio fixes its folder when first imported, and this process may have imported it.
+    import subprocess
+    import sys
 
-    assert sorted(SQLiteStorage.get_runs("tracked")) == names
+    read = (
+        "import json, sys\nfrom trackio.sqlite_storage import SQLiteStorage as S\n"
+        "runs = S.get_runs('tracked')\n"
+        "print(json.dumps({r: [x['train/loss'] for x in S.get_logs('tracked', r) if 'train/loss' in x] for r in runs}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", read],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")},
+        check=True,
+    )
+    logged = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(logged) == names
     for n in names:
-        logged = [row["train/loss"] for row in SQLiteStorage.get_logs("tracked", n) if "train/loss" in row]
-        assert logged == pytest.approx(losses[n])
+        assert logged[n] == pytest.approx(losses[n])
 
 
 def test_a_sweep_name_everywhere_a_run_name_goes_says_what_is_wrong(shell, tmp_path):
