@@ -319,7 +319,8 @@ def test_a_sweep_is_compared_live_and_stop_all_ends_it_in_jupyterlab(lab, chromi
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(url.replace("browser.ipynb", "sweep.ipynb"))
+            # ?reset: a fresh workspace, without the other test's notebook restored in a hidden tab
+            page.goto(url.replace("browser.ipynb?", "sweep.ipynb?reset&"))
             page.wait_for_function(
                 "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
                 " && window.jupyterapp.shell.currentWidget.content"
@@ -332,7 +333,7 @@ def test_a_sweep_is_compared_live_and_stop_all_ends_it_in_jupyterlab(lab, chromi
                 await panel.sessionContext.ready;
                 window.jupyterapp.commands.execute('notebook:run-all-cells');
             }""")
-            cells = page.locator(".jp-Notebook .jp-Cell")
+            cells = page.locator(".jp-Notebook:visible .jp-Cell")  # this notebook's, not a hidden tab's
             view = cells.nth(1).locator(".jp-OutputArea-output")
             table = view.locator(".sft-sweep table")
             table.first.wait_for(timeout=240_000)
