@@ -166,6 +166,24 @@ def _save(shot: Path, name: str) -> None:
         shutil.copy(shot, Path(target) / name)
 
 
+def _open_and_run_all(page, url: str, *, cells: int) -> None:
+    """Open a notebook in JupyterLab, wait for its cells and its kernel, and run them all."""
+    page.goto(url)
+    page.wait_for_function(
+        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+        " && window.jupyterapp.shell.currentWidget.content"
+        f" && window.jupyterapp.shell.currentWidget.content.widgets.length === {cells}",
+        timeout=120_000,
+    )
+    page.evaluate("""async () => {
+        const panel = window.jupyterapp.shell.currentWidget;
+        await panel.context.ready;
+        await panel.sessionContext.ready;
+        // Not awaited: the command's promise settles only when every cell has run.
+        window.jupyterapp.commands.execute('notebook:run-all-cells');
+    }""")
+
+
 def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -191,20 +209,7 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.goto(url)
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.content"
-                " && window.jupyterapp.shell.currentWidget.content.widgets.length === 4",
-                timeout=120_000,
-            )
-            page.evaluate("""async () => {
-                const panel = window.jupyterapp.shell.currentWidget;
-                await panel.context.ready;
-                await panel.sessionContext.ready;
-                // Not awaited: the command's promise settles only when every cell has run.
-                window.jupyterapp.commands.execute('notebook:run-all-cells');
-            }""")
+            _open_and_run_all(page, url, cells=4)
             cells = page.locator(".jp-Notebook .jp-Cell")
 
             # 1. %sft_template: the rendered tokens, special tokens marked, the answer's tokens trained.
@@ -320,19 +325,7 @@ def test_a_sweep_is_compared_live_and_stop_all_ends_it_in_jupyterlab(lab, chromi
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             # ?reset: a fresh workspace, without the other test's notebook restored in a hidden tab
-            page.goto(url.replace("browser.ipynb?", "sweep.ipynb?reset&"))
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.content"
-                " && window.jupyterapp.shell.currentWidget.content.widgets.length === 3",
-                timeout=120_000,
-            )
-            page.evaluate("""async () => {
-                const panel = window.jupyterapp.shell.currentWidget;
-                await panel.context.ready;
-                await panel.sessionContext.ready;
-                window.jupyterapp.commands.execute('notebook:run-all-cells');
-            }""")
+            _open_and_run_all(page, url.replace("browser.ipynb?", "sweep.ipynb?reset&"), cells=3)
             cells = page.locator(".jp-Notebook:visible .jp-Cell")  # this notebook's, not a hidden tab's
             view = cells.nth(1).locator(".jp-OutputArea-output")
             table = view.locator(".sft-sweep table")
