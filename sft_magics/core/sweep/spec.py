@@ -121,9 +121,7 @@ def _parameter(key: Any, value: Any, method: str) -> Parameter:
         values = tuple(value)
         if not values:
             raise SweepError(f"key '{where}' is an empty list: give at least one value")
-        if len({(type(v).__name__, repr(v)) for v in values}) != len(values) or len(set(map(_same, values))) != len(
-            values
-        ):
+        if len(set(map(_same, values))) != len(values):
             raise SweepError(f"key '{where}' lists a value twice: {list(values)}")
         if method == "search" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
             raise SweepError(
