@@ -57,7 +57,8 @@ class ProgressState:
     loss: float | None = None
     eval_loss: float | None = None
     train_loss: float | None = None  # the trainer's run average, logged at the end
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # the schedule's value at the last log
+    peak_learning_rate: float | None = None  # the configured learning_rate (the `started` event)
     grad_norm: float | None = None
     token_accuracy: float | None = None
     tokens_per_second: float | None = None
@@ -85,8 +86,12 @@ class ProgressState:
     train_started: float | None = None
     first_step: int = 0
     step_time: float | None = None  # when `step` last advanced
+    eval_steps: int | None = None  # evaluate every N steps (the `started` event), for the ETA
+    eval_seconds: list[float] = field(default_factory=list)  # how long each evaluation paused training
+    eval_began: float | None = None  # when the evaluation under way began
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
-    _alert_keys: set = field(default_factory=set, repr=False, compare=False)
+    _alert_keys: dict = field(default_factory=dict, repr=False, compare=False)  # key -> index in alerts
+    _resolved: set = field(default_factory=set, repr=False, compare=False)
     _eval_rises: int = field(default=0, repr=False, compare=False)
     _best_loss: float | None = field(default=None, repr=False, compare=False)
     _token_window: deque = field(default_factory=lambda: deque(maxlen=20), repr=False, compare=False)
@@ -108,6 +113,7 @@ class ProgressState:
             self.epoch = float(d["epoch"])
 
         if kind == "status":
+            self._pause(d.get("state"), t)
             self.status = d.get("state") or self.status
             if self.status == "training" and self.train_started is None:
                 self.train_started, self.first_step, self.step_time = t, self.step, t
@@ -116,6 +122,9 @@ class ProgressState:
         elif kind == "started":
             self.info = dict(d)
             self.watch = dict(d.get("watch") or {})
+            self.peak_learning_rate = _number(d.get("learning_rate"))
+            every = _number(d.get("eval_steps"))
+            self.eval_steps = int(every) if every and every >= 1 else None
             if not (max_steps and max_steps > 0):  # with max_steps set, the trainer ignores num_train_epochs
                 self.num_train_epochs = _number(d.get("num_train_epochs")) or self.num_train_epochs
         elif kind == "log":
@@ -137,6 +146,14 @@ class ProgressState:
             best = d.get("best") if isinstance(d.get("best"), dict) else {}
             if _number(best.get("value")) is not None and best.get("metric") == self.watch.get("metric"):
                 self.best = (float(best["value"]), int(best.get("step") or 0))
+
+    def _pause(self, status: str | None, t: float) -> None:
+        """Time spent evaluating, apart from training: the ETA adds evaluations at their own pace."""
+        if status == "evaluating" and self.eval_began is None:
+            self.eval_began = t
+        elif status != "evaluating" and self.eval_began is not None:
+            self.eval_seconds.append(max(0.0, t - self.eval_began))
+            self.eval_began = None
 
     def _log(self, d: dict, t: float) -> None:
         loss = _number(d.get("loss"))
@@ -246,19 +263,37 @@ class ProgressState:
         self.answers = dict(d)
         rows, step = int(_number(d.get("rows")) or 0), self.step
         never, empty = int(_number(d.get("never_ended")) or 0), int(_number(d.get("empty")) or 0)
-        if never:
-            self._alert(
-                "never-ended",
-                f"{never} of {rows} answers never ended at step {step}: no end-of-turn token within "
-                f"{d.get('max_new_tokens')} new tokens (raise eval_max_new_tokens, or check the template's end token)",
-            )
-        if empty:
-            self._alert("empty-answers", f"{empty} of {rows} answers are empty at step {step}")
+        self._condition(
+            "never-ended",
+            never
+            and f"{never} of {rows} answers never ended at step {step}: no end-of-turn token within "
+            f"{d.get('max_new_tokens')} new tokens (raise eval_max_new_tokens, or check the template's end token)",
+            f"every answer ended from step {step}",
+        )
+        self._condition(
+            "empty-answers",
+            empty and f"{empty} of {rows} answers are empty at step {step}",
+            f"no empty answer from step {step}",
+        )
 
     def _alert(self, key: str, text: str) -> None:
         if key not in self._alert_keys:
-            self._alert_keys.add(key)
+            self._alert_keys[key] = len(self.alerts)
             self.alerts.append(text)
+
+    def _condition(self, key: str, text: str | None, cleared: str) -> None:
+        """An alert about the latest answers: its text follows them, and when it stops being true it
+        says so (``… at step 10; every answer ended from step 20``) instead of standing as if still true."""
+        if text:
+            if key in self._alert_keys:
+                self.alerts[self._alert_keys[key]] = text
+                self._resolved.discard(key)
+            else:
+                self._alert(key, text)
+        elif key in self._alert_keys and key not in self._resolved:
+            self._resolved.add(key)
+            i = self._alert_keys[key]
+            self.alerts[i] = f"{self.alerts[i].split(': ')[0]}; {cleared}"
 
     def end(self, status: str = "failed", error: str | None = "the run ended before reporting a final status") -> None:
         """Close a run that never sent a final event (an error before training, an interrupted kernel)."""
@@ -279,14 +314,31 @@ class ProgressState:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left: the pace so far (event times) applied to the remaining steps."""
+        """Seconds left: the training pace so far (event times, evaluations left out) over the
+        remaining steps, plus the evaluations still due at their own average length."""
         if self.final:
             return 0.0
         done = self.step - self.first_step
         if self.train_started is None or self.step_time is None or done <= 0 or not self.max_steps:
             return None
-        per_step = (self.step_time - self.train_started) / done
-        return max(0.0, self.step_time + per_step * max(0, self.max_steps - self.step) - self.clock())
+        now, paused = self.clock(), sum(self.eval_seconds)
+        per_step = max(0.0, self.step_time - self.train_started - paused) / done
+        left = max(0, self.max_steps - self.step)
+        if self.eval_began is not None:  # evaluating: training waits, and so does its clock
+            since = 0.0
+        else:
+            since = now - max(self.step_time, self.train_started + paused)
+        seconds = max(0.0, per_step * left - min(per_step, max(0.0, since)))
+        if self.eval_seconds:
+            each = paused / len(self.eval_seconds)
+            if self.eval_steps:
+                due = self.max_steps // self.eval_steps - self.step // self.eval_steps
+            else:  # evaluations at their rate so far (per epoch, say)
+                due = round(len(self.eval_seconds) / done * left)
+            seconds += each * due
+            if self.eval_began is not None:
+                seconds += max(0.0, each - (now - self.eval_began))
+        return seconds
 
     def progress_text(self) -> str:
         """``step N/M · epoch E · elapsed · ETA``: the label next to a progress bar."""
@@ -303,7 +355,7 @@ class ProgressState:
         rows = [
             ("loss", _fmt(self.loss, ".4f")),
             ("eval loss", _fmt(self.eval_loss, ".4f")),
-            ("lr", _fmt(self.learning_rate, ".2e")),
+            ("lr now", self.lr_text()),
             ("grad norm", _fmt(self.grad_norm, ".3f")),
             ("token acc", _fmt(self.token_accuracy, ".3f")),
             ("tokens/s", _fmt(self.tokens_per_second, ",.0f")),
@@ -315,6 +367,14 @@ class ProgressState:
             rows.append((name, _fmt(self.metric_points[-1][1] if self.metric_points else None, ".3f")))
             rows.append((f"best {name}", self.best_text() or "–"))
         return rows
+
+    def lr_text(self) -> str:
+        """``6.29e-06 (peak 2.00e-03)``: the schedule's value at the last log, and the configured one
+        it warms up to and decays from, so a small number at the ends does not read as "ignored"."""
+        now = _fmt(self.learning_rate, ".2e")
+        if self.peak_learning_rate is None or self.learning_rate == self.peak_learning_rate:
+            return now
+        return f"{now} (peak {self.peak_learning_rate:.2e})"
 
     def best_text(self) -> str | None:
         """``0.975 @ step 30``: the followed metric's best value so far."""

@@ -151,7 +151,8 @@ class WidgetDashboard(_Dashboard):
         self.label = w.Label(self.state.progress_text())
         self.metrics = w.HTML(metrics_html(self.state))
         self.alerts = w.HTML("")
-        self.image = w.Image(value=b"", format="png", layout=w.Layout(max_width="1024px"))
+        # Hidden until there is a chart: an <img> without a picture shows a broken-image icon.
+        self.image = w.Image(value=b"", format="png", layout=w.Layout(max_width="1024px", display="none"))
         self.samples = w.HTML("")
         self.stop_button = w.Button(
             description="Stop",
@@ -232,6 +233,7 @@ class WidgetDashboard(_Dashboard):
             self._final_chart = self._final_chart or force
             self.charts += 1
             self.image.value = self.png
+            self.image.layout.display = None
         elif self.trailing and not self._closed:
             self._schedule(self._chart_last + self.chart_interval - now)
 

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 from ..core.progress import ProgressState
+from ._style import extra, note, text_table
 
 _E = html.escape
 
@@ -67,7 +68,7 @@ class LossChart:
         (self.eval,) = self.ax.plot([], [], "o", ms=5, color="#dc3545", label="eval loss")
         if self.max is not None:
             self.max.set_xlabel("step")
-            self.max.set_title(f"{metric} (generated answers)", fontsize="small")
+            self.max.set_title(f"{metric} (generated answers)", fontsize="medium")
             self.max.grid(alpha=0.3)
             (self.curve,) = self.max.plot([], [], "o-", ms=4, lw=1.5, color="#198754")
             (self.best_point,) = self.max.plot([], [], "*", ms=12, color="#b35c00", label="best")
@@ -80,7 +81,9 @@ class LossChart:
         self.ax.relim()
         self.ax.autoscale_view()
         right = max([max_steps or 0, *tx, *ex, 1])
-        self.ax.set_xlim(0, right)  # the whole run on the x axis: the line shows how far it got
+        # The whole run on the x axis (the line shows how far it got), with room for the last
+        # step's marker: a point on the edge is drawn cut in half.
+        self.ax.set_xlim(0, right + max(0.5, 0.03 * right))
         handles = [h for h, xs in ((self.train, tx), (self.eval, ex)) if xs]
         if handles:
             self.ax.legend(handles=handles, loc="upper right", fontsize="small")
@@ -88,9 +91,10 @@ class LossChart:
             mx, my = _finite(metric_points)
             self.curve.set_data(mx, my)
             self.best_point.set_data([best[1]] if best else [], [best[0]] if best else [])
-            self.max.set_xlim(0, right)
+            self.max.set_xlim(*self.ax.get_xlim())
             low, high = min(my, default=0.0), max(my, default=1.0)
-            self.max.set_ylim(min(0.0, low) - 0.05, max(1.0, high) + 0.05)
+            pad = 0.08 * (max(1.0, high) - min(0.0, low))  # the best star (12 pt) whole at 0 and 1
+            self.max.set_ylim(min(0.0, low) - pad, max(1.0, high) + pad)
         return figure_png(self.fig)
 
 
@@ -103,42 +107,31 @@ def samples_html(state: ProgressState) -> str:
     samples = a.get("samples") or []
     if not samples:
         return ""
-    cell = "padding:2px 8px;vertical-align:top;text-align:left;font-family:monospace;white-space:pre-wrap"
 
     def marked(answer: str, reference: str) -> str:
-        return "".join(
-            _E(text) if same else f'<mark style="background:#ffd6d6">{_E(text)}</mark>'
-            for text, same in diff_segments(answer, reference)
-        )
+        return "".join(_E(text) if same else extra(_E(text)) for text, same in diff_segments(answer, reference))
+
+    def shown(text) -> str:
+        return _E(str(text)) if str(text) else note("(empty answer)")
 
     rows = []
     for x in samples:
         answer, reference = str(x.get("answer") or ""), str(x.get("reference") or "")
-        note = "" if x.get("ended", True) is not False else ' <span style="color:#8a5300">(no end token)</span>'
+        ended = "" if x.get("ended", True) is not False else " " + note("(no end token)")
         previous = x.get("previous")
+        now = marked(answer, reference) if answer else note("(empty answer)")
         rows.append(
-            "<tr>"
-            + "".join(
-                f'<td style="{cell}">{v}</td>'
-                for v in (
-                    _E(str(x.get("prompt") or "")),
-                    _E(reference),
-                    (marked(answer, reference) or "<i>(empty)</i>") + note,
-                    "–" if previous is None else _E(str(previous)) or "<i>(empty)</i>",
-                )
-            )
-            + "</tr>"
+            [_E(str(x.get("prompt") or "")), _E(reference), now + ended, "–" if previous is None else shown(previous)]
         )
-    head = "".join(f'<th style="{cell}">{h}</th>' for h in ("prompt", "reference", "answer now", "previous answer"))
     scores = " · ".join(f"{_E(str(k))} {float(v):.3f}" for k, v in (a.get("metrics") or {}).items() if _number_ok(v))
-    caption = (
-        f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows"
-        f"{', ' + _E(str(a.get('never_ended'))) + ' never ended' if a.get('never_ended') else ''}): {scores}"
+    counts = "".join(
+        f", {_E(str(a.get(k)))} {what}" for k, what in (("never_ended", "never ended"), ("empty", "empty")) if a.get(k)
     )
-    return (
-        f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>'
-        f'<table style="border-collapse:collapse;font-size:85%"><tr>{head}</tr>{"".join(rows)}</table></div>'
-    )
+    caption = f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows{counts}): {scores}"
+    if a.get("sampled"):
+        caption += f" · {_E(str(a['sampled']))}"
+    table = text_table(("prompt", "reference", "answer now", "previous answer"), rows, (34, 20, 23, 23))
+    return f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>{table}</div>'
 
 
 def _number_ok(v) -> bool:

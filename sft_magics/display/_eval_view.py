@@ -12,15 +12,14 @@ import html
 import math
 import re
 
+from ._style import extra, missing, note, text_table
 from ._views import _View
 
 _E = html.escape
 _WORDS = re.compile(r"\s+|\w+|[^\w\s]")
 _STYLE = (
-    "<style>.sft-eval ins{background:#d4f7d4;text-decoration:none}"
-    ".sft-eval del{background:#fbd4d4;color:#900}"
-    ".sft-eval td,.sft-eval th{vertical-align:top;text-align:left;padding:2px 6px}"
-    ".sft-eval .s{color:#666;font-size:smaller}</style>"
+    "<style>.sft-eval td,.sft-eval th{vertical-align:top;text-align:left;padding:2px 6px}"
+    ".sft-eval .s{color:#666;font-size:smaller;font-family:var(--jp-ui-font-family,sans-serif)}</style>"
 )
 
 
@@ -49,9 +48,9 @@ def diff_html(reference: str, answer: str) -> str:
             out.append(inserted)
             continue
         if op in ("delete", "replace"):
-            out.append(f"<del>{deleted}</del>")
+            out.append(missing(deleted))
         if op in ("insert", "replace"):
-            out.append(f"<ins>{inserted}</ins>")
+            out.append(extra(inserted))
     return "".join(out)
 
 
@@ -96,6 +95,15 @@ class EvalView(_View):
                 *(fmt_delta(tokens[lb] - tokens[ref]) for lb in others),
             ]
         )
+        if any(r[lb].generated for lb in labels):
+            for name, count in (("empty answers", "empty_answers"), ("never ended (cut at max tokens)", "never_ended")):
+                rows.append(
+                    [
+                        name,
+                        *(f"{getattr(r[lb], count)} of {len(r[lb].predictions)}" for lb in labels),
+                        *([""] * len(others)),
+                    ]
+                )
         rows.append(["seconds", *(f"{r[lb].seconds:.1f}" for lb in labels), *([""] * len(others))])
         return rows
 
@@ -141,7 +149,7 @@ class EvalView(_View):
         lines = [f"#{i}  prompt: {_short(ex.question)}", f"     reference: {_short(ex.reference)}"]
         for label, res in r.items():
             lines.append(
-                f"     {label}: {_short(res.predictions[i]) or '(empty)'}  [{metric} {fmt(res.scores[metric][i])}]"
+                f"     {label}: {_short(res.predictions[i]) or '(empty answer)'}  [{metric} {fmt(res.scores[metric][i])}]"
             )
         return lines
 
@@ -184,7 +192,7 @@ class EvalView(_View):
                 for lb in labels:
                     res, metric = self.report[lb], self.report.primary_metric
                     answers.append(
-                        Text(f"{_short(res.predictions[i])}\n")
+                        Text(f"{_short(res.predictions[i]) or '(empty answer)'}\n")
                         + Text(f"{metric} {fmt(res.scores[metric][i])}", style="dim")
                     )
                 worst.add_row(str(i), Text(_short(ex.question)), Text(_short(ex.reference)), *answers)
@@ -194,21 +202,26 @@ class EvalView(_View):
 
 def examples_table_html(report, indices) -> str:
     """Per-example table: prompt (last user message), reference, each model's answer with its
-    differences from the reference marked, and its scores."""
+    differences from the reference marked, and its scores, one per line."""
     labels = list(report)
-    head = "".join(f"<th>{_E(h)}</th>" for h in ["#", "prompt", "reference", *labels])
     rows = []
     for i in indices:
         ex = report.eval_examples[i]
-        cells = [f"<td>{i}</td>", f"<td>{_E(ex.question)}</td>", f"<td><code>{_E(ex.reference)}</code></td>"]
+        cells = [str(i), _E(ex.question), _E(ex.reference)]
         for lb in labels:
             res = report[lb]
-            scores = " · ".join(f"{_E(m)} {_E(fmt(v[i]))}" for m, v in res.scores.items())
-            cells.append(
-                f"<td><code>{diff_html(ex.reference, res.predictions[i])}</code><div class='s'>{scores}</div></td>"
+            answer = res.predictions[i]
+            scores = "<br>".join(f"{_E(m)} {_E(fmt(v[i]))}" for m, v in res.scores.items())
+            text = (
+                diff_html(ex.reference, answer)
+                if answer.strip()
+                else note("(empty answer)") + missing(_E(ex.reference))
             )
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            cells.append(f"{text}<div class='s'>{scores}</div>" if res.scores else text)
+        rows.append(cells)
+    rest = 100 - 4 - 26 - 18
+    shares = (4, 26, 18, *([rest / max(1, len(labels))] * len(labels)))
+    return text_table(["#", "prompt", "reference", *labels], rows, shares)
 
 
 class EvalBrowser:

@@ -115,6 +115,79 @@ def test_state_follows_a_run():
     assert dict(s.metrics())["eval loss"] == "1.2000" and dict(s.metrics())["tokens/s"] == "100"
 
 
+def test_the_eta_counts_evaluations_at_their_own_pace_and_waits_while_one_runs():
+    """Training pace without the evaluation pauses, plus the evaluations still due: not a countdown
+    that runs on during an evaluation and then jumps (``ETA 00:04`` while evaluating, then 00:21)."""
+    s = ProgressState()
+    s.update(Event("started", {"max_steps": 10, "eval_steps": 5, "learning_rate": 2e-3}, 1.0))
+    s.update(Event("status", {"state": "training", "step": 0, "max_steps": 10}, 2.0))
+    for i in range(1, 6):  # one step a second
+        s.update(Event("log", {"step": i, "loss": 1.0}, 2.0 + i))
+    s.update(Event("status", {"state": "evaluating", "step": 5}, 7.0))
+    for now in (9.0, 15.0):  # the first evaluation: its length is not known yet, and training waits
+        s.clock = lambda now=now: now
+        assert s.eta == pytest.approx(5.0)
+    s.update(Event("status", {"state": "training", "step": 5}, 17.0))  # it took 10 s
+    s.update(Event("log", {"step": 6, "loss": 1.0}, 18.0))
+    s.clock = lambda: 18.0
+    assert s.eta == pytest.approx(4.0 + 10.0)  # 4 steps of 1 s, and the evaluation at step 10
+    s.update(Event("log", {"step": 10, "loss": 1.0}, 22.0))
+    s.update(Event("status", {"state": "evaluating", "step": 10}, 22.0))
+    s.clock = lambda: 26.0
+    assert s.eta == pytest.approx(6.0)  # the rest of this evaluation, at the first one's length
+    assert s.eval_seconds == [10.0]
+
+
+def test_the_learning_rate_cell_says_the_schedule_value_and_the_peak():
+    s = ProgressState()
+    s.update(Event("started", {"max_steps": 10, "learning_rate": 2e-3}, 1.0))
+    s.update(Event("log", {"step": 9, "learning_rate": 6.29e-06}, 2.0))
+    assert dict(s.metrics())["lr now"] == "6.29e-06 (peak 2.00e-03)"
+    s.update(Event("log", {"step": 10, "learning_rate": 2e-3}, 3.0))
+    assert dict(s.metrics())["lr now"] == "2.00e-03"  # at the peak, once
+
+
+def test_an_alert_about_the_answers_says_when_it_stopped_being_true():
+    s = ProgressState()
+
+    def answers(step, never, empty=0):
+        s.update(
+            Event("answers", {"step": step, "rows": 8, "never_ended": never, "empty": empty, "max_new_tokens": 24})
+        )
+
+    answers(10, 8, empty=2)
+    assert s.alerts[0].startswith("8 of 8 answers never ended at step 10: no end-of-turn token within 24")
+    assert s.alerts[1] == "2 of 8 answers are empty at step 10"
+    answers(20, 0)
+    assert s.alerts == [
+        "8 of 8 answers never ended at step 10; every answer ended from step 20",
+        "2 of 8 answers are empty at step 10; no empty answer from step 20",
+    ]
+    answers(30, 0)  # still fine: said once
+    assert s.alerts[0] == "8 of 8 answers never ended at step 10; every answer ended from step 20"
+    answers(40, 3)  # true again: says the latest
+    assert s.alerts[0].startswith("3 of 8 answers never ended at step 40:") and len(s.alerts) == 2
+
+
+def test_the_charts_hold_every_point_and_the_image_waits_for_its_first_chart(shown):
+    """The last eval point and the best star inside the axes (not cut at the right edge or the top);
+    no <img> without a picture (a broken-image icon) before the first chart."""
+    from sft_magics.display._dashboard_html import LossChart
+
+    chart = LossChart(metric="json_match")
+    chart.render([(i, 1.0 / i) for i in range(1, 13)], [(12, 0.5)], 12, [(6, 0.5), (12, 1.0)], (1.0, 12))
+    assert chart.ax.get_xlim()[1] >= 12.5 and chart.max.get_xlim() == chart.ax.get_xlim()
+    low, high = chart.max.get_ylim()
+    assert high >= 1.08 and low <= -0.08
+    assert chart.max.title.get_fontsize() >= 10
+    d = WidgetDashboard("t", show=False)
+    assert d.image.layout.display == "none"
+    for e in run_events(3, evals={3: 1.0}):
+        d(e)
+    d.close()
+    assert d.png and d.image.layout.display is None
+
+
 def test_epochs_are_not_shown_out_of_a_total_the_trainer_ignores():
     s = ProgressState()  # with max_steps set, num_train_epochs does not bound the run
     s.update(Event("started", {"max_steps": 120, "num_train_epochs": 1}, 0.0))

@@ -241,6 +241,8 @@ def evaluate_model(
         if any(m.name in LOSS_METRICS for m in metrics):
             encoded = loss_inputs(tokenizer, examples, shots=len(shots))
             tick = (lambda d, t: progress(f"{label}: loss", d, t)) if progress else None
+            if tick:  # the stage's clock starts now, not at its first batch's end (an ETA of 00:00)
+                tick(0, len(encoded))
             sums = trained_token_loss(model, tokenizer, encoded, batch_size=min(batch_size, 8), on_batch=tick)
             per_example = [s / n if n else float("nan") for s, n in sums]
             total = sum(s for s, _ in sums) / max(1, sum(n for _, n in sums))
@@ -252,6 +254,8 @@ def evaluate_model(
         ended: list[bool] = []
         if answer_metrics:
             tick = (lambda d, t: progress(f"{label}: generating", d, t)) if progress else None
+            if tick:
+                tick(0, len(examples))
             predictions = generate(
                 model,
                 tokenizer,

@@ -39,6 +39,20 @@ class EvalResult:
         return {name: self.mean(name) for name in self.scores}
 
     @property
+    def generated(self) -> bool:
+        return bool(self.ended)  # filled per answer when answers were generated (not for loss alone)
+
+    @property
+    def empty_answers(self) -> int:
+        """Answers that are empty or only whitespace (the training dashboard counts them the same way)."""
+        return sum(not p.strip() for p in self.predictions) if self.generated else 0
+
+    @property
+    def never_ended(self) -> int:
+        """Answers cut by max_new_tokens, not ended on a stop token."""
+        return sum(not e for e in self.ended)
+
+    @property
     def mean_prompt_tokens(self) -> float:
         return sum(self.prompt_tokens) / len(self.prompt_tokens) if self.prompt_tokens else float("nan")
 

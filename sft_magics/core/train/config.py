@@ -212,3 +212,13 @@ class TrainSpec:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def eval_every(args, steps: int) -> int | None:
+    """Evaluate every N steps (a fraction below 1 is of the run's steps, as the Trainer reads it)."""
+    if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "steps" or not args.eval_steps:
+        return None
+    import math
+
+    every = args.eval_steps
+    return max(1, math.ceil(steps * every)) if every < 1 else int(every)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, SftError, one_line
 from ..events import Event, Sink, fan_out
 from ..models import DEFAULT_MODEL
 from .callbacks import StopFlag, _callback_class
-from .config import TrainSpec, _lora_config
+from .config import TrainSpec, _lora_config, eval_every
 from .model import prepare_model
 from .plan import Plan, plan, sft_config
 
@@ -325,6 +325,8 @@ def _started_event(p: Plan, trainer, checkpoint, overrides: list[str]) -> Event:
             "total_params": int(total),
             "max_steps": p.steps,
             "num_train_epochs": p.sft_args.get("num_train_epochs"),
+            "learning_rate": trainer.args.learning_rate,
+            "eval_steps": eval_every(trainer.args, p.steps),
             "resumed_from": str(checkpoint) if checkpoint else None,
             "resume_overrides": overrides,
             **({"watch": p.answers.describe()} if p.answers else {}),

@@ -437,13 +437,42 @@ def _report(answers: dict[str, list[str]], refs: list[str], questions: list[str]
 
 
 def test_diff_marks_words_after_escaping():
+    import re
+
     from sft_magics.display._eval_view import diff_html
 
-    assert diff_html("the cat sat", "the dog sat") == "the <del>cat</del><ins>dog</ins> sat"
-    assert diff_html("a b", "a b c") == "a b<ins> c</ins>"
-    marked = diff_html("<b>x</b>", "<script>x</script>")
+    def bare(marked: str) -> str:  # the marks without their (shared) colours
+        return re.sub(r"<(ins|del) style=\"[^\"]*\">", r"<\1>", marked)
+
+    assert bare(diff_html("the cat sat", "the dog sat")) == "the <del>cat</del><ins>dog</ins> sat"
+    assert bare(diff_html("a b", "a b c")) == "a b<ins> c</ins>"
+    marked = bare(diff_html("<b>x</b>", "<script>x</script>"))
     assert marked == "&lt;<del>b</del><ins>script</ins>&gt;x&lt;/<del>b</del><ins>script</ins>&gt;"
-    assert diff_html("", "<script>") == "<ins>&lt;script&gt;</ins>"
+    assert bare(diff_html("", "<script>")) == "<ins>&lt;script&gt;</ins>"
+
+
+def test_one_colour_language_for_differences_in_the_dashboard_and_the_eval_pager():
+    """Answer text the reference lacks has one colour in every view; an empty answer is noted and
+    counted, not only shown as a struck-through reference."""
+    from sft_magics.core.progress import ProgressState
+    from sft_magics.core.events import Event
+    from sft_magics.display._dashboard_html import samples_html
+    from sft_magics.display._eval_view import EvalView, diff_html
+    from sft_magics.display._style import EXTRA
+
+    state = ProgressState()
+    sample = {"prompt": "p", "reference": '{"a": 1}', "answer": '{"a": 2}', "previous": ""}
+    state.update(Event("answers", {"step": 3, "rows": 2, "empty": 1, "samples": [sample, dict(sample, answer="")]}))
+    panel = samples_html(state)
+    assert f"background:{EXTRA}" in panel and f"background:{EXTRA}" in diff_html("a", "a b")
+    assert panel.count("(empty answer)") == 3 and "1 empty" in panel  # one answer now, both previous ones
+    report = _report({"tuned": ["fine", ""], "base": ["", ""]}, ["fine", "ref"])
+    for lb in ("tuned", "base"):
+        report[lb].ended = [True, True]
+    page = EvalView(report, worst=2).to_html()
+    assert "(empty answer)" in page
+    rows = dict((r[0], r[1:]) for r in EvalView(report).rows())
+    assert rows["empty answers"][:2] == ["1 of 2", "2 of 2"]
 
 
 def test_example_tables_escape_model_and_reference_text():
@@ -458,7 +487,7 @@ def test_example_tables_escape_model_and_reference_text():
     for page in (EvalView(report).to_html(), EvalBrowser(report, page_size=5).table.value):
         assert "<script>" not in page and "<img" not in page
         assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
-        assert "<ins>" in page and "<del>" in page
+        assert "<ins style=" in page and "<del style=" in page
 
 
 def test_sorting_worst_first_and_paging():
