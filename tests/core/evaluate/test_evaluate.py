@@ -454,8 +454,8 @@ def test_diff_marks_words_after_escaping():
 def test_one_colour_language_for_differences_in_the_dashboard_and_the_eval_pager():
     """Answer text the reference lacks has one colour in every view; an empty answer is noted and
     counted, not only shown as a struck-through reference."""
-    from sft_magics.core.progress import ProgressState
     from sft_magics.core.events import Event
+    from sft_magics.core.progress import ProgressState
     from sft_magics.display._dashboard_html import samples_html
     from sft_magics.display._eval_view import EvalView, diff_html
     from sft_magics.display._style import EXTRA
