@@ -23,15 +23,18 @@ from ._views import _View
 # Light backgrounds, one per message index (cycled); template glue outside any message is grey.
 PALETTE = ("#fde2e4", "#dbeafe", "#dcfce7", "#fef3c7", "#ede9fe", "#cffafe", "#fce7f3", "#ffedd5")
 GLUE_COLOUR = "#eeeeee"
+MASKED_COLOUR = "#4b5563"  # untrained text: dark grey, readable on every background (not faded)
 CONTAINER = "sft-rv"  # every rule of the style block is scoped under this class
 
 _STYLE = (
     "<style>"
-    f".{CONTAINER} .sft-text{{white-space:pre-wrap;word-break:break-all;font-family:monospace;"
+    # Breaks only between words (a token is a span, so "cou|ntry" never splits), or inside a word
+    # too long for the line.
+    f".{CONTAINER} .sft-text{{white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere;font-family:monospace;"
     "line-height:1.8;margin:0.3em 0;padding:0.3em;background:transparent}"
     f".{CONTAINER} .sft-t{{border-radius:2px;color:#111}}"
-    f".{CONTAINER} .sft-trained{{text-decoration:underline solid #15803d 2px;opacity:1}}"
-    f".{CONTAINER} .sft-masked{{opacity:0.55}}"
+    f".{CONTAINER} .sft-trained{{text-decoration:underline solid #15803d 2px}}"
+    f".{CONTAINER} .sft-masked{{color:{MASKED_COLOUR}}}"
     f".{CONTAINER} .sft-special{{font-weight:bold;border:1px solid #555;padding:0 1px}}"
     f".{CONTAINER} .sft-diff{{outline:2px solid #dc2626}}"
     f".{CONTAINER} .sft-nl{{color:#888}}"
@@ -163,9 +166,25 @@ def per_message(rendering) -> list[dict]:
         return out
 
 
+def _glue(rendering) -> dict | None:
+    """The template's own text outside every message (a default system message it inserts, say)."""
+    tokens = [t for t in rendering.tokens if t.message is None]
+    return (
+        {"role": "(template's own text)", "tokens": len(tokens), "trained": sum(t.trained for t in tokens)}
+        if tokens
+        else None
+    )
+
+
+def _table_rows(rendering) -> list[tuple[str, dict]]:
+    rows = [(str(i), m) for i, m in enumerate(per_message(rendering))]
+    glue = _glue(rendering)
+    return rows + ([("–", glue)] if glue else [])
+
+
 def _table_text(rendering) -> list[str]:
     header = ["#", "role", "tokens", "trained"]
-    rows = [[str(i), m["role"], str(m["tokens"]), str(m["trained"])] for i, m in enumerate(per_message(rendering))]
+    rows = [[i, m["role"], str(m["tokens"]), str(m["trained"])] for i, m in _table_rows(rendering)]
     cells = [header] + rows
     widths = [max(len(r[c]) for r in cells) for c in range(len(header))]
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
@@ -177,7 +196,7 @@ class RenderingView(_View):
     HTML: each token a ``<span class="sft-t sft-mK sft-trained|sft-masked [sft-special]">`` with the
     hover title ``id N · label L · role R``; background by message index (``sft-mK``, palette
     :data:`PALETTE`; ``sft-glue`` for template text outside any message); special tokens bold and
-    boxed; trained tokens underlined at full opacity, masked ones dimmed; newlines shown as ``↵``
+    boxed; trained tokens underlined, untrained ones in dark grey; newlines shown as ``↵``
     followed by a line break. Then the per-message table, totals and mask source, the truncation
     line (when ``max_length`` is set) and the checks (✓ / ⚠).
     Text: the rendered text with trained spans inside «…», then the same table and lines.
@@ -208,7 +227,7 @@ class RenderingView(_View):
     def _token_html(self, index: int, t, diff_from: int | None) -> str:
         classes = ["sft-t", _colour_class(t.message), "sft-trained" if t.trained else "sft-masked"]
         style = [f"background:{_colour(t.message)}"]
-        style.append("text-decoration:underline solid #15803d 2px" if t.trained else "opacity:0.55")
+        style.append("text-decoration:underline solid #15803d 2px" if t.trained else f"color:{MASKED_COLOUR}")
         if t.special:
             classes.append("sft-special")
             style.append("font-weight:bold;border:1px solid #555")
@@ -224,9 +243,10 @@ class RenderingView(_View):
     def _table_html(self) -> str:
         head = "<tr><th>#</th><th>role</th><th>tokens</th><th>trained</th></tr>"
         rows = []
-        for i, m in enumerate(per_message(self.r)):
+        for i, m in _table_rows(self.r):
+            k = int(i) if i.isdigit() else None
             rows.append(
-                f'<tr><td>{i}</td><td class="{_colour_class(i)}" style="background:{_colour(i)}">{_e(m["role"])}</td>'
+                f'<tr><td>{i}</td><td class="{_colour_class(k)}" style="background:{_colour(k)}">{_e(m["role"])}</td>'
                 f"<td>{m['tokens']}</td><td>{m['trained']}</td></tr>"
             )
         return f'<table class="sft-msgs">{head}{"".join(rows)}</table>'

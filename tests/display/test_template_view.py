@@ -12,6 +12,8 @@ import pytest
 
 from sft_magics.core.template.tokens import Check, Rendering, Token, render
 from sft_magics.display._template_view import (
+    GLUE_COLOUR,
+    MASKED_COLOUR,
     PALETTE,
     CompareView,
     InferenceView,
@@ -193,6 +195,10 @@ def test_per_message_table_equals_per_message(conv):
     p = Parsed(RenderingView(conv).to_html())
     assert p.rows[0] == ["#", "role", "tokens", "trained"]
     want = [[str(i), m["role"], str(m["tokens"]), str(m["trained"])] for i, m in enumerate(conv.per_message())]
+    # The template's default system message is its own text, in its own row: not the user's.
+    glue = [t for t in conv.tokens if t.message is None]
+    assert len(glue) >= 10 and "You are a helpful" in "".join(t.text for t in glue)
+    want.append(["–", "(template's own text)", str(len(glue)), "0"])
     assert p.rows[1:] == want
     assert [m["trained"] for m in conv.per_message()][1] > 0  # the table has something to show
     text = RenderingView(conv).to_text().splitlines()
@@ -200,6 +206,7 @@ def test_per_message_table_equals_per_message(conv):
     for line, m, i in zip(text[start + 1 :], conv.per_message(), range(99)):
         assert line.split() == [str(i), m["role"], str(m["tokens"]), str(m["trained"])]
     summary = f"{len(conv.tokens)} tokens, {conv.trained_count} trained · mask: {conv.mask_source}"
+    summary += f" · {len(glue)} template tokens outside any message"
     assert summary in text
     assert any(d == summary for _, d in p.divs)
 
@@ -300,6 +307,16 @@ def test_rich_form_has_the_same_numbers(conv):
     assert "✓ template: prefix-preserving" in out
 
 
+def test_untrained_text_is_readable_and_words_are_not_broken_mid_word(conv):
+    """Untrained tokens in a dark grey at full opacity (not faded); lines break between words only
+    ("cou / ntry" was a break inside a word, from word-break:break-all)."""
+    page = RenderingView(conv).to_html()
+    assert "opacity" not in page and "break-all" not in page
+    assert "overflow-wrap:anywhere" in page and "word-break:normal" in page
+    masked = [s for s in Parsed(page).tokens if "sft-masked" in s["classes"]]
+    assert masked and all(f"color:{MASKED_COLOUR}" in s["style"] for s in masked)
+
+
 def test_rich_styles_follow_the_tokens(conv):
     from rich.console import Group
 
@@ -315,7 +332,7 @@ def test_rich_styles_follow_the_tokens(conv):
         assert ("bold underline" in style) == t.trained
         assert ("dim" in style) == (not t.trained)
         assert ("reverse" in style) == t.special
-        assert PALETTE[t.message % len(PALETTE)] in style
+        assert (GLUE_COLOUR if t.message is None else PALETTE[t.message % len(PALETTE)]) in style
         pos += len(shown)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .render import apply_chat_template
+from .render import TemplateTimeout, apply_chat_template
 
 # How the trained tokens were found (shown to the user in the template checks).
 MASK_MARKERS = "generation markers in the template"
@@ -197,7 +197,24 @@ def _message_spans(tokenizer, messages, full_text, **kw) -> list[tuple[int, int]
             return None
         spans.append((prev, len(text)))
         prev = len(text)
+    if spans and messages[0].get("role") != "system":
+        spans[0] = (_inserted_system(tokenizer, messages[0], full_text[: spans[0][1]], **kw), spans[0][1])
     return spans
+
+
+def _inserted_system(tokenizer, first: dict, first_text: str, **kw) -> int:
+    """Where the first message's own turn starts in ``first_text`` (its rendering alone): after a
+    default system message the template inserts (SmolLM2's, Qwen's, Llama 3's dated header), which
+    is the template's text, not the user's. Found as what a system message of our own replaces."""
+    probe = {"role": "system", "content": "-"}
+    try:
+        alone, both = render_text(tokenizer, [probe], **kw), render_text(tokenizer, [probe, first], **kw)
+    except TemplateTimeout:
+        raise
+    except Exception:  # a template without a system role: nothing inserted to find
+        return 0
+    own = both[len(alone) :] if both.startswith(alone) else ""
+    return len(first_text) - len(own) if own and len(own) < len(first_text) and first_text.endswith(own) else 0
 
 
 def _assistant_spans_by_prefix(tokenizer, messages, full_text, **kw) -> list[tuple[int, int]] | None:
