@@ -29,6 +29,7 @@ LABELS = {"tuned": "tuned", "base": "base (adapter off)"}
 _BUBBLE = "margin:4px 0;padding:4px 8px;border-radius:6px;white-space:pre-wrap;word-break:break-word"
 _USER_STYLE = _BUBBLE + ";background:#e8f0fe"
 _MODEL_STYLE = _BUBBLE + ";background:#f1f3f4"
+_LABEL = {"description_width": "initial"}  # the label's own width: "temperature", not "temperat…"
 
 
 def _gen_defaults(defaults: dict | None) -> dict:
@@ -100,7 +101,12 @@ class ChatWidget:
         col = w.Layout(width="50%" if self.compare else "100%", border="1px solid #ddd", padding="4px")
         self.columns = {side: w.HTML(layout=col) for side in self.sides}
         self.history = self.columns["tuned"]
-        self.input = w.Textarea(placeholder="Message (Send to ask)", layout=w.Layout(width="100%", height="4em"))
+        from ._chat_input import ChatInput
+
+        # Boxes as wide as the output area: "auto" in a column (100% plus margins sticks out of it).
+        wide = w.Layout(width="auto")
+        self.input = ChatInput(placeholder="Message (Enter sends, Shift+Enter for a new line)", layout=wide)
+        self.input.observe(lambda _: self._send_clicked(), names="submitted")
         self.send_button = w.Button(description="Send", icon="paper-plane", button_style="primary")
         self.stop_button = w.Button(
             description="Stop",
@@ -114,7 +120,7 @@ class ChatWidget:
             value=session.system or "",
             description="system",
             placeholder="(the template's default)",
-            layout=w.Layout(width="100%"),
+            layout=wide,
         )
         self.temperature = w.BoundedFloatText(
             value=gen["temperature"],
@@ -123,13 +129,25 @@ class ChatWidget:
             step=0.1,
             description="temperature",
             tooltip="0 = greedy",
-            layout=w.Layout(width="180px"),
+            style=_LABEL,
+            layout=w.Layout(width="190px"),
         )
         self.top_p = w.BoundedFloatText(
-            value=gen["top_p"], min=0.01, max=1.0, step=0.05, description="top-p", layout=w.Layout(width="160px")
+            value=gen["top_p"],
+            min=0.01,
+            max=1.0,
+            step=0.05,
+            description="top-p",
+            style=_LABEL,
+            layout=w.Layout(width="140px"),
         )
         self.max_new_tokens = w.BoundedIntText(
-            value=gen["max_new_tokens"], min=1, max=32768, description="max tokens", layout=w.Layout(width="190px")
+            value=gen["max_new_tokens"],
+            min=1,
+            max=32768,
+            description="max tokens",
+            style=_LABEL,
+            layout=w.Layout(width="190px"),
         )
         self.show_prompt = w.ToggleButton(
             value=False,
@@ -227,6 +245,10 @@ class ChatWidget:
                 if turn is not None and turn.stopped:
                     self._notes[side] = f"stopped after {turn.new_tokens} tokens"
                     status = "stopped"
+                elif turn is not None and turn.cut:
+                    self._notes[side] = (
+                        f"cut at the limit of {turn.new_tokens} new tokens: raise max tokens for the rest"
+                    )
                 self._draw()
         except Exception as err:
             self.error = err
@@ -309,6 +331,9 @@ def chat_loop(
             console.print(f"[bold]{LABELS[side] if compare else 'model'}[/bold] › ", end="")
             try:
                 session.reply(message, use_base=side == "base", on_token=lambda piece: _stream(console, piece), **gen)
+                turn = session.last_turn(use_base=side == "base")
+                if turn is not None and turn.cut:
+                    console.print(f" [yellow](cut at the limit of {turn.new_tokens} new tokens)[/yellow]", end="")
             except KeyboardInterrupt:
                 session.stop()  # the reply thread has been told to stop; the turn is not recorded
                 console.print(" [yellow](stopped)[/yellow]")

@@ -44,6 +44,7 @@ class TurnInfo:
     new_tokens: int  # tokens generated (the stop token included when one was generated)
     stopped: bool  # ended early by the stop flag
     seconds: float
+    cut: bool = False  # ended at max_new_tokens, not on a stop token: the answer may be unfinished
 
 
 class ChatSession:
@@ -151,7 +152,7 @@ class ChatSession:
         with self._lock:
             start = time.perf_counter()
             prompt = self._render(self.messages(message, use_base=use_base))
-            text, prompt_tokens, new_tokens, stopped = self._generate(
+            text, prompt_tokens, new_tokens, stopped, cut = self._generate(
                 prompt,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
@@ -162,7 +163,7 @@ class ChatSession:
             )
             self.histories[side].append({"role": "user", "content": message})
             self.histories[side].append({"role": "assistant", "content": text})
-            self._last[side] = TurnInfo(prompt, prompt_tokens, new_tokens, stopped, time.perf_counter() - start)
+            self._last[side] = TurnInfo(prompt, prompt_tokens, new_tokens, stopped, time.perf_counter() - start, cut)
         return text
 
     def compare(
@@ -196,9 +197,9 @@ class ChatSession:
 
     def _generate(
         self, prompt: str, *, max_new_tokens, temperature, top_p, on_token, stop, use_base
-    ) -> tuple[str, int, int, bool]:
+    ) -> tuple[str, int, int, bool, bool]:
         """Generate on a worker thread, stream the pieces on this one; (answer, prompt tokens, new
-        tokens, stopped early)."""
+        tokens, stopped early, cut at max_new_tokens)."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -255,7 +256,8 @@ class ChatSession:
             and len(new) < max_new_tokens
             and (len(new) == 0 or int(new[-1]) not in stops)
         )
-        return text, prompt_len, int(new.shape[0]), stopped
+        cut = not stopped and len(new) >= max_new_tokens and int(new[-1]) not in stops
+        return text, prompt_len, int(new.shape[0]), stopped, cut
 
 
 class _FlagCriteria:

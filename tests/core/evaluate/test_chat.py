@@ -363,6 +363,31 @@ def test_widget_send_streams_the_reply_off_the_main_thread(lora):
     assert chat.history == [] and "(no messages yet)" in widget.history.value
 
 
+def test_widget_enter_sends_and_a_reply_cut_by_the_token_limit_says_so(lora):
+    """Enter in the box (its ``submitted`` count) sends like the button; a reply that reached
+    max tokens without an end token is noted, so a cut answer does not read as the whole one."""
+    from sft_magics.display._chat_view import ChatWidget
+
+    chat = _session(lora)
+    widget = ChatWidget(chat, compare=False, defaults={"max_new_tokens": 2})
+    assert widget.temperature.style.description_width == "initial"  # "temperature", not "temperat…"
+    widget.input.value = "hi"
+    widget.input.submitted += 1
+    assert widget.wait(timeout=60) and widget.error is None
+    turn = chat.last_turn()
+    assert chat.history[0]["content"] == "hi" and widget.input.value == ""
+    assert turn.cut and turn.new_tokens == 2  # the tiny random model never says its end token this soon
+    assert "cut at the limit of 2 new tokens" in widget.history.value
+    widget.max_new_tokens.value = 64
+    chat.stop_flag.clear()
+    widget.input.value = "again"
+    widget.send_button.click()
+    assert widget.wait(timeout=60)
+    ended = chat.last_turn()
+    assert ended.cut == (ended.new_tokens == 64)
+    assert ("cut at the limit" in widget.history.value) == ended.cut  # the note is about this reply only
+
+
 def test_widget_compare_has_two_columns(lora):
     from sft_magics.display._chat_view import ChatWidget
 
@@ -461,7 +486,7 @@ def test_reply_view_escapes_and_shows_both_sides():
 
 
 def test_widget_in_a_real_kernel_answers_a_click_and_streams_to_the_frontend(lora, tmp_path):
-    """The widget the magic shows in a kernel: the frontend types into the box and clicks Send (comm
+    """The widget the magic shows in a kernel: the frontend types into the box and presses Enter (comm
     messages); the reply is generated off the main thread and reaches the frontend as widget state."""
     import asyncio
     import html
@@ -498,15 +523,11 @@ def test_widget_in_a_real_kernel_answers_a_click_and_streams_to_the_frontend(lor
         async with client.async_setup_kernel():
             await client.async_execute_cell(nb.cells[0], 0)
             await client.async_execute_cell(nb.cells[1], 1)
+            # Enter in the message box: the text and the submit count in one update, as its module sends them.
             comm(
                 client,
-                find(client, "TextareaModel"),
-                {"method": "update", "state": {"value": "hi <b>"}, "buffer_paths": []},
-            )
-            comm(
-                client,
-                find(client, "ButtonModel", description="Send"),
-                {"method": "custom", "content": {"event": "click"}},
+                find(client, "AnyModel", submitted=0),
+                {"method": "update", "state": {"value": "hi <b>", "submitted": 1}, "buffer_paths": []},
             )
             await client.async_execute_cell(nb.cells[2], 2)
             deadline = time.time() + 30  # the last widget updates may trail the cell's output a little

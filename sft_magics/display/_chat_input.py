@@ -1,0 +1,46 @@
+"""The chat's message box: Enter sends, Shift+Enter starts a new line, as chat boxes do.
+
+ipywidgets' ``Textarea`` sends no key events to the kernel, so the box is a small anywidget (an ES
+module the frontend runs; JupyterLab, Notebook 7, VS Code and Colab all load it): a ``<textarea>``
+whose text is the ``value`` trait, and whose Enter bumps ``submitted``, the value synced in the same
+message. The keys stop at the box, so Shift+Enter is a new line, not JupyterLab's "run cell".
+"""
+
+from __future__ import annotations
+
+import anywidget
+import traitlets
+
+_ESM = r"""
+function render({ model, el }) {
+  const box = document.createElement("textarea");
+  box.className = "sft-chat-input";
+  box.rows = 3;
+  box.placeholder = model.get("placeholder");
+  box.value = model.get("value");
+  box.style.cssText = "width:100%;box-sizing:border-box;resize:vertical;font:inherit;padding:4px 6px;" +
+    "border:1px solid var(--jp-border-color1,#bbb);border-radius:2px";
+  box.addEventListener("input", () => { model.set("value", box.value); model.save_changes(); });
+  box.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    e.stopPropagation();  // JupyterLab's Shift+Enter would run the cell
+    if (e.shiftKey || e.isComposing) return;  // a new line / an input method choosing a word
+    e.preventDefault();
+    model.set("value", box.value);
+    model.set("submitted", model.get("submitted") + 1);
+    model.save_changes();
+  });
+  model.on("change:value", () => { if (box.value !== model.get("value")) box.value = model.get("value"); });
+  el.appendChild(box);
+}
+export default { render };
+"""
+
+
+class ChatInput(anywidget.AnyWidget):
+    """``value``: the text in the box; ``submitted``: how many times Enter sent it."""
+
+    _esm = _ESM
+    value = traitlets.Unicode("").tag(sync=True)
+    placeholder = traitlets.Unicode("").tag(sync=True)
+    submitted = traitlets.Int(0).tag(sync=True)
