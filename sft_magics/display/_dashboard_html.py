@@ -128,8 +128,8 @@ def samples_html(state: ProgressState) -> str:
         f", {_E(str(a.get(k)))} {what}" for k, what in (("never_ended", "never ended"), ("empty", "empty")) if a.get(k)
     )
     caption = f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows{counts}): {scores}"
-    if a.get("sampled"):
-        caption += f" · {_E(str(a['sampled']))}"
+    if state.watch.get("by_default"):
+        caption += " · watched by default for a small eval set (eval_generate: false turns it off)"
     table = text_table(("prompt", "reference", "answer now", "previous answer"), rows, (34, 20, 23, 23))
     return f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>{table}</div>'
 

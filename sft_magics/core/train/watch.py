@@ -53,6 +53,7 @@ class Watch:
     patience: int | None = None
     threshold: float = 0.0
     watched: str | None = None  # the metric the dashboards follow (and best/early stopping use)
+    by_default: bool = False  # not asked for: a small eval set is watched unless eval_generate is false
 
 
 class AnswerWatch:
@@ -94,6 +95,7 @@ class AnswerWatch:
             "rows": len(self.examples),
             "max_new_tokens": self.watch.max_new_tokens,
             "early_stopping_patience": self.watch.patience,
+            "by_default": self.watch.by_default,
         }
 
     def __call__(self, model, tokenizer, step: int) -> tuple[dict[str, float], dict[str, Any]]:

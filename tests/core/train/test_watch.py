@@ -224,6 +224,34 @@ def test_a_generated_metric_for_best_model_turns_generation_on_and_the_dry_run_s
     assert [m.name for m in p.answers.metrics] == ["chrf", "exact_match"] and p.answers.watched == "exact_match"
 
 
+def test_a_small_eval_set_is_watched_by_default_and_says_so(tmp_path, tiny_model, qa_jsonl):
+    """eval_dataset alone: a small set (≤ 64 rows) gets a fixed sample of answers at each evaluation,
+    the plan's notes and the dashboard say so; eval_generate: false turns it off; a large set stays
+    opt-in; early stopping on the loss is left as asked."""
+    from sft_magics.core.train.watch_plan import DEFAULT_SAMPLE, WATCH_BY_DEFAULT_ROWS
+    from sft_magics.display._dashboard_html import samples_html
+
+    rows = len(Path(qa_jsonl).read_text().splitlines())
+    p = plan(_spec(tmp_path, tiny_model, qa_jsonl))
+    assert p.watch.by_default and len(p.answers.examples) == min(DEFAULT_SAMPLE, rows)
+    assert p.answers.examples == plan(_spec(tmp_path, tiny_model, qa_jsonl)).answers.examples  # fixed, seeded
+    note = f"answers watched by default: {min(DEFAULT_SAMPLE, rows)} of the {rows} eval rows at each evaluation"
+    assert any(n.startswith(note) for n in p.notes), p.notes
+    assert "metric_for_best_model" not in p.sft_args  # the trainer's keys are not changed by it
+    state = ProgressState()
+    state.update(Event("started", {"watch": p.answers.describe()}))
+    state.update(
+        Event("answers", {"step": 2, "rows": 8, "samples": [{"prompt": "q", "reference": "a", "answer": "a"}]})
+    )
+    assert "watched by default for a small eval set (eval_generate: false turns it off)" in samples_html(state)
+
+    assert plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=False)).answers is None
+    assert plan(_spec(tmp_path, tiny_model, qa_jsonl, early_stopping_patience=2)).answers is None
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(Path(qa_jsonl).read_text() for _ in range(WATCH_BY_DEFAULT_ROWS // rows + 1)))
+    assert plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_dataset=str(big))).answers is None
+
+
 def _watched_state(events: list[tuple[str, dict]], higher: bool = True) -> ProgressState:
     state = ProgressState()
     state.update(Event("started", {"max_steps": 10, "watch": {"metric": "json_match", "greater_is_better": higher}}))
@@ -268,6 +296,7 @@ def test_progress_follows_the_metric_its_best_and_raises_the_users_alerts():
 def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
     from sft_magics.display._dashboard import PlainDashboard, WidgetDashboard
     from sft_magics.display._dashboard_html import samples_html, summary_html
+    from sft_magics.display._style import EXTRA_STYLE
 
     hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
     answers = {
@@ -290,11 +319,11 @@ def test_the_sample_panel_escapes_hostile_model_output_and_marks_differences():
     for page in (samples_html(state), summary_html("run <x>", state, None)):
         assert "<script" not in page and "<img" not in page and "<b>who" not in page and "<i>Ann" not in page
         # the answer is cut into marked runs where it differs from the reference: each run escaped
-        unmarked = re.sub(r'<mark style="background:#ffd6d6">|</mark>', "", page)
+        unmarked = re.sub(r'<ins style="[^"]*">|</ins>', "", page)
         assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in unmarked
         assert "&lt;b&gt;who&lt;/b&gt; &amp; what" in page
         assert "&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;" in page
-        assert '<mark style="background:#ffd6d6">' in page and "(no end token)" in page
+        assert f'<ins style="{EXTRA_STYLE}">' in page and "(no end token)" in page
     dashboard = WidgetDashboard("w", show=False)
     dashboard(Event("started", {"max_steps": 10, "watch": {"metric": "json_match", "greater_is_better": True}}))
     dashboard(Event("answers", answers))
