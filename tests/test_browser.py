@@ -72,6 +72,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CHAT_MESSAGE = ("Where is Cork?", "Answer in one sentence.")
+
+
 def _notebook() -> dict:
     cells = [
         "%load_ext sft_magics",
@@ -83,6 +86,9 @@ def _notebook() -> dict:
         # A watched run: two held-out questions answered at each evaluation (the answers panel).
         f"eval_dataset: {VAL}\neval_steps: 3\neval_generate: 2\neval_max_new_tokens: 24\n",
         'print(f"final status: {run.status} at step {run.global_step}")',
+        "%sft_runs",
+        f"%sft_eval run --data {VAL} --baseline base --limit 8 --max-new-tokens 24 --metrics json_match,json_valid",
+        "%sft_chat run --compare base --max-new-tokens 48",
     ]
     return {
         "nbformat": 4,
@@ -194,39 +200,159 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_path):
+# What a newcomer trips on, measured in the page (JavaScript run in Chromium on the element).
+BROKEN_IMAGES = "els => els.filter(e => e.offsetParent !== null && !(e.complete && e.naturalWidth > 0)).length"
+LINES = (  # lines of text in a cell: the height of its text (not of its row), in line heights
+    "el => { const r = document.createRange(); r.selectNodeContents(el);"
+    " return Math.round(r.getBoundingClientRect().height / parseFloat(getComputedStyle(el).lineHeight)); }"
+)
+CLIPPED = "el => el.scrollWidth > el.clientWidth + 1"
+RIGHT = "el => el.getBoundingClientRect().right"
+
+
+def _check_template(template) -> None:
+    """Special tokens boxed, the answer trained, the template's default system message its own text."""
+    template.locator(".sft-t.sft-trained").first.wait_for(timeout=240_000)
+    text = template.locator("pre.sft-text").inner_text()
+    assert "<|im_start|>user" in text and "<|im_start|>assistant" in text, text
+    trained = "".join(template.locator(".sft-t.sft-trained").all_inner_texts())
+    assert trained.startswith("The capital of France is Paris.") and "<|im_end|>" in trained, trained
+    assert template.locator(".sft-t.sft-special").count() >= 4  # <|im_start|> / <|im_end|> per turn
+    assert "user" not in trained  # the prompt is not trained on
+    glue = "".join(template.locator(".sft-t.sft-glue").all_inner_texts())
+    assert "You are a helpful AI assistant" in glue, glue  # grey template text, not the user's colour
+    assert "You are" not in "".join(template.locator(".sft-t.sft-m0").all_inner_texts())
+    assert "(template's own text)" in template.locator("table.sft-msgs").inner_text()
+    style = template.locator("pre.sft-text").evaluate("el => getComputedStyle(el).wordBreak")
+    assert style != "break-all", style  # "cou / ntry": words are not broken mid-word
+
+
+def _check_answers_panel(dash) -> None:
+    panel = dash.locator(".sft-samples")
+    panel.first.wait_for(timeout=240_000)
+    caption = panel.first.inner_text()
+    assert re.search(r"answers at step \d+ \(2 rows", caption), caption
+    assert "prompt" in caption and "reference" in caption and "answer now" in caption, caption
+    # Rows apart, and a prompt (186 characters, a paragraph break) on a few lines at 1400 px, not 14.
+    prompts = panel.first.locator("tr td:first-child")
+    assert prompts.count() == 2
+    for i in range(prompts.count()):
+        assert prompts.nth(i).evaluate(LINES) <= 6, prompts.nth(i).evaluate(LINES)
+        assert prompts.nth(i).evaluate("el => getComputedStyle(el).borderTopStyle") == "solid"
+
+
+def _check_summary_alerts(summary, run_dir: Path) -> None:
+    """No alert that is no longer true: each says what the last answers showed, or when it stopped."""
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    answers = [e for e in events if e["kind"] == "answers"]
+    assert answers
+    last = answers[-1]
+    alerts = summary.locator(".sft-alerts").all_inner_texts()
+    text = "\n".join(alerts)
+    for key, phrase, cleared in (
+        ("never_ended", "never ended at step", "every answer ended from step"),
+        ("empty", "are empty at step", "no empty answer from step"),
+    ):
+        if phrase not in text:
+            assert not any(a.get(key) for a in answers), (key, text)
+        elif cleared in text:
+            assert not last.get(key), (key, text, last)
+        else:
+            assert last.get(key), (key, text, last)  # still true at the last evaluation
+
+
+def _check_charts_hold_every_point(run_dir: Path) -> None:
+    """The run's own events drawn as the dashboard draws them: every point inside the axes."""
+    from sft_magics.core.events import Event
+    from sft_magics.core.progress import ProgressState
+    from sft_magics.display._dashboard_html import LossChart
+
+    state = ProgressState()
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        state.update(Event(record.pop("kind"), record, record.pop("time")))
+    chart = LossChart(metric=state.watch.get("metric"))
+    chart.render(state.losses, state.eval_losses, state.step, state.metric_points, state.best)
+    xs = [x for x, _ in state.losses + state.eval_losses + state.metric_points]
+    assert chart.ax.get_xlim()[1] > max(xs) and chart.ax.get_xlim()[0] < min(xs)
+    if chart.max is not None:
+        low, high = chart.max.get_ylim()
+        assert all(low < y < high for _, y in state.metric_points)
+
+
+def _check_eval(view) -> None:
+    """The summary counts empty answers; the pager's columns keep a prompt to a few lines; Next pages."""
+    view.locator(".sft-eval table").first.wait_for(timeout=300_000)
+    summary = view.locator(".sft-eval table").first.inner_text()
+    m = re.search(r"empty answers\s+(\d+) of 8\s+(\d+) of 8", summary)
+    assert m, summary
+    if int(m.group(1)) + int(m.group(2)):
+        assert "(empty answer)" in view.inner_text()
+    pager = view.locator(".widget-label", has_text="examples 1–5 of 8")
+    pager.wait_for(timeout=30_000)
+    cells = view.locator(".widget-html table tr td:nth-child(2)")  # the pager's prompts
+    assert cells.count() == 5
+    for i in range(cells.count()):
+        assert cells.nth(i).evaluate(LINES) <= 6, cells.nth(i).evaluate(LINES)
+
+
+def _check_chat(page, chat, shoot) -> None:
+    """Labels whole, boxes inside the output area, Shift+Enter a new line, Enter sends, streamed."""
+    box = chat.locator("textarea.sft-chat-input")
+    box.wait_for(timeout=120_000)
+    label = chat.locator(".widget-label", has_text="temperature")
+    assert label.inner_text().strip() == "temperature" and not label.evaluate(CLIPPED)
+    right = chat.evaluate(RIGHT)
+    for widget in (box, chat.locator(".widget-text").first):  # the message box, the system prompt
+        assert widget.evaluate(RIGHT) <= right + 1, (widget.evaluate(RIGHT), right)
+    box.click()
+    box.type(CHAT_MESSAGE[0])
+    box.press("Shift+Enter")
+    box.type(CHAT_MESSAGE[1])
+    assert box.input_value() == "\n".join(CHAT_MESSAGE) and "you:" not in chat.inner_text()
+    box.press("Enter")
+    _wait(lambda: "▌" in chat.inner_text(), 120, "the reply being written")
+    shoot("chat.png")
+    assert box.input_value() == ""
+    _wait(lambda: "▌" not in chat.inner_text() and "writing" not in chat.inner_text(), 180, "both replies")
+    bubbles = chat.locator(".sft-chat").all_inner_texts()
+    assert len(bubbles) == 2 and all("\n".join(CHAT_MESSAGE) in b for b in bubbles), bubbles
+
+
+def test_each_view_in_jupyterlab_as_a_newcomer_reads_it(lab, chromium, tmp_path):
+    """Template, live dashboard with its answers panel, Stop and the stopped run's summary, runs,
+    evaluation and pager, and the chat, in one notebook run in JupyterLab; a screenshot of each."""
     from playwright.sync_api import sync_playwright
 
     url, root = lab
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    def shoot(locator, name):
-        locator.screenshot(path=str(shots / name))
-        _save(shots / name, name)
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            _open_and_run_all(page, url, cells=4)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            _open_and_run_all(page, url, cells=7)
             cells = page.locator(".jp-Notebook .jp-Cell")
 
-            # 1. %sft_template: the rendered tokens, special tokens marked, the answer's tokens trained.
-            template = cells.nth(1).locator(".jp-OutputArea-output")
-            template.locator(".sft-t.sft-trained").first.wait_for(timeout=240_000)
-            text = template.locator("pre.sft-text").inner_text()
-            assert "<|im_start|>user" in text and "<|im_start|>assistant" in text, text
-            trained = "".join(template.locator(".sft-t.sft-trained").all_inner_texts())
-            assert trained.startswith("The capital of France is Paris.") and "<|im_end|>" in trained, trained
-            assert template.locator(".sft-t.sft-special").count() >= 4  # <|im_start|> / <|im_end|> per turn
-            assert "user" not in trained  # the prompt is not trained on
-            shoot(cells.nth(1), "template.png")
+            def shoot(name, cell=None):
+                (cell or current).screenshot(path=str(shots / name))
+                _save(shots / name, name)
+
+            # 1. %sft_template
+            current = cells.nth(1)
+            _check_template(cells.nth(1).locator(".jp-OutputArea-output"))
+            shoot("template.png")
 
             # 2. %%sft_train: the live dashboard. The label and the bar advance, the chart appears and
-            # is redrawn with the new losses.
+            # is redrawn with the new losses; never an image without a picture.
+            current = cells.nth(2)
             dash = cells.nth(2).locator(".jp-OutputArea-output")
             label = dash.locator(".widget-label", has_text=re.compile(r"^step \d+/"))
+            label.first.wait_for(timeout=300_000)
+            assert dash.locator("img").evaluate_all(BROKEN_IMAGES) == 0  # before the first chart
 
             def step() -> int:
                 if not label.count():
@@ -259,16 +385,13 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
             later = _wait(lambda: step() >= first + 3 and step(), 240, "the progress label to advance 3 steps")
             assert bar_width() > first_width, (first_width, bar_width())
             _wait(lambda: chart.first.get_attribute("src") != first_src, 60, "the loss chart to be redrawn")
-            assert "loss" in dash.locator("table.sft-metrics").inner_text()
+            metrics = dash.locator("table.sft-metrics").inner_text()
+            assert "loss" in metrics and "lr now" in metrics and "(peak 1.00e-03)" in metrics, metrics
             header = dash.locator(".widget-html").first.inner_text()
             assert "training" in header and "smollm2-135m on cpu" in header, header
-            # The answers panel of a watched run: the held-out questions, their references, the answers.
-            panel = dash.locator(".sft-samples")
-            panel.first.wait_for(timeout=240_000)
-            caption = panel.first.inner_text()
-            assert re.search(r"answers at step \d+ \(2 rows", caption), caption
-            assert "prompt" in caption and "reference" in caption and "answer now" in caption, caption
-            shoot(cells.nth(2), "training.png")
+            _check_answers_panel(dash)
+            assert dash.locator("img").evaluate_all(BROKEN_IMAGES) == 0
+            shoot("training.png")
 
             # 3. Stop: the click reaches the kernel while it trains; the run ends as "stopped".
             stop = dash.locator("button", has_text="Stop")
@@ -287,14 +410,29 @@ def test_template_training_dashboard_and_stop_in_jupyterlab(lab, chromium, tmp_p
             record = summary.inner_text()
             assert "stopped" in record and f"step {stopped_at}/{MAX_STEPS}" in record, record
             assert summary.locator("img").evaluate("img => img.naturalWidth") > 0  # the loss chart, as a PNG
-            shoot(cells.nth(2), "stopped.png")
+            _check_summary_alerts(summary, root / "runs" / "browser")
+            _check_charts_hold_every_point(root / "runs" / "browser")
+            shoot("stopped.png")
+
+            # 4. %sft_runs, 5. %sft_eval (table and pager), 6. %sft_chat mid-reply.
+            current = cells.nth(4)
+            runs = cells.nth(4).locator(".jp-OutputArea")
+            runs.filter(has_text="browser").wait_for(timeout=120_000)
+            assert "stopped" in runs.inner_text()
+            shoot("runs.png")
+            current = cells.nth(5)
+            _check_eval(cells.nth(5).locator(".jp-OutputArea"))
+            shoot("eval.png")
+            current = cells.nth(6)
+            _check_chat(page, cells.nth(6).locator(".jp-OutputArea"), shoot)
+            assert not errors, errors
         finally:
             browser.close()
 
     status = json.loads((root / "runs" / "browser" / "status.json").read_text())
     assert status["state"] == "stopped" and status["step"] == stopped_at
     assert (root / "runs" / "browser" / f"checkpoint-{stopped_at}" / "adapter_model.safetensors").is_file()
-    for name in ("template.png", "training.png", "stopped.png"):
+    for name in ("template.png", "training.png", "stopped.png", "runs.png", "eval.png", "chat.png"):
         assert (shots / name).stat().st_size > 5000, name
 
 

@@ -3,7 +3,8 @@
 ipywidgets' ``Textarea`` sends no key events to the kernel, so the box is a small anywidget (an ES
 module the frontend runs; JupyterLab, Notebook 7, VS Code and Colab all load it): a ``<textarea>``
 whose text is the ``value`` trait, and whose Enter bumps ``submitted``, the value synced in the same
-message. The keys stop at the box, so Shift+Enter is a new line, not JupyterLab's "run cell".
+message. Shift+Enter (or Ctrl/Alt/Cmd+Enter) is a new line; the box suppresses JupyterLab's shortcuts
+(``data-lm-suppress-shortcuts``), so it is not "run cell".
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ function render({ model, el }) {
   box.value = model.get("value");
   box.style.cssText = "width:100%;box-sizing:border-box;resize:vertical;font:inherit;padding:4px 6px;" +
     "border:1px solid var(--jp-border-color1,#bbb);border-radius:2px";
-  box.addEventListener("input", () => { model.set("value", box.value); model.save_changes(); });
+  box.setAttribute("data-lm-suppress-shortcuts", "true");  // JupyterLab's Shift+Enter runs the cell
+  const sync = () => { model.set("value", box.value); model.save_changes(); };
+  box.addEventListener("input", sync);
   box.addEventListener("keydown", (e) => {
-    if (e.key !== "Enter") return;
-    e.stopPropagation();  // JupyterLab's Shift+Enter would run the cell
-    if (e.shiftKey || e.isComposing) return;  // a new line / an input method choosing a word
+    if (e.key !== "Enter" || e.isComposing) return;  // an input method choosing a word keeps its Enter
+    e.stopPropagation();
     e.preventDefault();
+    if (e.shiftKey || e.altKey || e.ctrlKey || e.metaKey) {  // a new line, where the cursor is
+      box.setRangeText("\n", box.selectionStart, box.selectionEnd, "end");
+      sync();
+      return;
+    }
     model.set("value", box.value);
     model.set("submitted", model.get("submitted") + 1);
     model.save_changes();

@@ -130,7 +130,7 @@ def samples_html(state: ProgressState) -> str:
     caption = f"answers at step {_E(str(a.get('step')))} ({_E(str(a.get('rows')))} rows{counts}): {scores}"
     if state.watch.get("by_default"):
         caption += " · watched by default for a small eval set (eval_generate: false turns it off)"
-    table = text_table(("prompt", "reference", "answer now", "previous answer"), rows, (34, 20, 23, 23))
+    table = text_table(("prompt", "reference", "answer now", "previous answer"), rows, (40, 20, 20, 20))
     return f'<div class="sft-samples"><div style="color:#444;font-size:90%">{caption}</div>{table}</div>'
 
 

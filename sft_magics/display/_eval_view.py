@@ -219,8 +219,8 @@ def examples_table_html(report, indices) -> str:
             )
             cells.append(f"{text}<div class='s'>{scores}</div>" if res.scores else text)
         rows.append(cells)
-    rest = 100 - 4 - 26 - 18
-    shares = (4, 26, 18, *([rest / max(1, len(labels))] * len(labels)))
+    rest = 100 - 4 - 32 - 18
+    shares = (4, 32, 18, *([rest / max(1, len(labels))] * len(labels)))
     return text_table(["#", "prompt", "reference", *labels], rows, shares)
 
 

@@ -312,6 +312,19 @@ def test_few_shot_through_the_magic_costs_more_prompt_tokens(shell, tiny_model, 
     out = capsys.readouterr().out
     assert "prompt tokens / request" in out and "Δ few_shot vs model" in out
     assert "[eval] few_shot: generating 3/3" in out  # a progress line per batch
+    # each stage starts its clock at 0 (its first batch's line has a pace to estimate from, not ETA 00:00)
+    assert "[eval] few_shot: generating 0/3" in out and "[eval] model: generating 0/3" in out
+
+
+def test_a_stage_eta_is_its_pace_since_the_stage_began():
+    from sft_magics.core.progress import StageProgress
+
+    now = [0.0]
+    s = StageProgress(clock=lambda: now[0])
+    s("tuned: generating", 0, 40)
+    now[0] = 10.0
+    s("tuned: generating", 16, 40)
+    assert s.eta == pytest.approx(15.0) and s.text().endswith("ETA 00:15")
 
 
 # -- the magic: custom metrics, errors ------------------------------------------------------------------
