@@ -89,6 +89,7 @@ class ProgressState:
     eval_steps: int | None = None  # evaluate every N steps (the `started` event), for the ETA
     eval_seconds: list[float] = field(default_factory=list)  # how long each evaluation paused training
     eval_began: float | None = None  # when the evaluation under way began
+    eval_ended: float | None = None  # when the last evaluation ended (training went on)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
     _alert_keys: dict = field(default_factory=dict, repr=False, compare=False)  # key -> index in alerts
     _resolved: set = field(default_factory=set, repr=False, compare=False)
@@ -153,7 +154,7 @@ class ProgressState:
             self.eval_began = t
         elif status != "evaluating" and self.eval_began is not None:
             self.eval_seconds.append(max(0.0, t - self.eval_began))
-            self.eval_began = None
+            self.eval_began, self.eval_ended = None, t
 
     def _log(self, d: dict, t: float) -> None:
         loss = _number(d.get("loss"))
@@ -324,10 +325,8 @@ class ProgressState:
         now, paused = self.clock(), sum(self.eval_seconds)
         per_step = max(0.0, self.step_time - self.train_started - paused) / done
         left = max(0, self.max_steps - self.step)
-        if self.eval_began is not None:  # evaluating: training waits, and so does its clock
-            since = 0.0
-        else:
-            since = now - max(self.step_time, self.train_started + paused)
+        # Into the next step: since the last step or the end of the last evaluation (none while one runs).
+        since = 0.0 if self.eval_began is not None else now - max(self.step_time, self.eval_ended or 0.0)
         seconds = max(0.0, per_step * left - min(per_step, max(0.0, since)))
         if self.eval_seconds:
             each = paused / len(self.eval_seconds)
