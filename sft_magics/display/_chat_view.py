@@ -75,6 +75,40 @@ def prompt_html(prompts: dict[str, str]) -> str:
     return "".join(blocks)
 
 
+def _controls(gen: dict):
+    """The generation controls: temperature, top-p, max tokens (labels at their own width)."""
+    import ipywidgets as w
+
+    temperature = w.BoundedFloatText(
+        value=gen["temperature"],
+        min=0.0,
+        max=5.0,
+        step=0.1,
+        description="temperature",
+        tooltip="0 = greedy",
+        style=_LABEL,
+        layout=w.Layout(width="190px"),
+    )
+    top_p = w.BoundedFloatText(
+        value=gen["top_p"],
+        min=0.01,
+        max=1.0,
+        step=0.05,
+        description="top-p",
+        style=_LABEL,
+        layout=w.Layout(width="140px"),
+    )
+    max_new_tokens = w.BoundedIntText(
+        value=gen["max_new_tokens"],
+        min=1,
+        max=32768,
+        description="max tokens",
+        style=_LABEL,
+        layout=w.Layout(width="190px"),
+    )
+    return temperature, top_p, max_new_tokens
+
+
 class ChatWidget:
     """An ipywidgets chat with ``session`` (a :class:`core.evaluate.chat.ChatSession`).
 
@@ -122,33 +156,7 @@ class ChatWidget:
             placeholder="(the template's default)",
             layout=wide,
         )
-        self.temperature = w.BoundedFloatText(
-            value=gen["temperature"],
-            min=0.0,
-            max=5.0,
-            step=0.1,
-            description="temperature",
-            tooltip="0 = greedy",
-            style=_LABEL,
-            layout=w.Layout(width="190px"),
-        )
-        self.top_p = w.BoundedFloatText(
-            value=gen["top_p"],
-            min=0.01,
-            max=1.0,
-            step=0.05,
-            description="top-p",
-            style=_LABEL,
-            layout=w.Layout(width="140px"),
-        )
-        self.max_new_tokens = w.BoundedIntText(
-            value=gen["max_new_tokens"],
-            min=1,
-            max=32768,
-            description="max tokens",
-            style=_LABEL,
-            layout=w.Layout(width="190px"),
-        )
+        self.temperature, self.top_p, self.max_new_tokens = _controls(gen)
         self.show_prompt = w.ToggleButton(
             value=False,
             description="show prompt",

@@ -122,17 +122,7 @@ def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str],
             "key 'eval_generate': a 'text' eval dataset has no prompts and references to score answers on"
         )
     if gen is None and not wants and _watch_by_default(eval_data, sft_args):
-        try:
-            sample = min(DEFAULT_SAMPLE, len(eval_data))
-            watch = Watch(generate=True, sample=sample, by_default=True)
-            answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42)))
-        except ConfigError:  # rows without references to score: nothing to watch, and nobody asked
-            return None, None
-        notes.append(
-            f"answers watched by default: {sample} of the {len(eval_data)} eval rows at each evaluation "
-            "(eval_generate: false turns it off, a number watches more)"
-        )
-        return watch, answers
+        return _default_watch(eval_data, sft_args, notes, namespace)
     if not gen and (metrics is not None or "eval_max_new_tokens" in given):
         raise ConfigError("keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true (or a row count)")
     _check_metric_names(metrics or [], namespace)
@@ -169,6 +159,21 @@ def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str],
             sft_args, user_sft, notes, implied=bool(patience) and "load_best_model_at_end" not in user_sft
         )
     return (watch if gen or patience else None), answers
+
+
+def _default_watch(eval_data, sft_args: Mapping[str, Any], notes: list[str], namespace):
+    """(watch, answers) for a small eval set nobody asked to watch: a fixed sample of its rows."""
+    try:
+        sample = min(DEFAULT_SAMPLE, len(eval_data))
+        watch = Watch(generate=True, sample=sample, by_default=True)
+        answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42)))
+    except ConfigError:  # rows without references to score: nothing to watch, and nobody asked
+        return None, None
+    notes.append(
+        f"answers watched by default: {sample} of the {len(eval_data)} eval rows at each evaluation "
+        "(eval_generate: false turns it off, a number watches more)"
+    )
+    return watch, answers
 
 
 def _watch_by_default(eval_data, sft_args: Mapping[str, Any]) -> bool:
