@@ -99,7 +99,9 @@ def run_demo(steps: int = 40, output_dir: str = "runs", data_dir: Path = EXAMPLE
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_magics demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="the most LoRA training steps (batch 8)")
+    parser.add_argument(
+        "--steps", type=int, default=40, help="LoRA training steps (batch 8), evaluated halfway and at the end"
+    )
     parser.add_argument("--output-dir", default="runs")
     args = parser.parse_args(argv)
     run_demo(steps=args.steps, output_dir=args.output_dir)

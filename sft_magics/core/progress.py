@@ -87,7 +87,7 @@ class ProgressState:
     first_step: int = 0
     step_time: float | None = None  # when `step` last advanced
     eval_steps: int | None = None  # evaluate every N steps (the `started` event), for the ETA
-    eval_seconds: list[float] = field(default_factory=list)  # how long each evaluation paused training
+    eval_spans: list[tuple[float, float]] = field(default_factory=list)  # (began, seconds) of each evaluation
     eval_began: float | None = None  # when the evaluation under way began
     eval_ended: float | None = None  # when the last evaluation ended (training went on)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
@@ -153,7 +153,7 @@ class ProgressState:
         if status == "evaluating" and self.eval_began is None:
             self.eval_began = t
         elif status != "evaluating" and self.eval_began is not None:
-            self.eval_seconds.append(max(0.0, t - self.eval_began))
+            self.eval_spans.append((self.eval_began, max(0.0, t - self.eval_began)))
             self.eval_began, self.eval_ended = None, t
 
     def _log(self, d: dict, t: float) -> None:
@@ -244,8 +244,9 @@ class ProgressState:
         self.version += 1
         loss, last_loss = _number(d.get("eval_loss")), self.eval_loss
         # The trainer's rule (core/train/watch.py): strictly better, or equal with a lower eval loss.
+        # A watch nobody asked for keeps no checkpoint by it: no "best" that final/ is not.
         tie = self.best is not None and value == self.best[0]
-        if (
+        if not self.watch.get("by_default") and (
             self.best is None
             or (value > self.best[0] if higher else value < self.best[0])
             or (tie and loss is not None and self._best_loss is not None and loss < self._best_loss)
@@ -261,6 +262,9 @@ class ProgressState:
             )
 
     def _answers(self, d: dict) -> None:
+        if d.get("stopped"):  # a default watch that failed: the run goes on without it
+            self._alert("watch-stopped", f"answers no longer watched from step {self.step}: {d['stopped']}")
+            return
         self.answers = dict(d)
         rows, step = int(_number(d.get("rows")) or 0), self.step
         never, empty = int(_number(d.get("never_ended")) or 0), int(_number(d.get("empty")) or 0)
@@ -322,18 +326,22 @@ class ProgressState:
         done = self.step - self.first_step
         if self.train_started is None or self.step_time is None or done <= 0 or not self.max_steps:
             return None
-        now, paused = self.clock(), sum(self.eval_seconds)
+        now = self.clock()
+        # Training time up to the last step: without the evaluations that began before it (one that
+        # began at that step came after it).
+        paused = sum(seconds for began, seconds in self.eval_spans if began < self.step_time)
         per_step = max(0.0, self.step_time - self.train_started - paused) / done
         left = max(0, self.max_steps - self.step)
-        # Into the next step: since the last step or the end of the last evaluation (none while one runs).
+        # Into the next steps: since the last step or the end of the last evaluation (none while one runs).
         since = 0.0 if self.eval_began is not None else now - max(self.step_time, self.eval_ended or 0.0)
-        seconds = max(0.0, per_step * left - min(per_step, max(0.0, since)))
-        if self.eval_seconds:
-            each = paused / len(self.eval_seconds)
-            if self.eval_steps:
+        seconds = max(0.0, per_step * left - max(0.0, since))
+        if self.eval_spans:
+            each = sum(seconds for _, seconds in self.eval_spans) / len(self.eval_spans)
+            if self.eval_steps:  # and one at the last step when it is not a multiple (transformers' rule)
                 due = self.max_steps // self.eval_steps - self.step // self.eval_steps
+                due += bool(self.max_steps % self.eval_steps and self.step < self.max_steps)
             else:  # evaluations at their rate so far (per epoch, say)
-                due = round(len(self.eval_seconds) / done * left)
+                due = round(len(self.eval_spans) / done * left)
             seconds += each * due
             if self.eval_began is not None:
                 seconds += max(0.0, each - (now - self.eval_began))
@@ -364,7 +372,8 @@ class ProgressState:
         if self.watch.get("metric"):
             name = str(self.watch["metric"])
             rows.append((name, _fmt(self.metric_points[-1][1] if self.metric_points else None, ".3f")))
-            rows.append((f"best {name}", self.best_text() or "–"))
+            if not self.watch.get("by_default"):
+                rows.append((f"best {name}", self.best_text() or "–"))
         return rows
 
     def lr_text(self) -> str:

@@ -37,8 +37,10 @@ function render({ model, el }) {
     model.set("submitted", model.get("submitted") + 1);
     model.save_changes();
   });
-  model.on("change:value", () => { if (box.value !== model.get("value")) box.value = model.get("value"); });
+  const follow = () => { if (box.value !== model.get("value")) box.value = model.get("value"); };
+  model.on("change:value", follow);
   el.appendChild(box);
+  return () => model.off("change:value", follow);  // a re-render leaves no listener behind
 }
 export default { render };
 """

@@ -51,7 +51,7 @@ RICH_STYLES = {
 # -- the shared sink: state updates under a lock, throttled draws ---------------------------------
 class _Dashboard:
     """Feeds every event to the state; calls ``draw`` at most once per ``interval`` seconds, except
-    for events that always draw (a new status, start, evals, the end, a new alert)."""
+    for events that always draw (a new status, start, evals, the end, a new or changed alert)."""
 
     interval = 0.25
     trailing = False  # draw what a burst left undrawn, from a timer, once the interval has passed
@@ -72,14 +72,14 @@ class _Dashboard:
 
     def __call__(self, event) -> None:
         with self._lock:
-            alerts = len(self.state.alerts)
+            alerts = list(self.state.alerts)
             self.state.update(event)
             self._events += 1
             if self._closed:
                 return
             now = self.clock()
             due = self._last is None or now - self._last >= self.interval
-            if due or event.kind in self.ALWAYS or len(self.state.alerts) > alerts:
+            if due or event.kind in self.ALWAYS or self.state.alerts != alerts:  # a new or changed alert
                 self._draw(event)
             elif self.trailing:
                 self._schedule(self._last + self.interval - now)
@@ -268,16 +268,17 @@ class PlainDashboard(_Dashboard):
 
     def __call__(self, event) -> None:
         with self._lock:
-            alerts = len(self.state.alerts)
+            alerts = list(self.state.alerts)
             self.state.update(event)
             if self._closed:
                 return
-            for alert in self.state.alerts[alerts:]:
-                self._print(f"alert: {alert}")
+            for i, alert in enumerate(self.state.alerts):  # new ones, and ones that changed (no longer true)
+                if i >= len(alerts) or alerts[i] != alert:
+                    self._print(f"alert: {alert}")
             now = self.clock()
             if event.kind == "started":
                 self._print(self._started_line(event.data))
-            elif event.kind == "answers":
+            elif event.kind == "answers" and not event.data.get("stopped"):  # a stopped watch: its alert says
                 self._print(self._answers_line())
             elif event.kind == "job":
                 self._print(self.state.job_text())

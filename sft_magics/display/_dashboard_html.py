@@ -112,14 +112,14 @@ def samples_html(state: ProgressState) -> str:
         return "".join(_E(text) if same else extra(_E(text)) for text, same in diff_segments(answer, reference))
 
     def shown(text) -> str:
-        return _E(str(text)) if str(text) else note("(empty answer)")
+        return _E(str(text)) if str(text).strip() else note("(empty answer)")
 
     rows = []
     for x in samples:
         answer, reference = str(x.get("answer") or ""), str(x.get("reference") or "")
         ended = "" if x.get("ended", True) is not False else " " + note("(no end token)")
         previous = x.get("previous")
-        now = marked(answer, reference) if answer else note("(empty answer)")
+        now = marked(answer, reference) if answer.strip() else note("(empty answer)")
         rows.append(
             [_E(str(x.get("prompt") or "")), _E(reference), now + ended, "–" if previous is None else shown(previous)]
         )

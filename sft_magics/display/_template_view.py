@@ -301,9 +301,9 @@ class RenderingView(_View):
         table = Table(show_edge=False, pad_edge=False)
         for name in ("#", "role", "tokens", "trained"):
             table.add_column(name, justify="right" if name != "role" else "left")
-        for i, m in enumerate(per_message(self.r)):
-            role = Text(m["role"], style=f"#111111 on {_colour(i)}")
-            table.add_row(Text(str(i)), role, Text(str(m["tokens"])), Text(str(m["trained"])))
+        for i, m in _table_rows(self.r):
+            role = Text(m["role"], style=f"#111111 on {_colour(int(i) if i.isdigit() else None)}")
+            table.add_row(Text(i), role, Text(str(m["tokens"])), Text(str(m["trained"])))
         parts.append(table)
         parts.append(Text(summary_line(self.r)))
         trunc = truncation_line(self.r)

@@ -128,6 +128,8 @@ def test_the_eta_counts_evaluations_at_their_own_pace_and_waits_while_one_runs()
         s.clock = lambda now=now: now
         assert s.eta == pytest.approx(5.0)
     s.update(Event("status", {"state": "training", "step": 5}, 17.0))  # it took 10 s
+    s.clock = lambda: 17.5  # between the evaluation's end and the next step: half a step into step 6
+    assert s.eta == pytest.approx(4.5 + 10.0)
     s.update(Event("log", {"step": 6, "loss": 1.0}, 18.0))
     s.clock = lambda: 18.0
     assert s.eta == pytest.approx(4.0 + 10.0)  # 4 steps of 1 s, and the evaluation at step 10
@@ -135,7 +137,34 @@ def test_the_eta_counts_evaluations_at_their_own_pace_and_waits_while_one_runs()
     s.update(Event("status", {"state": "evaluating", "step": 10}, 22.0))
     s.clock = lambda: 26.0
     assert s.eta == pytest.approx(6.0)  # the rest of this evaluation, at the first one's length
-    assert s.eval_seconds == [10.0]
+    assert s.eval_spans == [(7.0, 10.0)]
+
+
+def test_the_eta_counts_down_between_logs_and_adds_the_last_steps_evaluation():
+    """logging_steps 5: the ETA keeps counting down between logs (not one step's worth, then frozen);
+    an eval_steps that does not divide max_steps still evaluates at the end (transformers' rule)."""
+    s = ProgressState()
+    s.update(Event("started", {"max_steps": 12, "eval_steps": 5}, 0.0))
+    s.update(Event("status", {"state": "training", "step": 0, "max_steps": 12}, 0.0))
+    s.update(Event("log", {"step": 5, "loss": 1.0}, 5.0))
+    s.update(Event("status", {"state": "evaluating", "step": 5}, 5.0))
+    s.update(Event("status", {"state": "training", "step": 5}, 7.0))
+    s.clock = lambda: 10.0  # 3 s into steps 6..: 7 steps of 1 s left less 3, evaluations at 10 and 12
+    assert s.eta == pytest.approx(7 - 3 + 2 * 2.0)
+    s.clock = lambda: 12.0
+    assert s.eta == pytest.approx(7 - 5 + 2 * 2.0)
+
+
+def test_a_changed_alert_is_printed_again_in_the_plain_log(capsys):
+    d = PlainDashboard("r")
+    d(Event("answers", {"step": 3, "rows": 2, "never_ended": 2, "max_new_tokens": 8}))
+    d(Event("answers", {"step": 6, "rows": 2, "never_ended": 0, "max_new_tokens": 8}))
+    d(Event("answers", {"step": 9, "stopped": "RuntimeError: out of memory"}))
+    out = capsys.readouterr().out
+    assert "alert: 2 of 2 answers never ended at step 3: no end-of-turn token" in out
+    assert "alert: 2 of 2 answers never ended at step 3; every answer ended from step 6" in out
+    assert "alert: answers no longer watched from step 9: RuntimeError: out of memory" in out
+    assert out.count("answers at step") == 2  # a stopped watch prints its alert, not stale answers
 
 
 def test_the_learning_rate_cell_says_the_schedule_value_and_the_peak():

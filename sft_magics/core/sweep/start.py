@@ -78,6 +78,8 @@ def _metric(sweep: SweepSpec, p) -> tuple[str, str]:
     from ..evaluate.metrics import METRICS
 
     answers = p.answers.describe() if p.answers is not None else None
+    if answers and answers.get("by_default"):  # 8 sampled answers nobody asked for: not what trials are ranked by
+        answers = None
     watched = answers["metric"] if answers else None
     measured = ["loss"] + (["eval_loss"] if p.eval_data is not None else []) + (answers["metrics"] if answers else [])
     metric = sweep.metric or watched or ("eval_loss" if p.eval_data is not None else None)

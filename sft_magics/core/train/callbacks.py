@@ -95,6 +95,10 @@ def _callback_class():
             if control.should_evaluate:
                 self.sink(Event("status", {"state": "evaluating", "step": state.global_step}))
 
+        def on_epoch_end(self, args, state, control, **kw):
+            if control.should_evaluate:  # eval_strategy: epoch
+                self.sink(Event("status", {"state": "evaluating", "step": state.global_step}))
+
         def on_evaluate(self, args, state, control, **kw):
             self.sink(Event("status", {"state": "training", "step": state.global_step}))
 

@@ -7,8 +7,9 @@ through the same function, :func:`core.evaluate.evaluation.evaluate_model` — s
 
 Keys of a ``%%sft_train`` cell (transformers' style of names):
 
-- ``eval_generate``: ``false`` (default: generation costs time) | ``true`` (every eval row) | ``N``
-  (a fixed seeded sample of N rows, the same at every evaluation);
+- ``eval_generate``: ``false`` | ``true`` (every eval row) | ``N`` (a fixed seeded sample of N rows,
+  the same at every evaluation). Unset: ``8`` for an eval set of at most 64 rows, watched by default
+  (core/train/watch_plan.py; it keeps no checkpoint by its metric), else ``false`` (generation costs time);
 - ``eval_metrics``: registry names or notebook functions ``f(prediction, reference)`` (default: every
   registry metric that applies to the references, as ``%sft_eval``);
 - ``eval_max_new_tokens``: the answer length limit (64, as ``%sft_eval``);
@@ -83,6 +84,7 @@ class AnswerWatch:
         followed = METRICS.get(self.watched)
         self.greater_is_better = True if followed is None else followed.higher_is_better
         self.previous: list[str] | None = None
+        self.stopped: str | None = None  # why a default watch gave up (its run goes on)
         for m in custom.values():  # a notebook function that fails says so now, not halfway through the run
             _probe(m, examples[0].reference if examples else "")
 
@@ -190,9 +192,15 @@ def trainer_class(watch: AnswerWatch | None, emit: Sink):
                 ignore_keys=ignore_keys,
                 metric_key_prefix=metric_key_prefix,
             )
-            if metric_key_prefix == "eval":
+            if metric_key_prefix == "eval" and watch.stopped is None:
                 model = self.accelerator.unwrap_model(self.model)
-                values, record = watch(model, self.processing_class, self.state.global_step)
+                try:
+                    values, record = watch(model, self.processing_class, self.state.global_step)
+                except Exception as err:  # a watch nobody asked for does not end the run it watches
+                    if not watch.watch.by_default:
+                        raise
+                    watch.stopped = one_line(err, 200, named=True)
+                    values, record = {}, {"step": self.state.global_step, "stopped": watch.stopped}
                 output.metrics.update(values)
                 emit(Event("answers", record))
             return output

@@ -121,8 +121,9 @@ def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str],
         raise ConfigError(
             "key 'eval_generate': a 'text' eval dataset has no prompts and references to score answers on"
         )
-    if gen is None and not wants and _watch_by_default(eval_data, sft_args):
-        return _default_watch(eval_data, sft_args, notes, namespace)
+    by_default = gen is None and not wants and _watch_by_default(eval_data, sft_args)
+    if by_default:
+        gen = min(DEFAULT_SAMPLE, len(eval_data))
     if not gen and (metrics is not None or "eval_max_new_tokens" in given):
         raise ConfigError("keys 'eval_metrics' / 'eval_max_new_tokens' need eval_generate: true (or a row count)")
     _check_metric_names(metrics or [], namespace)
@@ -141,8 +142,10 @@ def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str],
         patience=patience,
         threshold=float(given.get("early_stopping_threshold") or 0.0),
         watched=best or (metrics[0] if metrics else None),
+        by_default=by_default,
     )
-    answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42))) if gen else None
+    answers = _answers(watch, eval_data, sft_args, notes, namespace) if gen else None
+    gen = gen if answers is not None else None  # a default watch with nothing to score: none
     if patience:
         if not sft_args.get("metric_for_best_model"):  # what the dashboards follow, else the loss
             sft_args["metric_for_best_model"] = answers.watched if answers else "loss"
@@ -161,19 +164,24 @@ def _resolve_watch(given, user_sft, sft_args: dict, eval_data, notes: list[str],
     return (watch if gen or patience else None), answers
 
 
-def _default_watch(eval_data, sft_args: Mapping[str, Any], notes: list[str], namespace):
-    """(watch, answers) for a small eval set nobody asked to watch: a fixed sample of its rows."""
+def _answers(watch: Watch, eval_data, sft_args: Mapping[str, Any], notes: list[str], namespace):
+    """The answers to watch. Watched by default (nobody asked): the references' own kind of score
+    (json_match for JSON, else chrF: exact_match on prose is a flat 0), and rows with nothing to
+    score mean no watch rather than an error."""
+    seed = int(sft_args.get("seed", 42))
+    if not watch.by_default:
+        return AnswerWatch(watch, eval_data, namespace=namespace, seed=seed)
     try:
-        sample = min(DEFAULT_SAMPLE, len(eval_data))
-        watch = Watch(generate=True, sample=sample, by_default=True)
-        answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=int(sft_args.get("seed", 42)))
-    except ConfigError:  # rows without references to score: nothing to watch, and nobody asked
-        return None, None
+        answers = AnswerWatch(watch, eval_data, namespace=namespace, seed=seed)
+    except ConfigError:
+        return None
+    names = [m.name for m in answers.metrics]
+    answers.watched = next((m for m in ("json_match", "chrf") if m in names), answers.watched)
     notes.append(
-        f"answers watched by default: {sample} of the {len(eval_data)} eval rows at each evaluation "
-        "(eval_generate: false turns it off, a number watches more)"
+        f"answers watched by default: {len(answers.examples)} of the {len(eval_data)} eval rows at each "
+        f"evaluation, followed by {answers.watched} (eval_generate: false turns it off, a number watches more)"
     )
-    return watch, answers
+    return answers
 
 
 def _watch_by_default(eval_data, sft_args: Mapping[str, Any]) -> bool:

@@ -245,11 +245,37 @@ def test_a_small_eval_set_is_watched_by_default_and_says_so(tmp_path, tiny_model
     )
     assert "watched by default for a small eval set (eval_generate: false turns it off)" in samples_html(state)
 
+    # Followed by the references' own kind of score, with no "best" (no checkpoint is kept by it).
+    assert p.answers.watched in ("json_match", "chrf") and "followed by" in " ".join(p.notes)
+    state.update(Event("eval", {"step": 2, f"eval_{p.answers.watched}": 0.5, "eval_loss": 1.0}))
+    assert state.metric_points == [(2, 0.5)] and state.best is None
+    assert not any(k.startswith("best") for k, _ in state.metrics())
+
     assert plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_generate=False)).answers is None
     assert plan(_spec(tmp_path, tiny_model, qa_jsonl, early_stopping_patience=2)).answers is None
+    # The best-checkpoint keys are still resolved as without the watch: save_steps follows eval_steps.
+    p = plan(_spec(tmp_path, tiny_model, qa_jsonl, load_best_model_at_end=True))
+    assert p.watch.by_default and p.sft_args["save_steps"] == p.sft_args["eval_steps"] == 2
     big = tmp_path / "big.jsonl"
     big.write_text("".join(Path(qa_jsonl).read_text() for _ in range(WATCH_BY_DEFAULT_ROWS // rows + 1)))
     assert plan(_spec(tmp_path, tiny_model, qa_jsonl, eval_dataset=str(big))).answers is None
+
+
+def test_a_default_watch_that_fails_stops_watching_and_the_run_goes_on(tmp_path, tiny_model, qa_jsonl, monkeypatch):
+    """Nobody asked for the answers: a failure generating them is an alert, not the end of the run."""
+    from sft_magics.core.train.watch import AnswerWatch
+
+    def broken(self, model, tokenizer, step):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(AnswerWatch, "__call__", broken)
+    result = train(_spec(tmp_path, tiny_model, qa_jsonl))
+    assert result.status == "finished" and result.global_step == 8
+    stopped = [e for e in _events(result.path) if e["kind"] == "answers"]
+    assert len(stopped) == 1 and stopped[0]["step"] == 2  # once: the later evaluations do not try again
+    assert stopped[0]["stopped"] == "RuntimeError: CUDA out of memory (simulated)"
+    with pytest.raises(Exception, match="simulated"):  # asked for: the run fails, as before
+        train(_spec(tmp_path, tiny_model, qa_jsonl, name="asked", eval_generate=2))
 
 
 def _watched_state(events: list[tuple[str, dict]], higher: bool = True) -> ProgressState:
