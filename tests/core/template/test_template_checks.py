@@ -190,3 +190,29 @@ def test_magic_flag_errors(shell, tiny_model, line, message):
     shell.user_ns["bad"] = [{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]
     with pytest.raises(UsageError, match=message):
         shell.run_line_magic("sft_template", f"{tiny_model} {line}")
+
+
+# -- the template's own text: a default system message is not the user's ---------------------------
+NO_SYSTEM_ROLE = (
+    "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+DATED_HEADER = (  # Llama 3's way: a system block of its own (a date) before the first message
+    "{% if messages[0].role != 'system' %}<|im_start|>system\nToday is 7 Dec.<|im_end|>\n{% endif %}" + CHATML
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "glue"),
+    [(CHATML, ""), (NO_SYSTEM_ROLE, ""), (DATED_HEADER, "<|im_start|>system\nToday is 7 Dec.<|im_end|>\n")],
+)
+def test_text_the_template_inserts_belongs_to_no_message(tok, template, glue):
+    """Only what a template adds by itself (a default system message) is the template's own text;
+    a template without one, or that refuses a system role, leaves every token to its message."""
+    r = render(tok, {"messages": ONE}, chat_template=template)
+    assert "".join(t.text for t in r.tokens if t.message is None) == glue
+    user = "".join(t.text for t in r.tokens if t.message == 0)
+    assert user.startswith("<|im_start|>user") and "What is two plus two?" in user
+    with_system = render(tok, {"messages": [{"role": "system", "content": "Be brief."}, *ONE]}, chat_template=CHATML)
+    assert all(t.message is not None for t in with_system.tokens)  # the user's own system message is theirs
