@@ -221,8 +221,10 @@ def job_main(run_dir: Path, command: list[str]) -> int:
         except SlurmError as err:
             record_exit(folder, code, log, f"job {job} could not be requeued: {err}")
         return 0
-    if asked.get("signal") == "SIGTERM":
-        return code  # SLURM is ending the job: its state and reason are recorded once SLURM has them
+    if asked.get("signal") == "SIGTERM" or (state == "interrupted" and not asked):
+        # SLURM is ending the job (a node failure, a cancel): its state and reason are recorded once
+        # SLURM has them. Its SIGTERM can reach the workers (interrupted) before this step sees it.
+        return code
     record_exit(folder, code, log)
     return code
 
