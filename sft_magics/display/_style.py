@@ -38,16 +38,14 @@ def note(text: str) -> str:
     return f'<span style="{NOTE_STYLE}">{_E(text)}</span>'
 
 
-def text_table(
-    head: Sequence[str], rows: Sequence[Sequence[str]], shares: Sequence[float], *, cls: str = "", mono: bool = True
-) -> str:
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], shares: Sequence[float]) -> str:
     """A full-width table; ``head`` is escaped here, ``rows`` are HTML already (escaped by the
-    caller); ``shares`` are the columns' parts of the width (percent)."""
+    caller); ``shares`` are the columns' parts of the width (percent). Cells in the code font."""
     cols = "".join(f'<col style="width:{w:g}%">' for w in shares)
-    font = "font-family:var(--jp-code-font-family,monospace);" if mono else ""
+    font = "font-family:var(--jp-code-font-family,monospace);"
     th = "".join(f'<th style="{_CELL};font-weight:bold;border-top:none">{_E(h)}</th>' for h in head)
     body = "".join("<tr>" + "".join(f'<td style="{_CELL};{font}">{c}</td>' for c in row) + "</tr>" for row in rows)
     return (
-        f'<table class="{cls}" style="table-layout:fixed;width:100%;min-width:640px;border-collapse:collapse;'
+        f'<table style="table-layout:fixed;width:100%;min-width:640px;border-collapse:collapse;'
         f'margin:2px 0;font-size:85%"><colgroup>{cols}</colgroup><tr>{th}</tr>{body}</table>'
     )
